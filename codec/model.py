@@ -1,0 +1,224 @@
+"""The aecodec model: a mean-scale hyperprior autoencoder with gain units for variable rate.
+
+Layout follows CompressAI's ``mbt2018-mean`` (Minnen et al. 2018, without the autoregressive
+context) with two changes that a codec shipping real files needs:
+
+* **One model for every quality.** Gain units (Cui et al., "Asymmetric gained deep image
+  compression with continuous rate adaptation", CVPR 2021) scale the latent channel-wise
+  before quantisation, and an inverse gain undoes it after. Gains are learned for K
+  anchor lambdas and interpolated log-linearly between them, so ``quality`` is continuous.
+* **A deterministic probability model.** The hyper synthesis, which turns the decoded side
+  information into the means and scales that pick the rANS tables, runs in fixed point:
+  weights on a 2^-12 grid, activations on a 2^-10 grid, evaluated in float64 on CPU. Every
+  product and partial sum is then an exactly representable number, so the result does not
+  depend on summation order, thread count or device, and encoder and decoder can never
+  disagree about a CDF index. Training uses the same quantisers with a straight-through
+  gradient, so what is trained is what runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.layers import GDN
+from compressai.models import CompressionModel
+from compressai.models.utils import conv, deconv
+
+WEIGHT_FRAC_BITS = 12  # fixed-point weights of the hyper synthesis: multiples of 2^-12
+ACT_FRAC_BITS = 10  # fixed-point activations: multiples of 2^-10
+ACT_LIMIT = 2048.0  # |activation| bound; keeps every partial sum far below 2^53
+WEIGHT_LIMIT = 32767 / 4096  # so a weight fits int16 on the 2^-12 grid
+
+
+def default_lambdas(k: int = 6, lo: float = 0.0015, hi: float = 0.1) -> tuple[float, ...]:
+    """Log-spaced rate-distortion trade-offs (MSE on [0, 1] images, scaled by 255^2)."""
+    return tuple(float(lo * (hi / lo) ** (i / (k - 1))) for i in range(k))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; stored in the weights file."""
+
+    N: int = 128
+    M: int = 192
+    lambdas: tuple[float, ...] = field(default_factory=default_lambdas)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(x) for x in d["lambdas"]))
+
+
+def _ste_round(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity gradient in the backward pass."""
+    return x + (torch.round(x) - x).detach()
+
+
+def _fixed(x: torch.Tensor, frac_bits: int, limit: float) -> torch.Tensor:
+    """Snap x onto the grid k * 2^-frac_bits, clamped to +-limit (exact in float32 and float64)."""
+    scale = float(2**frac_bits)
+    return _ste_round(torch.clamp(x, -limit, limit) * scale) / scale
+
+
+class FixedPointHyperSynthesis(nn.Module):
+    """h_s: side information z_hat -> (scales, means) of the main latent, in fixed point."""
+
+    def __init__(self, N: int, M: int):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [deconv(N, M), deconv(M, M * 3 // 2), conv(M * 3 // 2, M * 2, stride=1, kernel_size=3)]
+        )
+
+    def forward(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = _fixed(z_hat, ACT_FRAC_BITS, ACT_LIMIT)
+        for i, layer in enumerate(self.layers):
+            w = _fixed(layer.weight, WEIGHT_FRAC_BITS, WEIGHT_LIMIT).to(x.dtype)
+            b = _fixed(layer.bias, WEIGHT_FRAC_BITS + ACT_FRAC_BITS, WEIGHT_LIMIT).to(x.dtype)
+            if isinstance(layer, nn.ConvTranspose2d):
+                x = F.conv_transpose2d(
+                    x, w, b, layer.stride, layer.padding, layer.output_padding
+                )
+            else:
+                x = F.conv2d(x, w, b, layer.stride, layer.padding)
+            x = _fixed(x, ACT_FRAC_BITS, ACT_LIMIT)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        scales, means = x.chunk(2, dim=1)
+        return scales, means
+
+    @torch.no_grad()
+    def exact(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The coding path: float64 on CPU, where every sum above is exact."""
+        return self.forward(z_hat.detach().to("cpu", torch.float64))
+
+
+class GainHyperprior(CompressionModel):
+    """Mean-scale hyperprior with gain units; ``quality`` in [1, 100] selects the rate."""
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        N, M, K = config.N, config.M, len(config.lambdas)
+        self.g_a = nn.Sequential(
+            conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)
+        )
+        self.g_s = nn.Sequential(
+            deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+            deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
+        )
+        self.h_a = nn.Sequential(
+            conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+            conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N),
+        )
+        self.h_s = FixedPointHyperSynthesis(N, M)
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None)
+        # Start each anchor's quantiser step near 1/sqrt(lambda): a good warm start.
+        log_l = torch.log(torch.tensor(config.lambdas))
+        init = 0.5 * (log_l - log_l.mean())
+        self.log_gain = nn.Parameter(init[:, None].repeat(1, M))
+        self.log_inv_gain = nn.Parameter(-init[:, None].repeat(1, M))
+
+    # The image must be a multiple of this to pass through g_a (x16) and h_a (x4).
+    stride = 64
+
+    def position(self, quality: float | torch.Tensor) -> torch.Tensor:
+        """Map quality 1..100 onto the anchor axis 0..K-1 (linear, so q is continuous)."""
+        K = len(self.config.lambdas)
+        q = torch.as_tensor(quality, dtype=torch.float64)
+        return (q.clamp(1, 100) - 1) / 99 * (K - 1)
+
+    def lmbda(self, pos: torch.Tensor) -> torch.Tensor:
+        """The lambda a position on the anchor axis was trained for (log-linear)."""
+        log_l = torch.log(torch.tensor(self.config.lambdas, dtype=torch.float64))
+        return torch.exp(self._interp(log_l[:, None], pos.to(torch.float64)))[..., 0]
+
+    @staticmethod
+    def _interp(table: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Row-wise linear interpolation of ``table`` (K, C) at positions ``pos`` (B,)."""
+        K = table.shape[0]
+        lo = pos.floor().clamp(0, K - 2).long()
+        t = (pos - lo.to(pos.dtype)).to(table.dtype)[:, None]
+        return table[lo] * (1 - t) + table[lo + 1] * t
+
+    def gains(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample channel gains (B, M, 1, 1) and inverse gains for positions ``pos``."""
+        pos = pos.to(self.log_gain.device, self.log_gain.dtype).reshape(-1)
+        g = torch.exp(self._interp(self.log_gain, pos))
+        ig = torch.exp(self._interp(self.log_inv_gain, pos))
+        return g[:, :, None, None], ig[:, :, None, None]
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict:
+        """Training pass with additive-noise quantisation; ``pos`` is one position per image."""
+        gain, inv_gain = self.gains(pos)
+        y = self.g_a(x).float() * gain
+        # Under CUDA autocast only the big transforms run in bf16: the entropy models and the
+        # fixed-point h_s need float32.
+        with torch.autocast(x.device.type, enabled=False):
+            z = self.h_a(y)
+            z_hat, z_likelihoods = self.entropy_bottleneck(z)
+            scales, means = self.h_s(z_hat)
+            y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+        x_hat = self.g_s(y_hat * inv_gain)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    # -- the coding path ---------------------------------------------------------------------
+    # Everything that decides a CDF index happens on CPU: z symbols, z_hat, h_s (exact), the
+    # index lookup. The transforms g_a / h_a / g_s may run on any device.
+
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
+        """Code a padded image batch of one; returns [z_stream, y_stream] and z's shape."""
+        gain, _ = self.gains(self.position(quality).reshape(1))
+        with _plain_cpu_kernels():
+            y = self.g_a(x) * gain.to(x.device)
+            z = self.h_a(y).float().cpu()
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        scales, means = self.h_s.exact(z_hat)
+        indexes = self.gaussian_conditional.build_indexes(scales)
+        y_strings = self.gaussian_conditional.compress(y.cpu().double(), indexes, means=means)
+        return [z_strings[0], y_strings[0]], tuple(z.shape[-2:])
+
+    @torch.no_grad()
+    def decompress(
+        self, strings: list[bytes], z_shape: tuple[int, int], quality: float,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """Inverse of :meth:`compress`: returns the padded reconstruction in [0, 1]."""
+        z_hat = self.entropy_bottleneck.decompress([strings[0]], z_shape)
+        scales, means = self.h_s.exact(z_hat)
+        indexes = self.gaussian_conditional.build_indexes(scales)
+        y_hat = self.gaussian_conditional.decompress(
+            [strings[1]], indexes, dtype=torch.float64, means=means
+        )
+        _, inv_gain = self.gains(self.position(quality).reshape(1))
+        y_hat = y_hat.to(device, torch.float32) * inv_gain.to(device)
+        with _plain_cpu_kernels():
+            return self.g_s(y_hat).clamp_(0, 1)
+
+
+def _plain_cpu_kernels():
+    """oneDNN's CPU convolutions change their summation order with the thread count, which moves
+    a few decoded pixels by one level; PyTorch's native kernels give the same result with 1 or N
+    threads (tests/test_determinism.py), at a small cost in speed."""
+    return torch.backends.mkldnn.flags(enabled=False)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def bpp_of(likelihoods: dict, num_pixels: int) -> torch.Tensor:
+    """Bits per pixel of a batch, per image (B,), from the entropy models' likelihoods."""
+    total = 0
+    for lk in likelihoods.values():
+        total = total + torch.log(lk).flatten(1).sum(1)
+    return total / (-math.log(2) * num_pixels)

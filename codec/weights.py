@@ -1,0 +1,109 @@
+"""Saving and loading shipped weights: safetensors (no pickle), config in the metadata.
+
+A weights file holds everything the decoder needs, the rANS CDF tables included, so no
+decoder ever recomputes a probability table (which could differ by machine). The fixed-point
+hyper synthesis is stored as its exact integers. The analysis/synthesis transforms are stored in
+float16 to keep the file small; the file's SHA-256 identifies the exact weights in every
+``.aec`` header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .model import ACT_FRAC_BITS, WEIGHT_FRAC_BITS, GainHyperprior, ModelConfig
+
+FORMAT = "aecodec-weights-1"
+DEFAULT_NAME = "aecodec-hp.safetensors"
+_FP16_PREFIXES = ("g_a.", "g_s.", "h_a.")
+
+
+class WeightsError(Exception):
+    """A weights file is missing, unreadable or not an aecodec weights file."""
+
+
+def weights_dir() -> Path:
+    """``$AECODEC_WEIGHTS_DIR``, else the repo's ``weights/``, else the installed copy."""
+    env = os.environ.get("AECODEC_WEIGHTS_DIR")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parent.parent / "weights"
+    if repo.is_dir():
+        return repo
+    return Path(sys.prefix) / "share" / "aecodec" / "weights"
+
+
+def _fixed_point_scale(name: str) -> int | None:
+    """Integer scale of a fixed-point tensor of the hyper synthesis, else None."""
+    if name.startswith("h_s.") and name.endswith(".weight"):
+        return 2**WEIGHT_FRAC_BITS
+    if name.startswith("h_s.") and name.endswith(".bias"):
+        return 2 ** (WEIGHT_FRAC_BITS + ACT_FRAC_BITS)
+    return None
+
+
+def save_weights(model: GainHyperprior, path: str | Path, info: dict | None = None) -> str:
+    """Write ``model`` (after ``model.update()``) to ``path`` atomically; returns its hash."""
+    tensors = {}
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu()
+        scale = _fixed_point_scale(name)
+        if scale is not None:
+            q = torch.round(t.double() * scale)
+            t = q.to(torch.int16 if name.endswith(".weight") else torch.int32)
+        elif name.startswith(_FP16_PREFIXES) and t.is_floating_point():
+            t = t.half()
+        tensors[name] = t.contiguous()
+    meta = {"format": FORMAT, "model": "hyperprior-gain", "config": json.dumps(model.config.to_dict())}
+    meta["info"] = json.dumps(info or {})
+    data = st_save(tensors, metadata=meta)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_metadata(data: bytes) -> dict:
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + n]).get("__metadata__", {})
+
+
+def load_weights(path: str | Path | None = None) -> tuple[GainHyperprior, str]:
+    """Load a model for coding (eval mode, CPU) and the SHA-256 of its file."""
+    path = Path(path) if path else weights_dir() / DEFAULT_NAME
+    try:
+        data = path.read_bytes()
+        meta = _read_metadata(data)
+        if meta.get("format") != FORMAT:
+            raise WeightsError(f"{path} is not an aecodec weights file")
+        config = ModelConfig.from_dict(json.loads(meta["config"]))
+        tensors = st_load(data)
+    except OSError as e:
+        raise WeightsError(f"cannot read weights {path}: {e.strerror or e}") from None
+    except (ValueError, KeyError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path} is not a valid weights file ({e})") from None
+    state = {}
+    for name, t in tensors.items():
+        scale = _fixed_point_scale(name)
+        if scale is not None:
+            t = t.double() / scale  # exact: the stored integers are the fixed-point grid
+        state[name] = t.float() if t.is_floating_point() else t
+    model = GainHyperprior(config)
+    model.load_state_dict(state)
+    model.eval()
+    return model, hashlib.sha256(data).hexdigest()
+
+
+def weights_info(path: str | Path) -> dict:
+    """The training record stored in a weights file's metadata."""
+    return json.loads(_read_metadata(Path(path).read_bytes()).get("info", "{}"))
