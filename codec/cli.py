@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:  # argparse cannot hand "--help" on to a sub-program; do it here
         from . import train
 
-        train.main(argv[1:])
+        train.main(argv[1:], prog="aecodec train")
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -19,6 +19,8 @@ context) with two changes that a codec shipping real files needs:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -205,11 +207,17 @@ class GainHyperprior(CompressionModel):
             return self.g_s(y_hat).clamp_(0, 1)
 
 
-def _plain_cpu_kernels():
+@contextmanager
+def _plain_cpu_kernels() -> Iterator[None]:
     """oneDNN's CPU convolutions change their summation order with the thread count, which moves
     a few decoded pixels by one level; PyTorch's native kernels give the same result with 1 or N
-    threads (tests/test_determinism.py), at a small cost in speed."""
-    return torch.backends.mkldnn.flags(enabled=False)
+    threads (tests/test_quality.py), at a small cost in speed."""
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
 
 
 def count_parameters(model: nn.Module) -> int:

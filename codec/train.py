@@ -193,8 +193,8 @@ def export(args: argparse.Namespace) -> None:
     print(f"wrote {args.output} ({Path(args.output).stat().st_size/1e6:.1f} MB, sha256 {digest[:16]})")
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m codec.train", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> None:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fit", help="train (or resume) the variable-rate model")
