@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy.interpolate import PchipInterpolator
 
 
 def _clean(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -36,6 +35,8 @@ def _clean(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarr
 
 def _mean_gap(x_ref: np.ndarray, y_ref: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     """Mean of (curve - reference) over the overlapping x range, NaN if there is none."""
+    from scipy.interpolate import PchipInterpolator  # late: keeps `aecodec --help` light
+
     x_ref, y_ref = _clean(x_ref, y_ref)
     x, y = _clean(x, y)
     if x_ref.size < 2 or x.size < 2:
