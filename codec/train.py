@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .model import GainHyperprior, ModelConfig, bpp_of, count_parameters
-from .weights import save_weights
+from .weights import load_weights, save_weights
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -106,9 +106,15 @@ def fit(args: argparse.Namespace) -> None:
     if args.resume:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=False)
         config = ModelConfig.from_dict(ckpt["config"])
+    elif args.init:  # continue from shipped weights (fresh optimiser state)
+        init_model, _ = load_weights(args.init)
+        config = init_model.config
     else:
         config = ModelConfig(N=args.N, M=args.M)
-    model = GainHyperprior(config).to(device)
+    model = GainHyperprior(config)
+    if args.init and not ckpt:
+        model.load_state_dict(init_model.state_dict())
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
@@ -202,6 +208,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--val", required=True, help="folder of held-out validation images")
     f.add_argument("--out", required=True, help="folder for last.pt / best.pt checkpoints")
     f.add_argument("--resume", help="checkpoint to continue from")
+    f.add_argument("--init", help="start from a weights file (e.g. weights/aecodec-hp.safetensors)")
     f.add_argument("--fresh-optimizer", action="store_true", help="on resume, reset Adam's state")
     f.add_argument("--steps", type=int, default=100_000, help="total steps (counting resumed ones)")
     f.add_argument("--batch-size", type=int, default=8)
