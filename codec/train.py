@@ -83,8 +83,9 @@ def validate(model: GainHyperprior, images: list[torch.Tensor], device: torch.de
     n = 0
     for pos_value in (0.0, (K - 1) / 2, K - 1.0):
         for im in images:
-            t, l = (im.shape[1] - size) // 2, (im.shape[2] - size) // 2
-            x = (im[:, t : t + size, l : l + size].float() / 255)[None].to(device)
+            s = min(size, im.shape[1] // 64 * 64, im.shape[2] // 64 * 64)  # small images: smaller crops
+            t, l = (im.shape[1] - s) // 2, (im.shape[2] - s) // 2
+            x = (im[:, t : t + s, l : l + s].float() / 255)[None].to(device)
             r = rd_loss(model, x, torch.tensor([pos_value]))
             for k in totals:
                 totals[k] += float(r[k])
@@ -132,7 +133,9 @@ def fit(args: argparse.Namespace) -> None:
             g["lr"] = args.lr
 
     train_images = load_images(list_images(args.data), args.patch_size)
-    val_images = load_images(list_images(args.val), 256)[: args.val_images]
+    val_images = load_images(list_images(args.val), 64)[: args.val_images]
+    if not train_images or not val_images:
+        raise SystemExit(f"error: need images of at least {args.patch_size} px (training) and 64 px (validation)")
     print(f"{count_parameters(model)/1e6:.2f}M parameters, {len(train_images)} training images, "
           f"{len(val_images)} validation images, device {device}, lambdas {config.lambdas}", flush=True)
 
@@ -171,8 +174,8 @@ def fit(args: argparse.Namespace) -> None:
         aux_opt.step()
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{float(r['loss']):.3f}", bpp=f"{float(r['bpp']):.3f}",
-                        psnr=f"{float(r['psnr']):.2f}", aux=f"{float(aux_loss):.0f}", refresh=False)
+        bar.set_postfix(loss=f"{r['loss'].item():.3f}", bpp=f"{r['bpp'].item():.3f}",
+                        psnr=f"{r['psnr'].item():.2f}", aux=f"{aux_loss.item():.0f}", refresh=False)
         if step % args.val_every == 0 or step == args.steps:
             v = validate(model, val_images, device)
             is_best = v["loss"] < best
