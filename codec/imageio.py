@@ -16,16 +16,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Pillow's own guard against decompression bombs applies; this is the codec's ceiling.
-Image.MAX_IMAGE_PIXELS = 1 << 26
-
 
 class ImageError(Exception):
     """An input image cannot be read or is of a kind aecodec does not code."""
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file, applying its EXIF orientation."""
+    """Open and fully decode an image file, applying its EXIF orientation. Pillow's own
+    decompression-bomb guard applies here; the codec's size limit is checked in ``Codec.compress``."""
     try:
         with Image.open(path) as im:
             im.load()
