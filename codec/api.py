@@ -7,13 +7,16 @@
     data = codec.compress(Image.open("kodim01.png"), quality=75)
     Image.Image.save(codec.decompress(data), "restored.png")
 
+    Codec(model="vae-kl-f8")                          # the f8 VAE (codec/vae.py) as a codec
+
 The analysis and synthesis transforms run on the chosen device; everything that decides the
-rANS tables runs on CPU in exact arithmetic (see ``codec/model.py``), so a file written on any
-device, with any thread count, decodes the same way.
+rANS tables runs on CPU in exact arithmetic (see ``codec/model.py``), or is a fixed table (the
+VAE's prior), so a file written on any device, with any thread count, decodes the same way.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -22,11 +25,17 @@ from PIL import Image
 
 from . import bitstream
 from .bitstream import FormatError, Header
-from .imageio import merge, normalize, split
-from .weights import load_weights
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
-MODEL_ID = 1  # bitstream.MODELS[1] == "hyperprior-gain"
+from .imageio import merge, normalize, split
+from .model import plain_cpu_kernels
+from .vae import KLAutoencoder
+from .weights import DEFAULT_MODEL, default_weights, load_weights
+
 DEFAULT_QUALITY = 75
+LATENT_FORMAT = "aecodec-latent-1"
 
 
 class CodecError(Exception):
@@ -48,14 +57,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 class Codec:
     """A loaded model, ready to code many images (load once, reuse)."""
 
-    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "auto"):
+    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "auto",
+                 model: str = DEFAULT_MODEL):
+        """``weights``: a weights file (its metadata names the model), else the shipped
+        weights of ``model`` ("hyperprior-gain" or "vae-kl-f8")."""
         self.device = resolve_device(device)
-        self.model, digest = load_weights(weights)
+        if model not in bitstream.MODELS.values():
+            raise CodecError(f"unknown model {model!r} (choose from {', '.join(bitstream.MODELS.values())})")
+        self.model, digest = load_weights(weights or default_weights(model))
         self.weights_sha256 = digest
         self.weights_id = bytes.fromhex(digest[:16])
         # Only the heavy transforms move; entropy models, h_s and gains stay on CPU.
-        for part in (self.model.g_a, self.model.h_a, self.model.g_s):
-            part.to(self.device)
+        for name in self.model.device_parts:
+            getattr(self.model, name).to(self.device)
 
     def compress(self, image: Image.Image, quality: int = DEFAULT_QUALITY) -> bytes:
         """Code a PIL image to the bytes of a complete ``.aec`` file."""
@@ -66,11 +80,11 @@ class Codec:
         if w > bitstream.MAX_SIDE or h > bitstream.MAX_SIDE or w * h > bitstream.MAX_PIXELS:
             raise CodecError(f"image {w}x{h} is too large (limit {bitstream.MAX_PIXELS} pixels)")
         x, alpha = split(image, mode)
-        x = _pad(x.to(self.device), self.model.stride)
+        x = pad_to_stride(x.to(self.device), self.model.stride)
         streams, _ = self.model.compress(x, quality)
         if alpha is not None:
             streams.append(bitstream.pack_alpha(alpha))
-        header = Header(MODEL_ID, self.weights_id, quality, mode, w, h, ())
+        header = Header(self.model.MODEL_ID, self.weights_id, quality, mode, w, h, ())
         return bitstream.pack(header, streams)
 
     def decompress(self, data: bytes) -> Image.Image:
@@ -79,11 +93,11 @@ class Codec:
         self.check_weights(header)
         alpha = None
         if header.has_alpha:
-            alpha = bitstream.unpack_alpha(streams[2], header.width, header.height)
-        s = self.model.stride
-        z_shape = (-(-header.height // s), -(-header.width // s))
+            alpha = bitstream.unpack_alpha(streams.pop(), header.width, header.height)
+        s = self.model.stride  # the first coded latent is the image's size / stride, rounded up
+        shape = (-(-header.height // s), -(-header.width // s))
         try:
-            x = self.model.decompress(streams[:2], z_shape, header.quality, self.device)
+            x = self.model.decompress(streams, shape, header.quality, self.device)
         except (ValueError, RuntimeError) as e:  # rANS decoder rejects the stream
             raise FormatError(f"corrupted entropy-coded data ({e})") from None
         x = x[..., : header.height, : header.width]
@@ -91,6 +105,9 @@ class Codec:
 
     def check_weights(self, header: Header) -> None:
         """A file decodes only with the exact weights that wrote it."""
+        if header.model_id != self.model.MODEL_ID:
+            raise CodecError(f"file was written by model {header.model}, but the loaded weights are "
+                             f"model {self.model.NAME}")
         if header.weights_id != self.weights_id:
             raise CodecError(
                 f"file was written with weights {header.weights_id.hex()}, "
@@ -98,12 +115,63 @@ class Codec:
             )
 
 
+    # --- latents (the VAE only) ---
+    def encode_latent(self, image: Image.Image) -> bytes:
+        """An image -> a safetensors file holding its scaled latent (1 x 4 x H/8 x W/8, float32)
+        and what decoding needs: the original size and mode, the factors, the weights' hash."""
+        vae = self._vae()
+        image, mode = normalize(image)
+        if mode in ("LA", "RGBA"):
+            raise CodecError("the VAE keeps no alpha channel: convert the image to RGB first")
+        w, h = image.size
+        if w > bitstream.MAX_SIDE or h > bitstream.MAX_SIDE or w * h > bitstream.MAX_PIXELS:
+            raise CodecError(f"image {w}x{h} is too large (limit {bitstream.MAX_PIXELS} pixels)")
+        x, _ = split(image, mode)
+        with torch.no_grad():
+            mean, _ = vae.encode(pad_to_stride(x.to(self.device), vae.stride))
+            latent = vae.scale(mean).float().cpu().contiguous()
+        meta = {"format": LATENT_FORMAT, "model": vae.NAME, "weights_sha256": self.weights_sha256,
+                "width": str(w), "height": str(h), "mode": mode,
+                "scaling_factor": repr(vae.config.scaling_factor), "shift_factor": repr(vae.config.shift_factor)}
+        return st_save({"latent": latent}, metadata=meta)
+
+    def decode_latent(self, data: bytes) -> Image.Image:
+        """A latent file written by ``encode_latent`` (or edited: any finite values) -> an image."""
+        vae = self._vae()
+        try:
+            meta = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__", {})
+            latent = st_load(data)["latent"] if meta.get("format") == LATENT_FORMAT else None
+            w, h, mode = int(meta["width"]), int(meta["height"]), meta["mode"]
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError, SafetensorError):
+            raise FormatError("not an aecodec latent file") from None
+        if latent is None:
+            raise FormatError("not an aecodec latent file")
+        if meta.get("weights_sha256") != self.weights_sha256:
+            raise CodecError(f"latent was made with weights {str(meta.get('weights_sha256'))[:16]}, "
+                             f"but the loaded weights are {self.weights_sha256[:16]}")
+        if mode not in ("L", "RGB") or not (1 <= w <= bitstream.MAX_SIDE and 1 <= h <= bitstream.MAX_SIDE):
+            raise FormatError(f"invalid size {w}x{h} or mode {mode!r} in latent file")
+        s = vae.stride
+        expected = (1, vae.config.latent_channels, -(-h // s), -(-w // s))
+        if tuple(latent.shape) != expected or not latent.is_floating_point() or not torch.isfinite(latent).all():
+            raise FormatError(f"latent of shape {tuple(latent.shape)} does not fit a {w}x{h} image "
+                              f"(expected {expected}, finite floats)")
+        with torch.no_grad(), plain_cpu_kernels():
+            x = vae.decode(vae.unscale(latent.float().to(self.device))).clamp(0, 1).float().cpu()
+        return merge(x[..., :h, :w], mode, None)
+
+    def _vae(self) -> KLAutoencoder:
+        if not isinstance(self.model, KLAutoencoder):
+            raise CodecError(f"latents need the VAE, but the loaded weights are model {self.model.NAME}")
+        return self.model
+
+
 def read_header(data: bytes) -> Header:
     """Parse and validate a file's header (and checksum) without decoding it."""
     return bitstream.unpack(data)[0]
 
 
-def _pad(x: torch.Tensor, stride: int) -> torch.Tensor:
+def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
     """Replicate-pad to a multiple of ``stride`` (edges cost fewer bits than zeros)."""
     h, w = x.shape[-2:]
     ph, pw = -h % stride, -w % stride
@@ -112,20 +180,23 @@ def _pad(x: torch.Tensor, stride: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate")
 
 
-_default: dict[str, Codec] = {}
+_default: dict[tuple[str, str], Codec] = {}
 
 
-def compress(image: Image.Image, quality: int = DEFAULT_QUALITY, device: str = "auto") -> bytes:
-    """One-call compression with the shipped weights (the model is loaded once per process)."""
-    return _codec(device).compress(image, quality)
+def compress(image: Image.Image, quality: int = DEFAULT_QUALITY, device: str = "auto",
+             model: str = DEFAULT_MODEL) -> bytes:
+    """One-call compression with shipped weights (each model is loaded once per process)."""
+    return codec_for(model, device).compress(image, quality)
 
 
 def decompress(data: bytes, device: str = "auto") -> Image.Image:
-    """One-call decompression with the shipped weights."""
-    return _codec(device).decompress(data)
+    """One-call decompression with the shipped weights of the model that wrote ``data``."""
+    return codec_for(read_header(data).model, device).decompress(data)
 
 
-def _codec(device: str) -> Codec:
-    if device not in _default:
-        _default[device] = Codec(device=device)
-    return _default[device]
+def codec_for(model: str, device: str = "auto") -> Codec:
+    """A shared Codec with the shipped weights of ``model``, loaded on first use."""
+    key = (model, str(device))
+    if key not in _default:
+        _default[key] = Codec(device=device, model=model)
+    return _default[key]

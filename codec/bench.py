@@ -42,10 +42,12 @@ from PIL import Image, features
 from .bdrate import bd_psnr, bd_rate, msssim_db
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
-ALL_CODECS = ("aecodec", "jpeg420", "jpeg444", "webp", "avif", "jpeg2000")
+ALL_CODECS = ("aecodec", "aecodec-vae", "jpeg420", "jpeg444", "webp", "avif", "jpeg2000")
 ANCHOR = "jpeg420"  # BD numbers in summary.md are against this codec; it is always run
 AECODEC_QUALITIES = (1, 10, 25, 40, 55, 70, 85, 100)
 AECODEC_QUICK = (10, 55, 100)
+VAE_QUALITIES = (1, 34, 67, 100)  # the f8 VAE's codec covers a narrow, low rate range
+VAE_QUICK = (1, 100)
 QUICK_IMAGES = 3
 QUICK_CROP = 256  # centre crop: small enough for CI, big enough for 5-scale MS-SSIM
 PSNR_CAP = 100.0
@@ -132,18 +134,17 @@ def pillow_codecs() -> dict[str, PillowCodec]:
 
 
 class AeCodec:
-    """aecodec through its public API; the model loads once, here."""
+    """aecodec through its public API (the hyperprior, or the VAE with ``vae=True``); the model
+    loads once, here."""
 
-    key = "aecodec"
-    label = "aecodec"
-
-    def __init__(self, device: str = "auto", weights: str | None = None):
+    def __init__(self, device: str = "auto", weights: str | None = None, vae: bool = False):
         from .api import Codec  # late: torch and the weights load only when aecodec is benchmarked
 
-        self.codec = Codec(weights=weights, device=device)
+        self.codec = Codec(weights=weights, device=device, model="vae-kl-f8" if vae else "hyperprior-gain")
         self.device = self.codec.device
-        self.qualities = AECODEC_QUALITIES
-        self.quick = AECODEC_QUICK
+        self.key, self.label = ("aecodec-vae", "aecodec VAE f8") if vae else ("aecodec", "aecodec")
+        self.qualities = VAE_QUALITIES if vae else AECODEC_QUALITIES
+        self.quick = VAE_QUICK if vae else AECODEC_QUICK
 
     def encode(self, image: Image.Image, quality: int) -> bytes:
         return self.codec.compress(image, quality=quality)
@@ -154,7 +155,7 @@ class AeCodec:
 
     def description(self) -> str:
         sha = getattr(self.codec, "weights_sha256", "")
-        return f"aecodec weights {sha[:16]}; {describe_torch_device(self.device)}"
+        return f"{self.label} weights {sha[:16]}; {describe_torch_device(self.device)}"
 
 
 # --------------------------------------------------------------------------- measuring
@@ -505,6 +506,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    f"(default: {','.join(map(str, AECODEC_QUALITIES))}; --quick: {','.join(map(str, AECODEC_QUICK))})")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where aecodec runs (default: auto)")
     p.add_argument("--weights", metavar="FILE", help="aecodec weights (default: the shipped weights)")
+    p.add_argument("--vae-weights", metavar="FILE", help="aecodec-vae weights (default: the shipped weights)")
     p.add_argument("--out", default="bench-out", metavar="DIR", help="output folder (default: bench-out)")
     p.add_argument("--reference", nargs="+", action="extend", default=[], metavar="FILE.json",
                    help="CompressAI-style result JSONs to compare and plot against")
@@ -556,8 +558,9 @@ def _run(args: argparse.Namespace) -> int:
     classical = pillow_codecs()
     codecs: list = []
     for n in names:
-        if n == "aecodec":
-            codecs.append(_load_aecodec(args.device, args.weights))
+        if n in ("aecodec", "aecodec-vae"):
+            vae = n == "aecodec-vae"
+            codecs.append(_load_aecodec(args.device, args.vae_weights if vae else args.weights, vae))
         else:
             codecs.append(classical[n])
     qualities = {c.key: (c.quick if args.quick else c.qualities) for c in codecs}
@@ -599,9 +602,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_aecodec(device: str, weights: str | None) -> AeCodec:
+def _load_aecodec(device: str, weights: str | None, vae: bool = False) -> AeCodec:
     try:
-        return AeCodec(device=device, weights=weights)
+        return AeCodec(device=device, weights=weights, vae=vae)
     except ImportError as e:
         raise BenchError(f"aecodec: cannot import the codec ({e})") from None
     except Exception as e:  # CodecError, WeightsError, OSError: bad device or weights

@@ -16,7 +16,8 @@ MAX_SIDE = 65_535
 MAX_PIXELS = 1 << 26  # 67 megapixels: far beyond Kodak, far below what would exhaust memory
 MAX_STREAMS = 8
 
-MODELS = {1: "hyperprior-gain"}  # model id -> name; the id says which network decodes the streams
+MODELS = {1: "hyperprior-gain", 2: "vae-kl-f8"}  # model id -> name: which network decodes the streams
+CODED_STREAMS = {1: 2, 2: 1}  # entropy-coded streams per model: hyperprior z and y; the VAE's latent
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # image modes that round-trip
 MODE_IDS = {v: k for k, v in MODES.items()}
 
@@ -48,14 +49,14 @@ class Header:
         return self.mode in ("LA", "RGBA")
 
 
-def expected_streams(mode: str) -> int:
-    """z stream and y stream, plus a lossless alpha stream for LA / RGBA."""
-    return 3 if mode in ("LA", "RGBA") else 2
+def expected_streams(mode: str, model_id: int = 1) -> int:
+    """The model's entropy-coded streams, plus a lossless alpha stream for LA / RGBA."""
+    return CODED_STREAMS[model_id] + (1 if mode in ("LA", "RGBA") else 0)
 
 
 def pack(header: Header, streams: list[bytes]) -> bytes:
     """Serialise a header and its streams; lengths are taken from ``streams``."""
-    if len(streams) != expected_streams(header.mode):
+    if len(streams) != expected_streams(header.mode, header.model_id):
         raise ValueError("wrong number of streams for this mode")
     fixed = _FIXED.pack(
         MAGIC, VERSION, header.model_id, header.weights_id, header.quality,
@@ -84,8 +85,8 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE) or w * h > MAX_PIXELS:
         raise FormatError(f"invalid image size {w}x{h} in header (limit {MAX_PIXELS} pixels)")
     mode = MODES[mode_id]
-    if n != expected_streams(mode):
-        raise FormatError(f"invalid stream count {n} for mode {mode}")
+    if n != expected_streams(mode, model_id):
+        raise FormatError(f"invalid stream count {n} for mode {mode} and model {MODELS[model_id]}")
     offset = _FIXED.size + 4 * n
     if len(data) < offset + _CRC.size:
         raise FormatError("truncated file (header incomplete)")

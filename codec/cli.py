@@ -1,4 +1,4 @@
-"""The ``aecodec`` command line: compress, decompress, info, train, bench.
+"""The ``aecodec`` command line: compress, decompress, info, vae, train, bench.
 
 Every failure is one line on stderr and a non-zero exit status; outputs are written
 atomically and never replace an existing file without ``--force``.
@@ -17,7 +17,12 @@ EPILOG = """examples:
   aecodec compress -q 30 a.jpg b.png         several images, one model load
   aecodec decompress photo.aec -o out.png    restores a PNG of the original size and mode
   aecodec info photo.aec                     what the header says
+  aecodec compress --model vae photo.png     code with the f8 VAE instead (decompress as usual)
+  aecodec vae encode photo.png               photo.safetensors: the VAE's scaled latent
+  aecodec vae decode photo.safetensors -o back.png
 """
+
+MODELS = {"hp": "hyperprior-gain", "vae": "vae-kl-f8"}  # --model choices -> model names
 
 
 class UsageError(Exception):
@@ -51,10 +56,12 @@ def _progress(items: list, desc: str):
     return tqdm(items, desc=desc, unit="img", disable=len(items) < 2 or None, file=sys.stderr)
 
 
-def _codec(args: argparse.Namespace):
+def _codec(args: argparse.Namespace, model: str | None = None):
+    """The Codec for ``--weights`` if given, else the shipped weights of ``model``."""
     from .api import Codec
 
-    return Codec(weights=args.weights, device=args.device)
+    model = model or MODELS[getattr(args, "model", "hp")]
+    return Codec(weights=args.weights, device=args.device, model=model)
 
 
 def _run_each(pairs, work, desc: str) -> int:
@@ -93,12 +100,18 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def cmd_decompress(args: argparse.Namespace) -> int:
     from .imageio import png_bytes, write_atomic
 
+    from .api import read_header
+
     inputs = [Path(p) for p in args.inputs]
     outputs = _outputs(inputs, args.output, ".png")
-    codec = _codec(args)
+    codecs: dict = {}  # model name -> Codec: each file names the model that wrote it
 
     def work(src: Path, dst: Path) -> None:
-        image = codec.decompress(_read_bytes(src))
+        data = _read_bytes(src)
+        model = read_header(data).model
+        if model not in codecs:
+            codecs[model] = _codec(args, model)
+        image = codecs[model].decompress(data)
         write_atomic(dst, png_bytes(image), force=args.force)
         if args.verbose:
             print(f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
@@ -122,6 +135,37 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  bpp         {8 * len(data) / px:.4f}")
 
     return _run_each([(Path(p), None) for p in args.inputs], work, "reading")
+
+
+def cmd_vae_encode(args: argparse.Namespace) -> int:
+    from .imageio import read_image, write_atomic
+
+    inputs = [Path(p) for p in args.inputs]
+    outputs = _outputs(inputs, args.output, ".safetensors")
+    codec = _codec(args, MODELS["vae"])
+
+    def work(src: Path, dst: Path) -> None:
+        write_atomic(dst, codec.encode_latent(read_image(src)), force=args.force)
+        if args.verbose:
+            print(f"{src} -> {dst}")
+
+    return _run_each(list(zip(inputs, outputs)), work, "encoding")
+
+
+def cmd_vae_decode(args: argparse.Namespace) -> int:
+    from .imageio import png_bytes, write_atomic
+
+    inputs = [Path(p) for p in args.inputs]
+    outputs = _outputs(inputs, args.output, ".png")
+    codec = _codec(args, MODELS["vae"])
+
+    def work(src: Path, dst: Path) -> None:
+        image = codec.decode_latent(_read_bytes(src))
+        write_atomic(dst, png_bytes(image), force=args.force)
+        if args.verbose:
+            print(f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
+
+    return _run_each(list(zip(inputs, outputs)), work, "decoding")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -183,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("inputs", nargs="+", metavar="IMG")
     c.add_argument("-q", "--quality", type=int, default=75,
                    help="1-100, higher is better and bigger, like JPEG's (default: 75)")
+    c.add_argument("-m", "--model", choices=list(MODELS), default="hp",
+                   help="hp: the rate-distortion hyperprior (default, best quality per bit); "
+                   "vae: the f8 VAE's quantised latent (low rates only)")
     common(c)
     c.set_defaults(func=cmd_compress)
 
@@ -197,6 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the model, weights, quality, size and bits per pixel of .aec files.")
     i.add_argument("inputs", nargs="+", metavar="FILE.aec")
     i.set_defaults(func=cmd_info)
+
+    v = sub.add_parser("vae", help="images <-> VAE latents (for latent diffusion)",
+                       description="The KL-regularised f8 autoencoder: 4 latent channels at H/8 x W/8, "
+                       "scaled to about unit variance. A latent file is safetensors: tensor 'latent' "
+                       "(1 x 4 x H/8 x W/8, float32) plus the metadata decoding needs.")
+    vsub = v.add_subparsers(dest="vae_command", required=True, metavar="ACTION")
+    ve = vsub.add_parser("encode", help="images -> latent files (NAME.safetensors)",
+                         description="Encode images (RGB or grayscale) to scaled latents, written as "
+                         "NAME.safetensors unless -o is given.")
+    ve.add_argument("inputs", nargs="+", metavar="IMG")
+    common(ve)
+    ve.set_defaults(func=cmd_vae_encode)
+    vd = vsub.add_parser("decode", help="latent files -> PNG",
+                         description="Decode latent files to PNG images of the original size and mode.")
+    vd.add_argument("inputs", nargs="+", metavar="LATENT")
+    common(vd)
+    vd.set_defaults(func=cmd_vae_decode)
 
     t = sub.add_parser("train", help="train or export weights (see: aecodec train --help)",
                        description="Runs python -m codec.train; all arguments are passed on.",

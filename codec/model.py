@@ -104,6 +104,10 @@ class FixedPointHyperSynthesis(nn.Module):
 class GainHyperprior(CompressionModel):
     """Mean-scale hyperprior with gain units; ``quality`` in [1, 100] selects the rate."""
 
+    MODEL_ID = 1  # bitstream.MODELS[1]
+    NAME = "hyperprior-gain"
+    device_parts = ("g_a", "h_a", "g_s")  # what runs on the chosen device; the rest stays on CPU
+
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         self.config = config = config or ModelConfig()
@@ -179,7 +183,7 @@ class GainHyperprior(CompressionModel):
     def compress(self, x: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
         """Code a padded image batch of one; returns [z_stream, y_stream] and z's shape."""
         gain, _ = self.gains(self.position(quality).reshape(1))
-        with _plain_cpu_kernels():
+        with plain_cpu_kernels():
             y = self.g_a(x) * gain.to(x.device)
             z = self.h_a(y).float().cpu()
         z_strings = self.entropy_bottleneck.compress(z)
@@ -203,12 +207,12 @@ class GainHyperprior(CompressionModel):
         )
         _, inv_gain = self.gains(self.position(quality).reshape(1))
         y_hat = y_hat.to(device, torch.float32) * inv_gain.to(device)
-        with _plain_cpu_kernels():
+        with plain_cpu_kernels():
             return self.g_s(y_hat).clamp_(0, 1)
 
 
 @contextmanager
-def _plain_cpu_kernels() -> Iterator[None]:
+def plain_cpu_kernels() -> Iterator[None]:
     """oneDNN's CPU convolutions change their summation order with the thread count, which moves
     a few decoded pixels by one level; PyTorch's native kernels give the same result with 1 or N
     threads (tests/test_quality.py), at a small cost in speed."""

@@ -1,12 +1,19 @@
-"""Train the variable-rate model on rate + lambda * distortion, and export shipped weights.
+"""Train the variable-rate model on rate + lambda * distortion, or the f8 VAE, and export weights.
 
     python -m codec.train fit --data ../shared/data/train --val ../shared/data/val --out runs/hp
     python -m codec.train export runs/hp/best.pt weights/aecodec-hp.safetensors
+
+    python -m codec.train fit --model vae --data ../shared/data/train --val ../shared/data/val --out runs/vae
+    python -m codec.train export runs/vae/best.pt weights/aecodec-vae-f8.safetensors --data ../shared/data/train
 
 Each training image gets its own random position on the quality axis, and so its own lambda,
 which is how one set of weights learns the whole rate range (gain units interpolate between
 the anchor lambdas). Images are decoded once into memory: on a 2-core CPU, JPEG decoding per
 step would cost as much as the model.
+
+The VAE (``--model vae``) minimises reconstruction error + kl_weight * KL, normalised as latent
+diffusion does (both summed per image). Its export measures the latent shift and scale on
+training crops and fits the codec's priors to those latents (the autoencoder is frozen by then).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .model import GainHyperprior, ModelConfig, bpp_of, count_parameters
+from .vae import KLAutoencoder, VAEConfig, kl_divergence
 from .weights import load_weights, save_weights
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -74,24 +82,64 @@ def rd_loss(model: GainHyperprior, x: torch.Tensor, pos: torch.Tensor) -> dict:
     return {"loss": loss, "bpp": bpp.mean(), "psnr": psnr}
 
 
+def vae_loss(model: KLAutoencoder, x: torch.Tensor, kl_weight: float, rec: str = "mse", sample: bool = True) -> dict:
+    """Reconstruction + kl_weight * KL. Latent diffusion sums both per image; dividing both by
+    the number of pixel values gives the same optimum with losses of a readable size."""
+    out = model(x, sample=sample)
+    err = out["x_hat"].float() - x
+    per_px = err.abs() if rec == "l1" else err.pow(2)
+    kl = kl_divergence(out["mean"].float(), out["logvar"].float()) / x[0].numel()
+    mse = err.pow(2).flatten(1).mean(1)
+    loss = (per_px.flatten(1).mean(1) + kl_weight * kl).mean()
+    psnr = (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()
+    return {"loss": loss, "kl": kl.mean() * x[0].numel(), "psnr": psnr}
+
+
+def _centre_crop(im: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    s = min(size, im.shape[1] // 64 * 64, im.shape[2] // 64 * 64)  # small images: smaller crops
+    t, l = (im.shape[1] - s) // 2, (im.shape[2] - s) // 2
+    return (im[:, t : t + s, l : l + s].float() / 255)[None].to(device)
+
+
 @torch.no_grad()
-def validate(model: GainHyperprior, images: list[torch.Tensor], device: torch.device, size: int = 256) -> dict:
-    """Centre crops of held-out images at three qualities, with hard rounding (eval mode)."""
+def validate(model: GainHyperprior | KLAutoencoder, images: list[torch.Tensor], device: torch.device,
+             args: argparse.Namespace, size: int = 256) -> dict:
+    """Centre crops of held-out images: the RD model at three qualities with hard rounding, the
+    VAE through its posterior mean (what inference uses)."""
     model.eval()
-    K = len(model.config.lambdas)
-    totals = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0}
+    totals: dict[str, float] = {}
     n = 0
-    for pos_value in (0.0, (K - 1) / 2, K - 1.0):
+    if isinstance(model, KLAutoencoder):
+        runs = [lambda x: vae_loss(model, x, args.kl_weight, args.rec_loss, sample=False)]
+    else:
+        K = len(model.config.lambdas)
+        runs = [lambda x, p=p: rd_loss(model, x, torch.tensor([p])) for p in (0.0, (K - 1) / 2, K - 1.0)]
+    for run in runs:
         for im in images:
-            s = min(size, im.shape[1] // 64 * 64, im.shape[2] // 64 * 64)  # small images: smaller crops
-            t, l = (im.shape[1] - s) // 2, (im.shape[2] - s) // 2
-            x = (im[:, t : t + s, l : l + s].float() / 255)[None].to(device)
-            r = rd_loss(model, x, torch.tensor([pos_value]))
-            for k in totals:
-                totals[k] += float(r[k])
+            for k, v in run(_centre_crop(im, size, device)).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
             n += 1
     model.train()
     return {k: v / n for k, v in totals.items()}
+
+
+def build_model(args: argparse.Namespace, ckpt: dict | None):
+    """The model to train: from a checkpoint, from shipped weights (--init), or new."""
+    if ckpt:
+        kind = ckpt.get("kind", "hp")
+        model = (KLAutoencoder(VAEConfig.from_dict(ckpt["config"])) if kind == "vae"
+                 else GainHyperprior(ModelConfig.from_dict(ckpt["config"])))
+        model.load_state_dict(ckpt["model"])
+        return model
+    if args.init:  # continue from shipped weights (fresh optimiser state)
+        init_model, _ = load_weights(args.init)
+        model = type(init_model)(init_model.config)
+        model.load_state_dict(init_model.state_dict())
+        return model
+    if args.model == "vae":
+        channels = tuple(int(c) for c in args.channels.split(","))
+        return KLAutoencoder(VAEConfig(block_out_channels=channels, layers_per_block=args.layers_per_block))
+    return GainHyperprior(ModelConfig(N=args.N, M=args.M))
 
 
 def fit(args: argparse.Namespace) -> None:
@@ -103,43 +151,39 @@ def fit(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    ckpt = None
-    if args.resume:
-        ckpt = torch.load(args.resume, map_location="cpu", weights_only=False)
-        config = ModelConfig.from_dict(ckpt["config"])
-    elif args.init:  # continue from shipped weights (fresh optimiser state)
-        init_model, _ = load_weights(args.init)
-        config = init_model.config
-    else:
-        config = ModelConfig(N=args.N, M=args.M)
-    model = GainHyperprior(config)
-    if args.init and not ckpt:
-        model.load_state_dict(init_model.state_dict())
+    ckpt = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
+    model = build_model(args, ckpt)
+    vae = isinstance(model, KLAutoencoder)
+    kind = "vae" if vae else "hp"
+    config = model.config
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
-    aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
+    # The VAE's priors are fitted at export, on the finished latents; the RD model's quantiles
+    # follow CompressAI's auxiliary loss as it trains.
+    frozen = "priors." if vae else None
+    main_params = [p for n, p in model.named_parameters()
+                   if not n.endswith(".quantiles") and not (frozen and n.startswith(frozen))]
+    aux_params = [] if vae else [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.Adam(main_params, lr=args.lr)
-    aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+    aux_opt = torch.optim.Adam(aux_params, lr=1e-3) if aux_params else None
     step, best, elapsed = 0, math.inf, 0.0
     if ckpt:
-        model.load_state_dict(ckpt["model"])
         if not args.fresh_optimizer:
             opt.load_state_dict(ckpt["opt"])
-            aux_opt.load_state_dict(ckpt["aux_opt"])
+            if aux_opt:
+                aux_opt.load_state_dict(ckpt["aux_opt"])
         step, best, elapsed = ckpt["step"], ckpt["best"], ckpt.get("elapsed", 0.0)
-        for g in opt.param_groups:
-            g["lr"] = args.lr
 
     train_images = load_images(list_images(args.data), args.patch_size)
     val_images = load_images(list_images(args.val), 64)[: args.val_images]
     if not train_images or not val_images:
         raise SystemExit(f"error: need images of at least {args.patch_size} px (training) and 64 px (validation)")
     print(f"{count_parameters(model)/1e6:.2f}M parameters, {len(train_images)} training images, "
-          f"{len(val_images)} validation images, device {device}, lambdas {config.lambdas}", flush=True)
+          f"{len(val_images)} validation images, device {device}, "
+          + (f"kl weight {args.kl_weight}" if vae else f"lambdas {config.lambdas}"), flush=True)
 
-    K = len(config.lambdas)
+    K = 1 if vae else len(config.lambdas)
     amp = device.type == "cuda" and not args.no_amp
     model.train()
     t0 = time.time() - elapsed
@@ -147,57 +191,119 @@ def fit(args: argparse.Namespace) -> None:
                mininterval=args.log_interval)
 
     def save(name: str) -> None:
-        state = {"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
+        state = {"model": model.state_dict(), "opt": opt.state_dict(),
+                 "aux_opt": aux_opt.state_dict() if aux_opt else None, "kind": kind,
                  "config": config.to_dict(), "step": step, "best": best, "elapsed": time.time() - t0,
-                 "args": vars(args)}
+                 "args": {k: v for k, v in vars(args).items() if k != "func"}}
         tmp = out / f"{name}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, out / name)
 
     while step < args.steps:
-        if args.lr_drop and step == int(args.steps * args.lr_drop):
-            for g in opt.param_groups:
-                g["lr"] = args.lr / 10
+        dropped = args.lr_drop and step >= int(args.steps * args.lr_drop)  # also right after a resume
+        for g in opt.param_groups:
+            g["lr"] = args.lr / 10 if dropped else args.lr
         x = random_batch(train_images, args.batch_size, args.patch_size, gen).to(device)
         if device.type == "cuda":
             x = x.to(memory_format=torch.channels_last)
         pos = torch.rand(args.batch_size, generator=torch.Generator().manual_seed(gen.getrandbits(32))) * (K - 1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            r = rd_loss(model, x, pos)
+            r = vae_loss(model, x, args.kl_weight, args.rec_loss) if vae else rd_loss(model, x, pos)
         opt.zero_grad(set_to_none=True)
         r["loss"].backward()
         torch.nn.utils.clip_grad_norm_(main_params, 1.0)
         opt.step()
-        aux_loss = model.aux_loss()
-        aux_opt.zero_grad(set_to_none=True)
-        aux_loss.backward()
-        aux_opt.step()
+        if aux_opt:
+            aux_loss = model.aux_loss()
+            aux_opt.zero_grad(set_to_none=True)
+            aux_loss.backward()
+            aux_opt.step()
+            r["aux"] = aux_loss
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{r['loss'].item():.3f}", bpp=f"{r['bpp'].item():.3f}",
-                        psnr=f"{r['psnr'].item():.2f}", aux=f"{aux_loss.item():.0f}", refresh=False)
+        bar.set_postfix({k: f"{v.item():.3f}" for k, v in r.items()}, refresh=False)
         if step % args.val_every == 0 or step == args.steps:
-            v = validate(model, val_images, device)
+            v = validate(model, val_images, device, args)
             is_best = v["loss"] < best
             best = min(best, v["loss"])
-            print(f"\nstep {step} [{(time.time()-t0)/60:.1f} min] val loss {v['loss']:.4f} bpp {v['bpp']:.3f} "
-                  f"psnr {v['psnr']:.2f}{' (best)' if is_best else ''}", flush=True)
+            print(f"\nstep {step} [{(time.time()-t0)/60:.1f} min] val "
+                  + " ".join(f"{k} {x:.4f}" for k, x in v.items()) + (" (best)" if is_best else ""), flush=True)
             save("last.pt")
             if is_best:
                 save("best.pt")
     bar.close()
 
 
+@torch.no_grad()
+def latent_statistics(model: KLAutoencoder, images: list[torch.Tensor], crops: int, size: int,
+                      gen: random.Random) -> torch.Tensor:
+    """Posterior means of random training crops (unscaled), as (crops, C, size/8, size/8)."""
+    model.eval()
+    means = [model.encode(random_batch(images, 1, size, gen))[0] for _ in tqdm(range(crops), desc="latents", leave=False)]
+    return torch.cat(means)
+
+
+def fit_priors(model: KLAutoencoder, latents: torch.Tensor, iters: int, gen: random.Random) -> list[float]:
+    """Fit each anchor step's EntropyBottleneck to the scaled latents divided by that step
+    (noise-relaxed likelihood + CompressAI's aux loss for the quantiles); returns bits/element."""
+    bits = []
+    for step, prior in zip(model.config.codec_steps, model.priors):
+        prior.train()
+        y_all = model.scale(latents) / step
+        opt = torch.optim.Adam([p for n, p in prior.named_parameters() if not n.endswith("quantiles")], lr=1e-2)
+        aux_opt = torch.optim.Adam([prior.quantiles], lr=1e-2)
+        for i in tqdm(range(iters), desc=f"prior step {step:g}", leave=False):
+            if i == iters * 3 // 4:
+                for g in opt.param_groups:
+                    g["lr"] = 1e-3
+            idx = torch.tensor([gen.randrange(len(y_all)) for _ in range(16)])
+            _, lik = prior(y_all[idx])
+            loss = -torch.log2(lik).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            aux = prior.loss()
+            aux_opt.zero_grad(set_to_none=True)
+            aux.backward()
+            aux_opt.step()
+        prior.eval()
+        with torch.no_grad():
+            _, lik = prior(y_all)
+        bits.append(round(float(-torch.log2(lik).mean()), 4))
+    return bits
+
+
 def export(args: argparse.Namespace) -> None:
-    """Checkpoint -> shipped safetensors: builds the rANS tables (``update``) and records the run."""
+    """Checkpoint -> shipped safetensors: builds the rANS tables (``update``) and records the run.
+    For the VAE, first measures the latent shift/scale and fits the priors on ``--data``."""
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    model = GainHyperprior(ModelConfig.from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
-    model.update(force=True)
     a = ckpt.get("args", {})
     info = {"steps": ckpt["step"], "train_minutes": round(ckpt.get("elapsed", 0) / 60, 1),
             "batch_size": a.get("batch_size"), "patch_size": a.get("patch_size"), "lr": a.get("lr"),
             "data": a.get("data"), "best_val_loss": ckpt.get("best")}
+    if ckpt.get("kind") == "vae":
+        if not args.data:
+            raise SystemExit("error: exporting a VAE needs --data (training images to calibrate on)")
+        model = KLAutoencoder(VAEConfig.from_dict(ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+        gen = random.Random(args.seed)
+        torch.manual_seed(args.seed)
+        images = load_images(list_images(args.data), args.calib_size)
+        latents = latent_statistics(model, images, args.calib_crops, args.calib_size, gen)
+        model.config.shift_factor = float(latents.mean())
+        model.config.scaling_factor = float(1 / latents.std())
+        per_channel = model.scale(latents).transpose(0, 1).flatten(1)
+        info.update(kl_weight=a.get("kl_weight"), rec_loss=a.get("rec_loss"),
+                    calibration=f"{args.calib_crops} random {args.calib_size}px crops of {args.data}",
+                    scaled_channel_mean=[round(float(m), 4) for m in per_channel.mean(1)],
+                    scaled_channel_std=[round(float(m), 4) for m in per_channel.std(1)])
+        info["prior_bits_per_element"] = fit_priors(model, latents, args.prior_iters, gen)
+        print(f"shift {model.config.shift_factor:.5f} scale {model.config.scaling_factor:.5f}, "
+              f"prior bits/element {info['prior_bits_per_element']}")
+    else:
+        model = GainHyperprior(ModelConfig.from_dict(ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+    model.update(force=True)
     digest = save_weights(model, args.output, info)
     print(f"wrote {args.output} ({Path(args.output).stat().st_size/1e6:.1f} MB, sha256 {digest[:16]})")
 
@@ -206,7 +312,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fit", help="train (or resume) the variable-rate model")
+    f = sub.add_parser("fit", help="train (or resume) the variable-rate model or the VAE")
+    f.add_argument("--model", choices=["hp", "vae"], default="hp",
+                   help="hp: the rate-distortion hyperprior (default); vae: the KL-regularised f8 autoencoder")
     f.add_argument("--data", required=True, help="folder of training images")
     f.add_argument("--val", required=True, help="folder of held-out validation images")
     f.add_argument("--out", required=True, help="folder for last.pt / best.pt checkpoints")
@@ -220,6 +328,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--lr-drop", type=float, default=0.0, help="fraction of --steps after which lr /= 10 (0: never)")
     f.add_argument("--N", type=int, default=128, help="transform channels")
     f.add_argument("--M", type=int, default=192, help="latent channels")
+    f.add_argument("--channels", default="32,64,128,128", help="VAE block widths (4 blocks: f8)")
+    f.add_argument("--layers-per-block", type=int, default=1, help="VAE resnet blocks per scale")
+    f.add_argument("--kl-weight", type=float, default=1e-6, help="VAE KL weight (latent diffusion: 1e-6)")
+    f.add_argument("--rec-loss", choices=["mse", "l1"], default="mse", help="VAE reconstruction loss")
     f.add_argument("--val-every", type=int, default=1000)
     f.add_argument("--val-images", type=int, default=60)
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -231,6 +343,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     e = sub.add_parser("export", help="write shipped safetensors weights from a checkpoint")
     e.add_argument("checkpoint")
     e.add_argument("output")
+    e.add_argument("--data", help="VAE only: training images to measure the latent scale and fit the priors on")
+    e.add_argument("--calib-crops", type=int, default=256, help="VAE only: random crops for calibration")
+    e.add_argument("--calib-size", type=int, default=256, help="VAE only: crop size for calibration")
+    e.add_argument("--prior-iters", type=int, default=1500, help="VAE only: Adam steps per prior")
+    e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=export)
     args = p.parse_args(argv)
     args.func(args)

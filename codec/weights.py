@@ -20,10 +20,19 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .model import ACT_FRAC_BITS, WEIGHT_FRAC_BITS, GainHyperprior, ModelConfig
+from .vae import KLAutoencoder, VAEConfig
 
 FORMAT = "aecodec-weights-1"
-DEFAULT_NAME = "aecodec-hp.safetensors"
-_FP16_PREFIXES = ("g_a.", "g_s.", "h_a.")
+# model name -> (class, config class, default file name)
+MODELS = {
+    GainHyperprior.NAME: (GainHyperprior, ModelConfig, "aecodec-hp.safetensors"),
+    KLAutoencoder.NAME: (KLAutoencoder, VAEConfig, "aecodec-vae-f8.safetensors"),
+}
+DEFAULT_MODEL = GainHyperprior.NAME
+DEFAULT_NAME = MODELS[DEFAULT_MODEL][2]
+# transforms stored in float16; entropy models stay float32, the hyper synthesis is fixed point
+_FP16_PREFIXES = ("g_a.", "g_s.", "h_a.", "encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+Model = GainHyperprior | KLAutoencoder
 
 
 class WeightsError(Exception):
@@ -50,7 +59,7 @@ def _fixed_point_scale(name: str) -> int | None:
     return None
 
 
-def save_weights(model: GainHyperprior, path: str | Path, info: dict | None = None) -> str:
+def save_weights(model: Model, path: str | Path, info: dict | None = None) -> str:
     """Write ``model`` (after ``model.update()``) to ``path`` atomically; returns its hash."""
     tensors = {}
     for name, t in model.state_dict().items():
@@ -62,7 +71,7 @@ def save_weights(model: GainHyperprior, path: str | Path, info: dict | None = No
         elif name.startswith(_FP16_PREFIXES) and t.is_floating_point():
             t = t.half()
         tensors[name] = t.contiguous()
-    meta = {"format": FORMAT, "model": "hyperprior-gain", "config": json.dumps(model.config.to_dict())}
+    meta = {"format": FORMAT, "model": model.NAME, "config": json.dumps(model.config.to_dict())}
     meta["info"] = json.dumps(info or {})
     data = st_save(tensors, metadata=meta)
     path = Path(path)
@@ -78,15 +87,24 @@ def _read_metadata(data: bytes) -> dict:
     return json.loads(data[8 : 8 + n]).get("__metadata__", {})
 
 
-def load_weights(path: str | Path | None = None) -> tuple[GainHyperprior, str]:
-    """Load a model for coding (eval mode, CPU) and the SHA-256 of its file."""
-    path = Path(path) if path else weights_dir() / DEFAULT_NAME
+def default_weights(model: str = DEFAULT_MODEL) -> Path:
+    """The shipped weights file of a model ("hyperprior-gain" or "vae-kl-f8")."""
+    return weights_dir() / MODELS[model][2]
+
+
+def load_weights(path: str | Path | None = None) -> tuple[Model, str]:
+    """Load a model for coding (eval mode, CPU) and the SHA-256 of its file; the file's
+    metadata says which model it is."""
+    path = Path(path) if path else default_weights()
     try:
         data = path.read_bytes()
         meta = _read_metadata(data)
         if meta.get("format") != FORMAT:
             raise WeightsError(f"{path} is not an aecodec weights file")
-        config = ModelConfig.from_dict(json.loads(meta["config"]))
+        if meta.get("model", GainHyperprior.NAME) not in MODELS:
+            raise WeightsError(f"{path} holds an unknown model {meta['model']!r}")
+        cls, config_cls, _ = MODELS[meta.get("model", GainHyperprior.NAME)]
+        config = config_cls.from_dict(json.loads(meta["config"]))
         tensors = st_load(data)
     except OSError as e:
         raise WeightsError(f"cannot read weights {path}: {e.strerror or e}") from None
@@ -98,7 +116,7 @@ def load_weights(path: str | Path | None = None) -> tuple[GainHyperprior, str]:
         if scale is not None:
             t = t.double() / scale  # exact: the stored integers are the fixed-point grid
         state[name] = t.float() if t.is_floating_point() else t
-    model = GainHyperprior(config)
+    model = cls(config)
     model.load_state_dict(state)
     model.eval()
     return model, hashlib.sha256(data).hexdigest()

@@ -1,0 +1,172 @@
+"""The f8 VAE: shapes, the KL term, latent files, the .aec path and the training mode.
+
+A tiny VAE is trained for a few steps and exported (calibration and priors included) once per
+session, so these tests exercise the real script and stay independent of the shipped weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from codec import bitstream
+from codec.api import Codec, CodecError, FormatError
+from codec.cli import main as cli
+from codec.train import main as train
+from codec.vae import KLAutoencoder, VAEConfig, kl_divergence
+from conftest import make_image, psnr
+
+TINY = ["--channels", "16,16,32,32", "--layers-per-block", "1"]
+
+
+@pytest.fixture(scope="session")
+def vae_weights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vae")
+    data = root / "data"
+    data.mkdir()
+    for i in range(3):
+        make_image(72, 64, seed=i).save(data / f"{i}.png")
+    run = root / "run"
+    train(["fit", "--model", "vae", *TINY, "--data", str(data), "--val", str(data), "--out", str(run),
+           "--patch-size", "32", "--batch-size", "2", "--steps", "3", "--val-every", "2", "--device", "cpu"])
+    weights = root / "vae.safetensors"
+    train(["export", str(run / "best.pt"), str(weights), "--data", str(data), "--calib-crops", "8",
+           "--calib-size", "32", "--prior-iters", "20"])
+    return weights
+
+
+@pytest.fixture(scope="session")
+def vae(vae_weights):
+    return Codec(vae_weights, device="cpu")
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (13, 7), (33, 65), (64, 48)])
+def test_latent_is_four_channels_at_one_eighth(h, w):
+    model = KLAutoencoder(VAEConfig(block_out_channels=(16, 16, 32, 32)))
+    assert model.stride == 8
+    x = torch.rand(1, 3, -(-h // 8) * 8, -(-w // 8) * 8)
+    out = model(x)
+    assert out["mean"].shape == (1, 4, -(-h // 8), -(-w // 8)) == out["logvar"].shape
+    assert out["x_hat"].shape == x.shape
+
+
+def test_kl_term():
+    zero = torch.zeros(2, 4, 3, 3)
+    assert torch.allclose(kl_divergence(zero, zero), torch.zeros(2))  # the posterior is the prior
+    mean = torch.full((1, 4, 3, 3), 2.0)
+    # KL(N(2, 1) || N(0, 1)) = 2 per element, 36 elements
+    assert math.isclose(float(kl_divergence(mean, zero[:1])), 72.0, rel_tol=1e-6)
+    logvar = torch.full((1, 4, 3, 3), math.log(4.0))  # KL(N(0, 4) || N(0, 1)) = (4 - 1 - ln 4) / 2
+    assert math.isclose(float(kl_divergence(zero[:1], logvar)), 36 * (3 - math.log(4)) / 2, rel_tol=1e-6)
+
+
+def test_sampling_only_in_training():
+    torch.manual_seed(0)
+    model = KLAutoencoder(VAEConfig(block_out_channels=(16, 16, 32, 32)))
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.equal(model(x, sample=False)["x_hat"], model(x, sample=False)["x_hat"])
+    assert not torch.equal(model(x, sample=True)["x_hat"], model(x, sample=True)["x_hat"])
+
+
+@pytest.mark.parametrize("size,mode", [((1, 1), "RGB"), ((13, 7), "RGB"), ((65, 33), "L")])
+def test_latent_round_trip(vae, size, mode):
+    image = make_image(*size, mode=mode)
+    data = vae.encode_latent(image)
+    latent = st_load(data)["latent"]
+    assert latent.shape == (1, 4, -(-size[1] // 8), -(-size[0] // 8)) and latent.dtype == torch.float32
+    out = vae.decode_latent(data)
+    assert out.size == size and out.mode == mode
+
+
+def test_latent_file_is_checked(vae, tmp_path):
+    data = vae.encode_latent(make_image(24, 16))
+    with pytest.raises(FormatError):
+        vae.decode_latent(b"not a latent file")
+    with pytest.raises(FormatError):  # a 24x16 image has a 3x2 latent, not 3x3
+        vae.decode_latent(st_save({"latent": torch.zeros(1, 4, 3, 3)}, metadata=_meta(data)))
+    with pytest.raises(FormatError):
+        vae.decode_latent(st_save({"latent": torch.full((1, 4, 2, 3), math.nan)}, metadata=_meta(data)))
+    with pytest.raises(CodecError, match="weights"):
+        vae.decode_latent(st_save({"latent": torch.zeros(1, 4, 2, 3)}, metadata={**_meta(data), "weights_sha256": "0" * 64}))
+    with pytest.raises(CodecError, match="alpha"):
+        vae.encode_latent(make_image(8, 8, "RGBA"))
+
+
+def _meta(data: bytes) -> dict:
+    import json
+
+    return json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+
+
+def test_aec_path_and_quality(vae):
+    image = make_image(48, 40)
+    sizes = []
+    for q in (1, 50, 100):
+        data = vae.compress(image, q)
+        header = bitstream.unpack(data)[0]
+        assert header.model == "vae-kl-f8" and header.stream_lengths.__len__() == 1
+        out = vae.decompress(data)
+        assert out.size == image.size
+        sizes.append(len(data))
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert vae.compress(image, 60) == vae.compress(image, 60)  # deterministic
+    rgba = make_image(20, 12, "RGBA")
+    assert vae.decompress(vae.compress(rgba, 70)).getchannel("A").tobytes() == rgba.getchannel("A").tobytes()
+
+
+def test_wrong_model_is_refused(vae, codec):
+    data = vae.compress(make_image(16, 16), 50)
+    with pytest.raises(CodecError, match="vae-kl-f8"):
+        codec.decompress(data)
+    with pytest.raises(CodecError, match="latents need the VAE"):
+        codec.encode_latent(make_image(8, 8))
+
+
+def test_cli_model_vae_and_latents(vae_weights, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = make_image(40, 24)
+    image.save("a.png")
+    w = ["--weights", str(vae_weights), "--device", "cpu"]
+    assert cli(["compress", "--model", "vae", "a.png", *w]) == 0
+    assert cli(["decompress", "a.aec", "-o", "b.png", *w]) == 0  # the header says which model
+    assert cli(["vae", "encode", "a.png", *w]) == 0
+    assert cli(["vae", "encode", "a.png", *w]) == 1  # no clobbering
+    assert cli(["vae", "decode", "a.safetensors", "-o", "c.png", *w]) == 0
+    from PIL import Image
+
+    assert Image.open("c.png").size == (40, 24)
+    assert cli(["vae", "decode", "a.png", "-o", "d.png", *w]) == 1  # not a latent file
+
+
+def test_training_improves_reconstruction(tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    make_image(64, 64, seed=3).save(data / "0.png")
+    args = ["fit", "--model", "vae", *TINY, "--data", str(data), "--val", str(data), "--out", str(tmp_path / "r"),
+            "--patch-size", "32", "--batch-size", "4", "--lr", "2e-3", "--val-every", "1", "--device", "cpu"]
+    train([*args, "--steps", "1"])
+    first = torch.load(tmp_path / "r" / "last.pt", weights_only=False)["best"]
+    train([*args, "--steps", "40", "--val-every", "40", "--resume", str(tmp_path / "r" / "last.pt")])
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["best"] < first
+
+
+def test_diffusers_export_loads(vae_weights, tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from codec.vae import export_diffusers
+    from codec.weights import load_weights
+
+    model, _ = load_weights(vae_weights)
+    folder = export_diffusers(model, tmp_path / "hf")
+    theirs = diffusers.AutoencoderKL.from_pretrained(folder).eval()
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        mean, _ = model.encode(x)
+        ref = model.decode(mean)
+        dist = theirs.encode(2 * x - 1).latent_dist
+        out = (theirs.decode(dist.mean).sample + 1) / 2
+    assert torch.allclose(dist.mean, mean, atol=1e-4) and torch.allclose(out, ref, atol=1e-4)
+    assert theirs.config.scaling_factor == model.config.scaling_factor

@@ -1,0 +1,86 @@
+"""How good the f8 VAE is as an autoencoder: reconstruction and latent statistics on a folder.
+
+    python tools/vae_report.py ../shared/data/kodak --out bench-out/vae-kodak.json
+
+Reconstruction goes image -> posterior mean -> decoder -> 8-bit image (no quantisation of the
+latent: that is the codec's job, measured by ``aecodec bench``), on full images and on
+256x256 centre crops (the size published kl-f8 figures use). Latent statistics are per channel,
+after the shift and scale stored with the weights, over every latent element of the full images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from codec.api import Codec, pad_to_stride
+from codec.bench import list_images, ms_ssim_rgb, psnr
+from codec.imageio import merge, split
+
+
+def reconstruct(codec: Codec, image: Image.Image) -> tuple[np.ndarray, torch.Tensor]:
+    """8-bit reconstruction through the posterior mean, and the scaled latent."""
+    vae = codec.model
+    x, _ = split(image, "RGB")
+    with torch.no_grad():
+        mean, _ = vae.encode(pad_to_stride(x.to(codec.device), vae.stride))
+        x_hat = vae.decode(mean)[..., : image.size[1], : image.size[0]].float().cpu()
+    return np.asarray(merge(x_hat, "RGB", None)), vae.scale(mean).float().cpu()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", help="folder of images (e.g. the 24 Kodak images)")
+    p.add_argument("--weights", help="VAE weights (default: the shipped weights/aecodec-vae-f8.safetensors)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--crop", type=int, default=256, help="centre crop side (default: 256)")
+    p.add_argument("--out", help="write the numbers as JSON here too")
+    args = p.parse_args(argv)
+
+    codec = Codec(args.weights, device=args.device, model="vae-kl-f8")
+    rows, latents = [], []
+    for path in tqdm(list_images(Path(args.dir)), desc="images", file=sys.stderr):
+        image = Image.open(path).convert("RGB")
+        w, h = image.size
+        c = args.crop
+        crop = image.crop(((w - c) // 2, (h - c) // 2, (w - c) // 2 + c, (h - c) // 2 + c))
+        full, z = reconstruct(codec, image)
+        cropped, _ = reconstruct(codec, crop)
+        a, b = np.asarray(image), np.asarray(crop)
+        rows.append({"image": path.name, "psnr": psnr(a, full), "ms_ssim": ms_ssim_rgb(a, full),
+                     "crop_psnr": psnr(b, cropped), "crop_ms_ssim": ms_ssim_rgb(b, cropped)})
+        latents.append(z[0].flatten(1))
+    z = torch.cat(latents, dim=1)
+    report = {
+        "weights": codec.weights_sha256[:16],
+        "images": len(rows),
+        "full": {"psnr": float(np.mean([r["psnr"] for r in rows])),
+                 "ms_ssim": float(np.nanmean([r["ms_ssim"] for r in rows]))},
+        f"crop{args.crop}": {"psnr": float(np.mean([r["crop_psnr"] for r in rows])),
+                             "ms_ssim": float(np.nanmean([r["crop_ms_ssim"] for r in rows]))},
+        "scaled_latent": {"channel_mean": [round(float(v), 4) for v in z.mean(1)],
+                          "channel_std": [round(float(v), 4) for v in z.std(1)],
+                          "mean": float(z.mean()), "std": float(z.std())},
+        "per_image": rows,
+    }
+    print(f"{len(rows)} images, weights {report['weights']}")
+    print(f"full images: PSNR {report['full']['psnr']:.2f} dB, MS-SSIM {report['full']['ms_ssim']:.4f}")
+    print(f"{args.crop}x{args.crop} centre crops: PSNR {report[f'crop{args.crop}']['psnr']:.2f} dB, "
+          f"MS-SSIM {report[f'crop{args.crop}']['ms_ssim']:.4f}")
+    print(f"scaled latent per channel: mean {report['scaled_latent']['channel_mean']}, "
+          f"std {report['scaled_latent']['channel_std']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
