@@ -20,6 +20,7 @@ EPILOG = """examples:
   aecodec compress --model vae photo.png     code with the f8 VAE instead (decompress as usual)
   aecodec vae encode photo.png               photo.safetensors: the VAE's scaled latent
   aecodec vae decode photo.safetensors -o back.png
+  aecodec vae export-diffusers hf-vae        a folder diffusers.AutoencoderKL loads
 """
 
 MODELS = {"hp": "hyperprior-gain", "vae": "vae-kl-f8"}  # --model choices -> model names
@@ -168,6 +169,20 @@ def cmd_vae_decode(args: argparse.Namespace) -> int:
     return _run_each(list(zip(inputs, outputs)), work, "decoding")
 
 
+def cmd_vae_export(args: argparse.Namespace) -> int:
+    from .vae import export_diffusers
+    from .weights import default_weights, load_weights
+
+    model, digest = load_weights(args.weights or default_weights(MODELS["vae"]))
+    out = Path(args.folder)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise FileExistsError(f"{out} exists and is not empty (use --force to overwrite)")
+    export_diffusers(model, out)
+    print(f"wrote {out}/ (config.json, diffusion_pytorch_model.safetensors) from weights {digest[:16]}; "
+          f"load it with diffusers.AutoencoderKL.from_pretrained({str(out)!r})")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from . import train
 
@@ -261,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     vd.add_argument("inputs", nargs="+", metavar="LATENT")
     common(vd)
     vd.set_defaults(func=cmd_vae_decode)
+    vx = vsub.add_parser("export-diffusers", help="write the VAE as a diffusers AutoencoderKL folder",
+                         description="Write config.json and diffusion_pytorch_model.safetensors, which "
+                         "diffusers.AutoencoderKL.from_pretrained(FOLDER) loads (images in [-1, 1]; "
+                         "the config carries scaling_factor and shift_factor).")
+    vx.add_argument("folder", metavar="FOLDER")
+    vx.add_argument("-f", "--force", action="store_true", help="write into a non-empty folder")
+    vx.add_argument("--weights", metavar="FILE", help="VAE weights file (default: the shipped VAE weights)")
+    vx.set_defaults(func=cmd_vae_export)
 
     t = sub.add_parser("train", help="train or export weights (see: aecodec train --help)",
                        description="Runs python -m codec.train; all arguments are passed on.",

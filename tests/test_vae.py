@@ -6,6 +6,7 @@ session, so these tests exercise the real script and stay independent of the shi
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -97,8 +98,6 @@ def test_latent_file_is_checked(vae, tmp_path):
 
 
 def _meta(data: bytes) -> dict:
-    import json
-
     return json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
 
 
@@ -140,6 +139,12 @@ def test_cli_model_vae_and_latents(vae_weights, tmp_path, monkeypatch):
 
     assert Image.open("c.png").size == (40, 24)
     assert cli(["vae", "decode", "a.png", "-o", "d.png", *w]) == 1  # not a latent file
+    assert cli(["vae", "export-diffusers", "hf", "--weights", str(vae_weights)]) == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["_class_name"] == "AutoencoderKL" and config["latent_channels"] == 4
+    tensors = st_load((tmp_path / "hf" / "diffusion_pytorch_model.safetensors").read_bytes())
+    assert "encoder.conv_in.weight" in tensors and not any(k.startswith("priors.") for k in tensors)
+    assert cli(["vae", "export-diffusers", "hf", "--weights", str(vae_weights)]) == 1  # not empty
 
 
 def test_training_improves_reconstruction(tmp_path):
@@ -156,11 +161,11 @@ def test_training_improves_reconstruction(tmp_path):
 
 def test_diffusers_export_loads(vae_weights, tmp_path):
     diffusers = pytest.importorskip("diffusers")
-    from codec.vae import export_diffusers
     from codec.weights import load_weights
 
     model, _ = load_weights(vae_weights)
-    folder = export_diffusers(model, tmp_path / "hf")
+    folder = tmp_path / "hf"
+    assert cli(["vae", "export-diffusers", str(folder), "--weights", str(vae_weights)]) == 0
     theirs = diffusers.AutoencoderKL.from_pretrained(folder).eval()
     x = torch.rand(1, 3, 32, 48)
     with torch.no_grad():
