@@ -284,8 +284,15 @@ def export(args: argparse.Namespace) -> None:
     if ckpt.get("kind") == "vae":
         if not args.data:
             raise SystemExit("error: exporting a VAE needs --data (training images to calibrate on)")
-        model = KLAutoencoder(VAEConfig.from_dict(ckpt["config"]))
-        model.load_state_dict(ckpt["model"])
+        config = VAEConfig.from_dict(ckpt["config"])
+        if args.codec_steps:
+            config.codec_steps = tuple(float(v) for v in args.codec_steps.split(","))
+        model = KLAutoencoder(config)
+        # the priors are refitted below (their number may have changed with --codec-steps)
+        missing, unexpected = model.load_state_dict(
+            {k: v for k, v in ckpt["model"].items() if not k.startswith("priors.")}, strict=False)
+        if unexpected or any(not k.startswith("priors.") for k in missing):
+            raise SystemExit(f"error: checkpoint does not fit the VAE ({unexpected or missing})")
         gen = random.Random(args.seed)
         torch.manual_seed(args.seed)
         images = load_images(list_images(args.data), args.calib_size)
@@ -347,6 +354,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     e.add_argument("--calib-crops", type=int, default=256, help="VAE only: random crops for calibration")
     e.add_argument("--calib-size", type=int, default=256, help="VAE only: crop size for calibration")
     e.add_argument("--prior-iters", type=int, default=1500, help="VAE only: Adam steps per prior")
+    e.add_argument("--codec-steps", help="VAE only: anchor quantisation steps of the scaled latent, "
+                   "coarse to fine (default: the model's, 1,0.5,0.25,0.125)")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=export)
     args = p.parse_args(argv)
