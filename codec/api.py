@@ -16,7 +16,6 @@ VAE's prior), so a file written on any device, with any thread count, decodes th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ from safetensors.torch import save as st_save
 from .imageio import merge, normalize, split
 from .model import plain_cpu_kernels
 from .vae import KLAutoencoder
-from .weights import DEFAULT_MODEL, default_weights, load_weights
+from .weights import DEFAULT_MODEL, default_weights, load_weights, read_metadata
 
 DEFAULT_QUALITY = 75
 LATENT_FORMAT = "aecodec-latent-1"
@@ -139,10 +138,10 @@ class Codec:
         """A latent file written by ``encode_latent`` (or edited: any finite values) -> an image."""
         vae = self._vae()
         try:
-            meta = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__", {})
+            meta = read_metadata(data)
             latent = st_load(data)["latent"] if meta.get("format") == LATENT_FORMAT else None
             w, h, mode = int(meta["width"]), int(meta["height"]), meta["mode"]
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError, SafetensorError):
+        except (ValueError, KeyError, TypeError, SafetensorError):  # JSONDecodeError is a ValueError
             raise FormatError("not an aecodec latent file") from None
         if latent is None:
             raise FormatError("not an aecodec latent file")

@@ -82,7 +82,8 @@ def save_weights(model: Model, path: str | Path, info: dict | None = None) -> st
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_metadata(data: bytes) -> dict:
+def read_metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of safetensors bytes (weights or latent files), without loading tensors."""
     n = int.from_bytes(data[:8], "little")
     return json.loads(data[8 : 8 + n]).get("__metadata__", {})
 
@@ -98,7 +99,7 @@ def load_weights(path: str | Path | None = None) -> tuple[Model, str]:
     path = Path(path) if path else default_weights()
     try:
         data = path.read_bytes()
-        meta = _read_metadata(data)
+        meta = read_metadata(data)
         if meta.get("format") != FORMAT:
             raise WeightsError(f"{path} is not an aecodec weights file")
         if meta.get("model", GainHyperprior.NAME) not in MODELS:
@@ -124,4 +125,4 @@ def load_weights(path: str | Path | None = None) -> tuple[Model, str]:
 
 def weights_info(path: str | Path) -> dict:
     """The training record stored in a weights file's metadata."""
-    return json.loads(_read_metadata(Path(path).read_bytes()).get("info", "{}"))
+    return json.loads(read_metadata(Path(path).read_bytes()).get("info", "{}"))

@@ -19,6 +19,7 @@ from codec.api import Codec, CodecError, FormatError
 from codec.cli import main as cli
 from codec.train import main as train
 from codec.vae import KLAutoencoder, VAEConfig, kl_divergence
+from codec.weights import read_metadata
 from conftest import make_image, psnr
 
 TINY = ["--channels", "16,16,32,32", "--layers-per-block", "1"]
@@ -98,7 +99,7 @@ def test_latent_file_is_checked(vae, tmp_path):
 
 
 def _meta(data: bytes) -> dict:
-    return json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    return read_metadata(data)
 
 
 def test_aec_path_and_quality(vae):
