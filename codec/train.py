@@ -125,21 +125,25 @@ def validate(model: GainHyperprior | KLAutoencoder, images: list[torch.Tensor], 
 
 def build_model(args: argparse.Namespace, ckpt: dict | None):
     """The model to train: from a checkpoint, from shipped weights (--init), or new."""
+    lambdas = tuple(float(x) for x in args.lambdas.split(",")) if args.lambdas else None
     if ckpt:
         kind = ckpt.get("kind", "hp")
         model = (KLAutoencoder(VAEConfig.from_dict(ckpt["config"])) if kind == "vae"
                  else GainHyperprior(ModelConfig.from_dict(ckpt["config"])))
         model.load_state_dict(ckpt["model"])
-        return model
-    if args.init:  # continue from shipped weights (fresh optimiser state)
+    elif args.init:  # continue from shipped weights (fresh optimiser state)
         init_model, _ = load_weights(args.init)
         model = type(init_model)(init_model.config)
         model.load_state_dict(init_model.state_dict())
-        return model
-    if args.model == "vae":
+    elif args.model == "vae":
         channels = tuple(int(c) for c in args.channels.split(","))
         return KLAutoencoder(VAEConfig(block_out_channels=channels, layers_per_block=args.layers_per_block))
-    return GainHyperprior(ModelConfig(N=args.N, M=args.M))
+    else:
+        return GainHyperprior(ModelConfig(N=args.N, M=args.M, **({"lambdas": lambdas} if lambdas else {})))
+    if lambdas and isinstance(model, GainHyperprior) and lambdas != model.config.lambdas:
+        model = model.with_lambdas(lambdas)  # new gain tables: the optimiser state no longer fits
+        args.fresh_optimizer = True
+    return model
 
 
 def fit(args: argparse.Namespace) -> None:
@@ -333,6 +337,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--patch-size", type=int, default=256)
     f.add_argument("--lr", type=float, default=1e-4)
     f.add_argument("--lr-drop", type=float, default=0.0, help="fraction of --steps after which lr /= 10 (0: never)")
+    f.add_argument("--lambdas", help="comma-separated anchor lambdas, low to high (default: the model's; "
+                   "on --resume/--init, retargets the gain tables to them)")
     f.add_argument("--N", type=int, default=128, help="transform channels")
     f.add_argument("--M", type=int, default=192, help="latent channels")
     f.add_argument("--channels", default="32,64,128,128", help="VAE block widths (4 blocks: f8)")

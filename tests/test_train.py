@@ -27,3 +27,33 @@ def test_fit_resume_export_and_use(tmp_path):
     codec = Codec(weights, device="cpu")
     image = make_image(40, 30)
     assert codec.decompress(codec.compress(image, 50)).size == (40, 30)
+
+
+def test_retarget_lambdas_keeps_shared_anchors_and_extrapolates(tmp_path):
+    """--lambdas on --init widens the quality range of trained weights: anchors the old model had
+    keep their gains, a new one below is extrapolated in log(lambda), and training goes on."""
+    from codec.model import GainHyperprior, ModelConfig
+
+    old = GainHyperprior(ModelConfig(N=16, M=24, lambdas=(0.01, 0.02, 0.04)))
+    with torch.no_grad():
+        old.log_gain.copy_(torch.tensor([-1.0, 0.0, 0.5])[:, None].repeat(1, 24))
+    new = old.with_lambdas((0.005, 0.01, 0.02, 0.04))
+    assert new.config.lambdas == (0.005, 0.01, 0.02, 0.04)
+    assert torch.allclose(new.log_gain[1:], old.log_gain)
+    assert torch.allclose(new.log_gain[0], torch.full((24,), -2.0))  # one anchor step below, same slope
+    assert torch.equal(new.g_s[0].weight, old.g_s[0].weight)
+
+    data = tmp_path / "data"
+    data.mkdir()
+    make_image(80, 72).save(data / "0.png")
+    weights = tmp_path / "w.safetensors"
+    from codec.weights import save_weights
+
+    old.update(force=True)
+    save_weights(old, weights)
+    main(["fit", "--data", str(data), "--val", str(data), "--out", str(tmp_path / "run"), "--patch-size", "64",
+          "--batch-size", "2", "--steps", "1", "--device", "cpu", "--init", str(weights),
+          "--lambdas", "0.005,0.01,0.02,0.04"])
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert tuple(ckpt["config"]["lambdas"]) == (0.005, 0.01, 0.02, 0.04)
+    assert ckpt["model"]["log_gain"].shape == (4, 24)
