@@ -187,7 +187,7 @@ def fit(args: argparse.Namespace) -> None:
           f"{len(val_images)} validation images, device {device}, "
           + (f"kl weight {args.kl_weight}" if vae else f"lambdas {config.lambdas}"), flush=True)
 
-    K = 1 if vae else len(config.lambdas)
+    K = None if vae else len(config.lambdas)
     amp = device.type == "cuda" and not args.no_amp
     model.train()
     t0 = time.time() - elapsed
@@ -210,9 +210,12 @@ def fit(args: argparse.Namespace) -> None:
         x = random_batch(train_images, args.batch_size, args.patch_size, gen).to(device)
         if device.type == "cuda":
             x = x.to(memory_format=torch.channels_last)
-        pos = torch.rand(args.batch_size, generator=torch.Generator().manual_seed(gen.getrandbits(32))) * (K - 1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            r = vae_loss(model, x, args.kl_weight, args.rec_loss) if vae else rd_loss(model, x, pos)
+            if vae:
+                r = vae_loss(model, x, args.kl_weight, args.rec_loss)
+            else:  # each image its own position on the quality axis
+                pos = torch.rand(args.batch_size, generator=torch.Generator().manual_seed(gen.getrandbits(32)))
+                r = rd_loss(model, x, pos * (K - 1))
         opt.zero_grad(set_to_none=True)
         r["loss"].backward()
         torch.nn.utils.clip_grad_norm_(main_params, 1.0)

@@ -85,7 +85,11 @@ def save_weights(model: Model, path: str | Path, info: dict | None = None) -> st
 def read_metadata(data: bytes) -> dict:
     """The ``__metadata__`` of safetensors bytes (weights or latent files), without loading tensors."""
     n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + n]).get("__metadata__", {})
+    header = json.loads(data[8 : 8 + n])
+    meta = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    if not isinstance(meta, dict):
+        raise ValueError("safetensors header or metadata is not a JSON object")
+    return meta
 
 
 def default_weights(model: str = DEFAULT_MODEL) -> Path:

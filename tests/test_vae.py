@@ -88,6 +88,9 @@ def test_latent_file_is_checked(vae, tmp_path):
     data = vae.encode_latent(make_image(24, 16))
     with pytest.raises(FormatError):
         vae.decode_latent(b"not a latent file")
+    for header in (b"[1, 2]", b'{"__metadata__": [1]}'):  # valid JSON, but not an object
+        with pytest.raises(FormatError, match="not an aecodec latent"):
+            vae.decode_latent(len(header).to_bytes(8, "little") + header)
     with pytest.raises(FormatError):  # a 24x16 image has a 3x2 latent, not 3x3
         vae.decode_latent(st_save({"latent": torch.zeros(1, 4, 3, 3)}, metadata=_meta(data)))
     with pytest.raises(FormatError):
