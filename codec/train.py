@@ -123,9 +123,11 @@ def validate(model: GainHyperprior | KLAutoencoder, images: list[torch.Tensor], 
     return {k: v / n for k, v in totals.items()}
 
 
-def build_model(args: argparse.Namespace, ckpt: dict | None):
-    """The model to train: from a checkpoint, from shipped weights (--init), or new."""
-    lambdas = tuple(float(x) for x in args.lambdas.split(",")) if args.lambdas else None
+def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperprior | KLAutoencoder, bool]:
+    """The model to train: from a checkpoint, from shipped weights (--init), or new; and whether
+    its anchors were retargeted (--lambdas), after which the optimiser state and the best
+    validation loss of the checkpoint no longer apply."""
+    lambdas = args.lambdas
     if ckpt:
         kind = ckpt.get("kind", "hp")
         model = (KLAutoencoder(VAEConfig.from_dict(ckpt["config"])) if kind == "vae"
@@ -137,13 +139,23 @@ def build_model(args: argparse.Namespace, ckpt: dict | None):
         model.load_state_dict(init_model.state_dict())
     elif args.model == "vae":
         channels = tuple(int(c) for c in args.channels.split(","))
-        return KLAutoencoder(VAEConfig(block_out_channels=channels, layers_per_block=args.layers_per_block))
+        return KLAutoencoder(VAEConfig(block_out_channels=channels, layers_per_block=args.layers_per_block)), False
     else:
-        return GainHyperprior(ModelConfig(N=args.N, M=args.M, **({"lambdas": lambdas} if lambdas else {})))
+        return GainHyperprior(ModelConfig(N=args.N, M=args.M, **({"lambdas": lambdas} if lambdas else {}))), False
     if lambdas and isinstance(model, GainHyperprior) and lambdas != model.config.lambdas:
-        model = model.with_lambdas(lambdas)  # new gain tables: the optimiser state no longer fits
-        args.fresh_optimizer = True
-    return model
+        return model.with_lambdas(lambdas), True
+    return model, False
+
+
+def parse_lambdas(text: str) -> tuple[float, ...]:
+    """--lambdas: at least two positive, strictly increasing numbers."""
+    try:
+        lambdas = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if len(lambdas) < 2 or lambdas[0] <= 0 or any(b <= a for a, b in zip(lambdas, lambdas[1:])):
+        raise argparse.ArgumentTypeError("need at least two positive lambdas in increasing order")
+    return lambdas
 
 
 def fit(args: argparse.Namespace) -> None:
@@ -156,7 +168,7 @@ def fit(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     ckpt = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
-    model = build_model(args, ckpt)
+    model, retargeted = build_model(args, ckpt)
     vae = isinstance(model, KLAutoencoder)
     kind = "vae" if vae else "hp"
     config = model.config
@@ -173,11 +185,13 @@ def fit(args: argparse.Namespace) -> None:
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3) if aux_params else None
     step, best, elapsed = 0, math.inf, 0.0
     if ckpt:
-        if not args.fresh_optimizer:
+        if not (args.fresh_optimizer or retargeted):
             opt.load_state_dict(ckpt["opt"])
             if aux_opt:
                 aux_opt.load_state_dict(ckpt["aux_opt"])
         step, best, elapsed = ckpt["step"], ckpt["best"], ckpt.get("elapsed", 0.0)
+        if retargeted:  # validation now runs at other anchors: the old best is not comparable
+            best = math.inf
 
     train_images = load_images(list_images(args.data), args.patch_size)
     val_images = load_images(list_images(args.val), 64)[: args.val_images]
@@ -340,7 +354,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--patch-size", type=int, default=256)
     f.add_argument("--lr", type=float, default=1e-4)
     f.add_argument("--lr-drop", type=float, default=0.0, help="fraction of --steps after which lr /= 10 (0: never)")
-    f.add_argument("--lambdas", help="comma-separated anchor lambdas, low to high (default: the model's; "
+    f.add_argument("--lambdas", type=parse_lambdas, help="comma-separated anchor lambdas, low to high (default: the model's; "
                    "on --resume/--init, retargets the gain tables to them)")
     f.add_argument("--N", type=int, default=128, help="transform channels")
     f.add_argument("--M", type=int, default=192, help="latent channels")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from codec.api import Codec
@@ -57,3 +58,14 @@ def test_retarget_lambdas_keeps_shared_anchors_and_extrapolates(tmp_path):
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert tuple(ckpt["config"]["lambdas"]) == (0.005, 0.01, 0.02, 0.04)
     assert ckpt["model"]["log_gain"].shape == (4, 24)
+    # Retargeting a checkpoint restarts Adam and the best-so-far: the new validation is not comparable.
+    (tmp_path / "run" / "best.pt").unlink()
+    ckpt["best"] = 0.0  # unbeatable at the old anchors
+    torch.save(ckpt, tmp_path / "run" / "last.pt")
+    main(["fit", "--data", str(data), "--val", str(data), "--out", str(tmp_path / "run"), "--patch-size", "64",
+          "--batch-size", "2", "--steps", "2", "--device", "cpu", "--resume", str(tmp_path / "run" / "last.pt"),
+          "--lambdas", "0.0025,0.005,0.01,0.02,0.04"])
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=False)["step"] == 2
+    with pytest.raises(SystemExit):  # argparse: a clear usage error, not a traceback
+        main(["fit", "--data", str(data), "--val", str(data), "--out", str(tmp_path / "run"),
+              "--lambdas", "0.02,0.01"])
