@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .model import GainHyperprior, ModelConfig, bpp_of, count_parameters
+from .model import GainHyperprior, ModelConfig, bpp_of, count_parameters, default_lambdas
 from .vae import KLAutoencoder, VAEConfig, kl_divergence
 from .weights import load_weights, save_weights
 
@@ -127,7 +127,6 @@ def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperp
     """The model to train: from a checkpoint, from shipped weights (--init), or new; and whether
     its anchors were retargeted (--lambdas), after which the optimiser state and the best
     validation loss of the checkpoint no longer apply."""
-    lambdas = args.lambdas
     if ckpt:
         kind = ckpt.get("kind", "hp")
         model = (KLAutoencoder(VAEConfig.from_dict(ckpt["config"])) if kind == "vae"
@@ -141,9 +140,9 @@ def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperp
         channels = tuple(int(c) for c in args.channels.split(","))
         return KLAutoencoder(VAEConfig(block_out_channels=channels, layers_per_block=args.layers_per_block)), False
     else:
-        return GainHyperprior(ModelConfig(N=args.N, M=args.M, **({"lambdas": lambdas} if lambdas else {}))), False
-    if lambdas and isinstance(model, GainHyperprior) and lambdas != model.config.lambdas:
-        return model.with_lambdas(lambdas), True
+        return GainHyperprior(ModelConfig(N=args.N, M=args.M, lambdas=args.lambdas or default_lambdas())), False
+    if args.lambdas and isinstance(model, GainHyperprior) and args.lambdas != model.config.lambdas:
+        return model.with_lambdas(args.lambdas), True
     return model, False
 
 

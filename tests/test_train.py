@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from codec.api import Codec
+from codec.model import GainHyperprior, ModelConfig
 from codec.train import main
+from codec.weights import save_weights
 from conftest import make_image
 
 
@@ -33,8 +35,6 @@ def test_fit_resume_export_and_use(tmp_path):
 def test_retarget_lambdas_keeps_shared_anchors_and_extrapolates(tmp_path):
     """--lambdas on --init widens the quality range of trained weights: anchors the old model had
     keep their gains, a new one below is extrapolated in log(lambda), and training goes on."""
-    from codec.model import GainHyperprior, ModelConfig
-
     old = GainHyperprior(ModelConfig(N=16, M=24, lambdas=(0.01, 0.02, 0.04)))
     with torch.no_grad():
         old.log_gain.copy_(torch.tensor([-1.0, 0.0, 0.5])[:, None].repeat(1, 24))
@@ -48,8 +48,6 @@ def test_retarget_lambdas_keeps_shared_anchors_and_extrapolates(tmp_path):
     data.mkdir()
     make_image(80, 72).save(data / "0.png")
     weights = tmp_path / "w.safetensors"
-    from codec.weights import save_weights
-
     old.update(force=True)
     save_weights(old, weights)
     main(["fit", "--data", str(data), "--val", str(data), "--out", str(tmp_path / "run"), "--patch-size", "64",
