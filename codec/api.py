@@ -16,18 +16,18 @@ VAE's prior), so a file written on any device, with any thread count, decodes th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
-from . import bitstream
-from .bitstream import FormatError, Header
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from . import bitstream
+from .bitstream import FormatError, Header
 from .imageio import merge, normalize, split
 from .model import plain_cpu_kernels
 from .vae import KLAutoencoder
@@ -131,7 +131,8 @@ class Codec:
             latent = vae.scale(mean).float().cpu().contiguous()
         meta = {"format": LATENT_FORMAT, "model": vae.NAME, "weights_sha256": self.weights_sha256,
                 "width": str(w), "height": str(h), "mode": mode,
-                "scaling_factor": repr(vae.config.scaling_factor), "shift_factor": repr(vae.config.shift_factor)}
+                **{k: json.dumps(getattr(vae.config, k))
+                   for k in ("scaling_factor", "shift_factor", "latents_mean", "latents_std")}}
         return st_save({"latent": latent}, metadata=meta)
 
     def decode_latent(self, data: bytes) -> Image.Image:

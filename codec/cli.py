@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     vx = vsub.add_parser("export-diffusers", help="write the VAE as a diffusers AutoencoderKL folder",
                          description="Write config.json and diffusion_pytorch_model.safetensors, which "
                          "diffusers.AutoencoderKL.from_pretrained(FOLDER) loads (images in [-1, 1]; "
-                         "the config carries scaling_factor and shift_factor).")
+                         "the config carries latents_mean, latents_std and scaling_factor).")
     vx.add_argument("folder", metavar="FOLDER")
     vx.add_argument("-f", "--force", action="store_true", help="write into a non-empty folder")
     vx.add_argument("--weights", metavar="FILE", help="VAE weights file (default: the shipped VAE weights)")

@@ -12,8 +12,8 @@ the anchor lambdas). Images are decoded once into memory: on a 2-core CPU, JPEG 
 step would cost as much as the model.
 
 The VAE (``--model vae``) minimises reconstruction error + kl_weight * KL, normalised as latent
-diffusion does (both summed per image). Its export measures the latent shift and scale on
-training crops and fits the codec's priors to those latents (the autoencoder is frozen by then).
+diffusion does (both summed per image). Its export measures each latent channel's mean and
+standard deviation on training crops and fits the codec's priors to those latents (the autoencoder is frozen by then).
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ def fit_priors(model: KLAutoencoder, latents: torch.Tensor, iters: int, gen: ran
 
 def export(args: argparse.Namespace) -> None:
     """Checkpoint -> shipped safetensors: builds the rANS tables (``update``) and records the run.
-    For the VAE, first measures the latent shift/scale and fits the priors on ``--data``."""
+    For the VAE, first measures the latent mean/std per channel and fits the priors on ``--data``."""
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     a = ckpt.get("args", {})
     info = {"steps": ckpt["step"], "train_minutes": round(ckpt.get("elapsed", 0) / 60, 1),
@@ -317,15 +317,18 @@ def export(args: argparse.Namespace) -> None:
         torch.manual_seed(args.seed)
         images = load_images(list_images(args.data), args.calib_size)
         latents = latent_statistics(model, images, args.calib_crops, args.calib_size, gen)
-        model.config.shift_factor = float(latents.mean())
-        model.config.scaling_factor = float(1 / latents.std())
+        by_channel = latents.transpose(0, 1).flatten(1)
+        model.config.shift_factor, model.config.scaling_factor = 0.0, 1.0
+        model.config.latents_mean = tuple(float(v) for v in by_channel.mean(1))
+        model.config.latents_std = tuple(float(v) for v in by_channel.std(1))
         per_channel = model.scale(latents).transpose(0, 1).flatten(1)
         info.update(kl_weight=a.get("kl_weight"), rec_loss=a.get("rec_loss"),
                     calibration=f"{args.calib_crops} random {args.calib_size}px crops of {args.data}",
                     scaled_channel_mean=[round(float(m), 4) for m in per_channel.mean(1)],
                     scaled_channel_std=[round(float(m), 4) for m in per_channel.std(1)])
         info["prior_bits_per_element"] = fit_priors(model, latents, args.prior_iters, gen)
-        print(f"shift {model.config.shift_factor:.5f} scale {model.config.scaling_factor:.5f}, "
+        print(f"latent mean {[round(v, 4) for v in model.config.latents_mean]} "
+              f"std {[round(v, 4) for v in model.config.latents_std]}, "
               f"prior bits/element {info['prior_bits_per_element']}")
     else:
         model = GainHyperprior(ModelConfig.from_dict(ckpt["config"]))

@@ -2,8 +2,9 @@
 
 The image goes to a diagonal Gaussian over 4 latent channels at H/8 x W/8; training samples it
 with the reparameterisation trick and pays a small KL term, inference uses its mean. Latents
-are shifted and scaled by factors measured on training data (Stable Diffusion's 0.18215 is
-such a factor) so that diffusion models see roughly unit variance.
+are normalised by statistics measured on training data (Stable Diffusion's single 0.18215 is
+such a factor; SDXL-style configs carry a mean and a standard deviation per channel, as here)
+so that diffusion models see every channel centred, with unit variance.
 
 Module and parameter names follow diffusers' ``AutoencoderKL`` exactly (without the mid-block
 attention, which is quadratic in image size), so ``export_diffusers`` writes a folder that
@@ -40,8 +41,13 @@ class VAEConfig:
     layers_per_block: int = 1
     latent_channels: int = 4
     norm_num_groups: int = 16
-    scaling_factor: float = 1.0  # measured on training data at export: scaled = (z - shift) * scale
+    # measured on training data at export. scaled = (z - latents_mean) * scaling_factor / latents_std
+    # per channel (diffusers' convention); weights without per-channel statistics use the single
+    # scaled = (z - shift_factor) * scaling_factor
+    scaling_factor: float = 1.0
     shift_factor: float = 0.0
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
     codec_steps: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)  # anchor quantisation steps, coarse to fine
 
     def to_dict(self) -> dict:
@@ -50,8 +56,9 @@ class VAEConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "VAEConfig":
         d = dict(d)
-        for k in ("block_out_channels", "codec_steps"):
-            d[k] = tuple(d[k])
+        for k in ("block_out_channels", "codec_steps", "latents_mean", "latents_std"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
         return cls(**d)
 
 
@@ -203,11 +210,22 @@ class KLAutoencoder(CompressionModel):
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if sample else mean
         return {"x_hat": self.decode(z), "mean": mean, "logvar": logvar}
 
+    def _shift_and_scale(self, z: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """scaled = (z - shift) * scale, with per-channel shift and scale when the weights have them."""
+        c = self.config
+        if c.latents_mean is None or c.latents_std is None:
+            return c.shift_factor, c.scaling_factor
+        mean = torch.tensor(c.latents_mean, dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
+        std = torch.tensor(c.latents_std, dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
+        return mean, c.scaling_factor / std
+
     def scale(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.config.shift_factor) * self.config.scaling_factor
+        shift, scale = self._shift_and_scale(z)
+        return (z - shift) * scale
 
     def unscale(self, z: torch.Tensor) -> torch.Tensor:
-        return z / self.config.scaling_factor + self.config.shift_factor
+        shift, scale = self._shift_and_scale(z)
+        return z / scale + shift
 
     # --- the codec ---
     def step(self, quality: int) -> tuple[float, int]:
@@ -258,6 +276,8 @@ def diffusers_config(config: VAEConfig, sample_size: int = 256) -> dict:
         "sample_size": sample_size,
         "scaling_factor": config.scaling_factor,
         "shift_factor": config.shift_factor,
+        "latents_mean": list(config.latents_mean) if config.latents_mean else None,
+        "latents_std": list(config.latents_std) if config.latents_std else None,
         "mid_block_add_attention": False,
         "force_upcast": True,
         "use_quant_conv": True,
@@ -268,8 +288,10 @@ def diffusers_config(config: VAEConfig, sample_size: int = 256) -> dict:
 def export_diffusers(model: KLAutoencoder, folder: str | Path) -> Path:
     """Write ``config.json`` + ``diffusion_pytorch_model.safetensors`` for diffusers.
 
-    diffusers works on images in [-1, 1] and applies ``(z - shift_factor) * scaling_factor``
-    itself; our ``encode``/``decode`` wrap the same network for images in [0, 1].
+    diffusers works on images in [-1, 1] and leaves latent scaling to its pipelines, which read
+    ``latents_mean``/``latents_std``/``scaling_factor`` (SDXL style) or ``shift_factor``/
+    ``scaling_factor`` (SD3 style) from the config; our ``encode``/``decode`` wrap the same
+    network for images in [0, 1].
     """
     from safetensors.torch import save_file
 

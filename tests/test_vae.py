@@ -19,7 +19,7 @@ from codec.api import Codec, CodecError, FormatError
 from codec.cli import main as cli
 from codec.train import main as train
 from codec.vae import KLAutoencoder, VAEConfig, kl_divergence
-from codec.weights import read_metadata
+from codec.weights import read_metadata, weights_info
 from conftest import make_image, psnr
 
 TINY = ["--channels", "16,16,32,32", "--layers-per-block", "1"]
@@ -179,6 +179,22 @@ def test_diffusers_export_loads(vae_weights, tmp_path):
         out = (theirs.decode(dist.mean).sample + 1) / 2
     assert torch.allclose(dist.mean, mean, atol=1e-4) and torch.allclose(out, ref, atol=1e-4)
     assert theirs.config.scaling_factor == model.config.scaling_factor
+    assert tuple(theirs.config.latents_mean) == model.config.latents_mean
+    assert tuple(theirs.config.latents_std) == model.config.latents_std
+
+
+def test_latents_are_normalised_per_channel(vae, vae_weights):
+    """Export measures each channel's mean and std on training crops, so that the scaled
+    calibration latents are centred with unit variance, channel by channel."""
+    config = vae.model.config
+    assert len(config.latents_mean) == len(config.latents_std) == config.latent_channels
+    info = weights_info(vae_weights)
+    assert all(abs(m) < 1e-4 for m in info["scaled_channel_mean"])
+    assert all(abs(s - 1) < 1e-3 for s in info["scaled_channel_std"])
+    z = torch.randn(1, 4, 3, 5)
+    assert torch.allclose(vae.model.unscale(vae.model.scale(z)), z, atol=1e-5)
+    meta = read_metadata(vae.encode_latent(make_image(16, 16)))
+    assert json.loads(meta["latents_std"]) == list(config.latents_std)
 
 
 def test_shipped_vae_weights():

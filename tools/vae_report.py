@@ -5,7 +5,7 @@
 Reconstruction goes image -> posterior mean -> decoder -> 8-bit image (no quantisation of the
 latent: that is the codec's job, measured by ``aecodec bench``), on full images and on
 256x256 centre crops (the size published kl-f8 figures use). Latent statistics are per channel,
-after the shift and scale stored with the weights, over every latent element of the full images.
+after the normalisation stored with the weights, over every latent element of the full images.
 """
 
 from __future__ import annotations
