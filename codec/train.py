@@ -13,7 +13,8 @@ step would cost as much as the model.
 
 The VAE (``--model vae``) minimises reconstruction error + kl_weight * KL, normalised as latent
 diffusion does (both summed per image). Its export measures each latent channel's mean and
-standard deviation on training crops and fits the codec's priors to those latents (the autoencoder is frozen by then).
+standard deviation on training crops and fits the codec's priors to those latents (the
+autoencoder is frozen by then).
 """
 
 from __future__ import annotations
