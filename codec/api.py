@@ -17,6 +17,8 @@ VAE's prior), so a file written on any device, with any thread count, decodes th
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,12 +31,17 @@ from safetensors.torch import save as st_save
 from . import bitstream
 from .bitstream import FormatError, Header
 from .imageio import merge, normalize, split
-from .model import plain_cpu_kernels
 from .vae import KLAutoencoder
 from .weights import DEFAULT_MODEL, default_weights, load_weights, read_metadata
 
 DEFAULT_QUALITY = 75
 LATENT_FORMAT = "aecodec-latent-1"
+# Like Pillow's Image.MAX_IMAGE_PIXELS: files that declare more are refused before any work
+# (None: up to the format's own limit, bitstream.MAX_PIXELS). 50 MP is past today's common
+# cameras; decoding in tiles keeps memory bounded at any size, this bounds the time.
+MAX_DECODE_PIXELS: int | None = 50_000_000
+MAX_LATENT_HEADER = 64 * 1024  # bytes of safetensors JSON header a latent file may have
+MAX_JSON_DEPTH = 8  # nesting of that header: a latent file's is 3 deep
 
 
 class CodecError(Exception):
@@ -57,10 +64,13 @@ class Codec:
     """A loaded model, ready to code many images (load once, reuse)."""
 
     def __init__(self, weights: str | Path | None = None, device: str | torch.device = "auto",
-                 model: str = DEFAULT_MODEL):
+                 model: str = DEFAULT_MODEL, max_pixels: int | None = -1):
         """``weights``: a weights file (its metadata names the model), else the shipped
-        weights of ``model`` ("hyperprior-gain" or "vae-kl-f8")."""
+        weights of ``model`` ("hyperprior-gain" or "vae-kl-f8"). ``max_pixels``: the largest
+        image this codec decodes (default ``MAX_DECODE_PIXELS`` as it is when decoding; None:
+        the format's limit)."""
         self.device = resolve_device(device)
+        self.max_pixels = max_pixels
         if model not in bitstream.MODELS.values():
             raise CodecError(f"unknown model {model!r} (choose from {', '.join(bitstream.MODELS.values())})")
         self.model, digest = load_weights(weights or default_weights(model))
@@ -90,17 +100,23 @@ class Codec:
         """Decode the bytes of an ``.aec`` file to a PIL image of the original size and mode."""
         header, streams = bitstream.unpack(data)
         self.check_weights(header)
-        alpha = None
-        if header.has_alpha:
-            alpha = bitstream.unpack_alpha(streams.pop(), header.width, header.height)
+        self.check_size(header.width, header.height)
         s = self.model.stride  # the first coded latent is the image's size / stride, rounded up
         shape = (-(-header.height // s), -(-header.width // s))
-        try:
+        with _out_of_memory(header.width, header.height):
+            alpha = None
+            if header.has_alpha:
+                alpha = bitstream.unpack_alpha(streams.pop(), header.width, header.height)
             x = self.model.decompress(streams, shape, header.quality, self.device)
-        except (ValueError, RuntimeError) as e:  # rANS decoder rejects the stream
-            raise FormatError(f"corrupted entropy-coded data ({e})") from None
-        x = x[..., : header.height, : header.width]
-        return merge(x, header.mode, alpha)
+            x = x[..., : header.height, : header.width]
+            return merge(x, header.mode, alpha)
+
+    def check_size(self, width: int, height: int) -> None:
+        """Refuse an image over the decoding pixel limit before any work is done."""
+        limit = MAX_DECODE_PIXELS if self.max_pixels == -1 else self.max_pixels
+        if limit is not None and width * height > limit:
+            raise CodecError(f"image {width}x{height} ({width * height} pixels) is over the decoding limit "
+                             f"of {limit} pixels (raise it with --max-pixels, or max_pixels= in the API)")
 
     def check_weights(self, header: Header) -> None:
         """A file decodes only with the exact weights that wrote it."""
@@ -126,9 +142,7 @@ class Codec:
         if w > bitstream.MAX_SIDE or h > bitstream.MAX_SIDE or w * h > bitstream.MAX_PIXELS:
             raise CodecError(f"image {w}x{h} is too large (limit {bitstream.MAX_PIXELS} pixels)")
         x, _ = split(image, mode)
-        with torch.no_grad():
-            mean, _ = vae.encode(pad_to_stride(x.to(self.device), vae.stride))
-            latent = vae.scale(mean).float().cpu().contiguous()
+        latent = vae.encode_scaled(pad_to_stride(x.to(self.device), vae.stride)).float().cpu().contiguous()
         meta = {"format": LATENT_FORMAT, "model": vae.NAME, "weights_sha256": self.weights_sha256,
                 "width": str(w), "height": str(h), "mode": mode,
                 **{k: json.dumps(getattr(vae.config, k))
@@ -139,31 +153,50 @@ class Codec:
         """A latent file written by ``encode_latent`` (or edited: any finite values) -> an image."""
         vae = self._vae()
         try:
-            meta = read_metadata(data)
-            latent = st_load(data)["latent"] if meta.get("format") == LATENT_FORMAT else None
+            meta = read_metadata(data, max_header=MAX_LATENT_HEADER, max_depth=MAX_JSON_DEPTH)
+            if meta.get("format") != LATENT_FORMAT:
+                raise FormatError("not an aecodec latent file")
             w, h, mode = int(meta["width"]), int(meta["height"]), meta["mode"]
-        except (ValueError, KeyError, TypeError, SafetensorError):  # JSONDecodeError is a ValueError
-            raise FormatError("not an aecodec latent file") from None
-        if latent is None:
-            raise FormatError("not an aecodec latent file")
+        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+            raise FormatError(f"not an aecodec latent file ({e})" if "header" in str(e)
+                              else "not an aecodec latent file") from None
         if meta.get("weights_sha256") != self.weights_sha256:
             raise CodecError(f"latent was made with weights {str(meta.get('weights_sha256'))[:16]}, "
                              f"but the loaded weights are {self.weights_sha256[:16]}")
-        if mode not in ("L", "RGB") or not (1 <= w <= bitstream.MAX_SIDE and 1 <= h <= bitstream.MAX_SIDE):
+        if (mode not in ("L", "RGB") or not (1 <= w <= bitstream.MAX_SIDE and 1 <= h <= bitstream.MAX_SIDE)
+                or w * h > bitstream.MAX_PIXELS):
             raise FormatError(f"invalid size {w}x{h} or mode {mode!r} in latent file")
+        self.check_size(w, h)
+        try:  # safetensors checks that the tensor's declared size matches the bytes it holds
+            latent = st_load(data)["latent"]
+        except (KeyError, SafetensorError):
+            raise FormatError("not an aecodec latent file") from None
         s = vae.stride
         expected = (1, vae.config.latent_channels, -(-h // s), -(-w // s))
         if tuple(latent.shape) != expected or not latent.is_floating_point() or not torch.isfinite(latent).all():
             raise FormatError(f"latent of shape {tuple(latent.shape)} does not fit a {w}x{h} image "
                               f"(expected {expected}, finite floats)")
-        with torch.no_grad(), plain_cpu_kernels():
-            x = vae.decode(vae.unscale(latent.float().to(self.device))).clamp(0, 1).float().cpu()
-        return merge(x[..., :h, :w], mode, None)
+        with _out_of_memory(w, h):
+            x = vae.decode_scaled(latent.float().to(self.device))
+            return merge(x[..., :h, :w], mode, None)
 
     def _vae(self) -> KLAutoencoder:
         if not isinstance(self.model, KLAutoencoder):
             raise CodecError(f"latents need the VAE, but the loaded weights are model {self.model.NAME}")
         return self.model
+
+
+@contextmanager
+def _out_of_memory(width: int, height: int) -> Iterator[None]:
+    """A failed allocation is reported as what it is, not as damaged data or a RuntimeError."""
+    try:
+        yield
+    except MemoryError:
+        raise CodecError(f"out of memory decoding {width}x{height}") from None
+    except RuntimeError as e:  # torch's allocators (CPU and CUDA) raise RuntimeError subclasses
+        if "memory" in str(e).lower() or "alloc" in str(e).lower():
+            raise CodecError(f"out of memory decoding {width}x{height}") from None
+        raise CodecError(f"cannot decode {width}x{height}: {e}") from None
 
 
 def read_header(data: bytes) -> Header:

@@ -11,7 +11,7 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = b"\x89AEC"
-VERSION = 1
+VERSION = 2  # 2: streams coded with constriction's ANS (codec/entropy.py); 1: CompressAI's rANS
 MAX_SIDE = 65_535
 MAX_PIXELS = 1 << 26  # 67 megapixels: far beyond Kodak, far below what would exhaust memory
 MAX_STREAMS = 8
@@ -74,6 +74,9 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     if len(data) < _FIXED.size:
         raise FormatError("truncated file (header incomplete)")
     magic, version, model_id, weights_id, quality, mode_id, w, h, n = _FIXED.unpack_from(data)
+    if version == 1:
+        raise FormatError("format version 1 (written by aecodec 0.1, whose entropy decoder was not safe "
+                          "against damaged files) is no longer read: decode it with aecodec 0.1 and re-encode")
     if version != VERSION:
         raise FormatError(f"unsupported format version {version} (this aecodec reads version {VERSION})")
     if model_id not in MODELS:

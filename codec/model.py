@@ -31,6 +31,8 @@ from compressai.layers import GDN
 from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 
+from . import entropy, tiles
+
 WEIGHT_FRAC_BITS = 12  # fixed-point weights of the hyper synthesis: multiples of 2^-12
 ACT_FRAC_BITS = 10  # fixed-point activations: multiples of 2^-10
 ACT_LIMIT = 2048.0  # |activation| bound; keeps every partial sum far below 2^53
@@ -180,7 +182,9 @@ class GainHyperprior(CompressionModel):
         return new
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict:
-        """Training pass with additive-noise quantisation; ``pos`` is one position per image."""
+        """Training pass; ``pos`` is one position per image. The rate term uses additive noise,
+        the synthesis the rounded latent with a straight-through gradient (as the published
+        channel-conditional models train), so the decoder trains on what it will decode."""
         gain, inv_gain = self.gains(pos)
         y = self.g_a(x).float() * gain
         # Under CUDA autocast only the big transforms run in bf16: the entropy models and the
@@ -190,6 +194,8 @@ class GainHyperprior(CompressionModel):
             z_hat, z_likelihoods = self.entropy_bottleneck(z)
             scales, means = self.h_s(z_hat)
             y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+            if self.training:  # mixed quantisation: the rate sees noise, the decoder what it will decode
+                y_hat = _ste_round(y - means) + means
         x_hat = self.g_s(y_hat * inv_gain)
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
@@ -197,19 +203,35 @@ class GainHyperprior(CompressionModel):
     # Everything that decides a CDF index happens on CPU: z symbols, z_hat, h_s (exact), the
     # index lookup. The transforms g_a / h_a / g_s may run on any device.
 
+    # Large images run in tiles (codec/tiles.py), so memory stays bounded: g_a in tiles of
+    # TILE pixels, h_a, h_s and g_s over the matching latents, each with a halo wider than its
+    # receptive field. The decoder's tiles give exactly the one-pass result.
+    TILE = 768  # pixels; a multiple of 64 (the stride), and a Kodak image is one tile
+
+    def _g_a(self, x: torch.Tensor) -> torch.Tensor:
+        return tiles.exact(self.g_a, x, self.TILE, 64, down=16)
+
+    def _h_a(self, y: torch.Tensor) -> torch.Tensor:
+        return tiles.exact(self.h_a, y, self.TILE // 16, 8, down=4)
+
+    def _h_s(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = tiles.exact(lambda z: torch.cat(self.h_s.exact(z), 1), z_hat, self.TILE // 64, 2, up=4)
+        return out.chunk(2, dim=1)
+
+    def _g_s(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return tiles.exact(self.g_s, y_hat, self.TILE // 16, 4, up=16)
+
     @torch.no_grad()
     def compress(self, x: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
         """Code a padded image batch of one; returns [z_stream, y_stream] and z's shape."""
         gain, _ = self.gains(self.position(quality).reshape(1))
         with plain_cpu_kernels():
-            y = self.g_a(x) * gain.to(x.device)
-            z = self.h_a(y).float().cpu()
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        scales, means = self.h_s.exact(z_hat)
-        indexes = self.gaussian_conditional.build_indexes(scales)
-        y_strings = self.gaussian_conditional.compress(y.cpu().double(), indexes, means=means)
-        return [z_strings[0], y_strings[0]], tuple(z.shape[-2:])
+            y = self._g_a(x) * gain.to(x.device)
+            z = self._h_a(y).float().cpu()
+        z_stream, z_hat = entropy.encode_factorized(self.entropy_bottleneck, z)
+        scales, means = self._h_s(z_hat)
+        y_stream = entropy.encode_gaussian(self.gaussian_conditional, y, scales, means)
+        return [z_stream, y_stream], tuple(z.shape[-2:])
 
     @torch.no_grad()
     def decompress(
@@ -217,16 +239,15 @@ class GainHyperprior(CompressionModel):
         device: torch.device | str = "cpu",
     ) -> torch.Tensor:
         """Inverse of :meth:`compress`: returns the padded reconstruction in [0, 1]."""
-        z_hat = self.entropy_bottleneck.decompress([strings[0]], z_shape)
-        scales, means = self.h_s.exact(z_hat)
-        indexes = self.gaussian_conditional.build_indexes(scales)
-        y_hat = self.gaussian_conditional.decompress(
-            [strings[1]], indexes, dtype=torch.float64, means=means
-        )
+        z_hat = entropy.decode_factorized(self.entropy_bottleneck, strings[0], z_shape)
+        scales, means = self._h_s(z_hat)
+        del z_hat
+        y_hat = entropy.decode_gaussian(self.gaussian_conditional, strings[1], scales, means)
+        del scales, means
         _, inv_gain = self.gains(self.position(quality).reshape(1))
         y_hat = y_hat.to(device, torch.float32) * inv_gain.to(device)
         with plain_cpu_kernels():
-            return self.g_s(y_hat).clamp_(0, 1)
+            return self._g_s(y_hat).clamp_(0, 1)
 
 
 @contextmanager

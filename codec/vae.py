@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck
 from compressai.models import CompressionModel
 
+from . import entropy, tiles
 from .model import plain_cpu_kernels
 
 MODEL_ID = 2  # bitstream.MODELS[2] == "vae-kl-f8"
@@ -235,22 +236,41 @@ class KLAutoencoder(CompressionModel):
         t = (quality - 1) / 99 * (len(steps) - 1)
         return math.exp(float(np.interp(t, range(len(steps)), [math.log(s) for s in steps]))), round(t)
 
+    # Large images run in overlapping tiles of TILE pixels, cross-faded over OVERLAP
+    # (codec/tiles.py), so memory stays bounded; a Kodak image is one tile. GroupNorm's
+    # statistics are per tile then, on a grid fixed by the image size.
+    TILE, OVERLAP = 768, 128  # pixels, multiples of the stride
+
+    @torch.no_grad()
+    def encode_scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """Padded image -> the scaled posterior mean (what latent files and the codec hold)."""
+        with plain_cpu_kernels():  # same latents whatever the thread count
+            mean = tiles.blended(lambda t: self.encode(t)[0], x, self.TILE, self.OVERLAP, down=8)
+        return self.scale(mean)
+
+    @torch.no_grad()
+    def decode_scaled(self, latent: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> image in [0, 1], float32 on CPU."""
+        s = self.stride
+        with plain_cpu_kernels():  # same pixels whatever the thread count, as for the hyperprior
+            x = tiles.blended(lambda z: self.decode(self.unscale(z)).clamp(0, 1).float().cpu(), latent,
+                              self.TILE // s, self.OVERLAP // s, up=s)
+        return x.clamp(0, 1)
+
     @torch.no_grad()
     def compress(self, x: torch.Tensor, quality: int) -> tuple[list[bytes], tuple[int, int]]:
         """Padded image batch of one -> ([latent stream], latent shape)."""
         step, k = self.step(quality)
-        mean, _ = self.encode(x)
-        y = (self.scale(mean) / step).float().cpu()
-        return [self.priors[k].compress(y)[0]], tuple(y.shape[-2:])
+        y = (self.encode_scaled(x) / step).float().cpu()
+        stream, _ = entropy.encode_factorized(self.priors[k], y)
+        return [stream], tuple(y.shape[-2:])
 
     @torch.no_grad()
     def decompress(self, strings: list[bytes], shape: tuple[int, int], quality: int,
                    device: torch.device) -> torch.Tensor:
         step, k = self.step(quality)
-        y = self.priors[k].decompress([strings[0]], shape)
-        with plain_cpu_kernels():  # same pixels whatever the thread count, as for the hyperprior
-            x = self.decode(self.unscale(y.to(device) * step))
-        return x.clamp(0, 1).float().cpu()
+        y = entropy.decode_factorized(self.priors[k], strings[0], shape)
+        return self.decode_scaled(y.to(device) * step)
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -82,14 +82,45 @@ def save_weights(model: Model, path: str | Path, info: dict | None = None) -> st
     return hashlib.sha256(data).hexdigest()
 
 
-def read_metadata(data: bytes) -> dict:
-    """The ``__metadata__`` of safetensors bytes (weights or latent files), without loading tensors."""
+def read_metadata(data: bytes, max_header: int | None = None, max_depth: int | None = None) -> dict:
+    """The ``__metadata__`` of safetensors bytes (weights or latent files), without loading
+    tensors. ``max_header`` / ``max_depth`` bound the JSON header's size and nesting before it
+    is parsed (files from outside: a deeply nested header would exhaust Python's recursion)."""
+    if len(data) < 8:
+        raise ValueError("too short for a safetensors header")
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + n])
+    if n > len(data) - 8 or (max_header is not None and n > max_header):
+        raise ValueError(f"safetensors header of {n} bytes is too large")
+    text = data[8 : 8 + n]
+    if max_depth is not None and _json_depth(text) > max_depth:
+        raise ValueError(f"safetensors header nests deeper than {max_depth}")
+    header = json.loads(text)
     meta = header.get("__metadata__", {}) if isinstance(header, dict) else None
     if not isinstance(meta, dict):
         raise ValueError("safetensors header or metadata is not a JSON object")
     return meta
+
+
+def _json_depth(text: bytes) -> int:
+    """The deepest nesting of [ and { in JSON text, strings skipped (no parsing, no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for c in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:  # quote
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 def default_weights(model: str = DEFAULT_MODEL) -> Path:
