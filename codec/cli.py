@@ -62,7 +62,9 @@ def _codec(args: argparse.Namespace, model: str | None = None):
     from .api import Codec
 
     model = model or MODELS[getattr(args, "model", "hp")]
-    return Codec(weights=args.weights, device=args.device, model=model)
+    limit = getattr(args, "max_pixels", None)
+    return Codec(weights=args.weights, device=args.device, model=model,
+                 max_pixels=-1 if limit is None else (limit or None))
 
 
 def _run_each(pairs, work, desc: str) -> int:
@@ -216,6 +218,16 @@ def _message(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+def _pixels(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aecodec",
@@ -225,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(sp: argparse.ArgumentParser, outputs: bool = True) -> None:
+    def common(sp: argparse.ArgumentParser, outputs: bool = True, decodes: bool = False) -> None:
         if outputs:
             sp.add_argument("-o", "--output", metavar="OUT",
                             help="output file (one input) or existing folder (several inputs)")
@@ -234,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where the transforms run (default: auto = CUDA if present)")
         sp.add_argument("--weights", metavar="FILE", help="weights file (default: the shipped weights)")
+        if decodes:
+            sp.add_argument("--max-pixels", type=_pixels, metavar="N",
+                            help="refuse images of more than N pixels before decoding (default: 50000000, "
+                            "like Pillow's MAX_IMAGE_PIXELS; 0: up to the format's limit of 67108864)")
 
     c = sub.add_parser("compress", help="images -> .aec files",
                        description="Compress images (PNG, JPEG, WebP, TIFF, BMP) to .aec files, "
@@ -252,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Restore .aec files to PNG images of the original size and mode, "
                        "written as NAME.png unless -o is given.")
     d.add_argument("inputs", nargs="+", metavar="FILE.aec")
-    common(d)
+    common(d, decodes=True)
     d.set_defaults(func=cmd_decompress)
 
     i = sub.add_parser("info", help="print an .aec file's header",
@@ -274,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     vd = vsub.add_parser("decode", help="latent files -> PNG",
                          description="Decode latent files to PNG images of the original size and mode.")
     vd.add_argument("inputs", nargs="+", metavar="LATENT")
-    common(vd)
+    common(vd, decodes=True)
     vd.set_defaults(func=cmd_vae_decode)
     vx = vsub.add_parser("export-diffusers", help="write the VAE as a diffusers AutoencoderKL folder",
                          description="Write config.json and diffusion_pytorch_model.safetensors, which "

@@ -253,8 +253,9 @@ class GainHyperprior(CompressionModel):
 @contextmanager
 def plain_cpu_kernels() -> Iterator[None]:
     """oneDNN's CPU convolutions change their summation order with the thread count, which moves
-    a few decoded pixels by one level; PyTorch's native kernels give the same result with 1 or N
-    threads (tests/test_quality.py), at a small cost in speed."""
+    a few decoded pixels by one level; PyTorch's native kernels, over MKL GEMMs in strict CNR
+    mode (set in ``codec/__init__.py``), give the same result with 1 or N threads
+    (tests/test_quality.py, tests/test_hostile.py), at a small cost in speed."""
     previous = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
