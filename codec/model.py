@@ -221,12 +221,20 @@ class GainHyperprior(CompressionModel):
     def _g_s(self, y_hat: torch.Tensor) -> torch.Tensor:
         return tiles.exact(self.g_s, y_hat, self.TILE // 16, 4, up=16)
 
+    # Coding is split in two: analysis (image -> latent) and coding (latent -> streams), so an
+    # encoder-side search can sit between them; decoding mirrors it.
+
     @torch.no_grad()
-    def compress(self, x: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
-        """Code a padded image batch of one; returns [z_stream, y_stream] and z's shape."""
+    def analyse(self, x: torch.Tensor, quality: float) -> torch.Tensor:
+        """Padded image batch of one -> the gained latent y (before rounding)."""
         gain, _ = self.gains(self.position(quality).reshape(1))
         with plain_cpu_kernels():
-            y = self._g_a(x) * gain.to(x.device)
+            return self._g_a(x) * gain.to(x.device)
+
+    @torch.no_grad()
+    def encode_streams(self, y: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
+        """Latent -> [z_stream, y_stream] and z's shape (the gain already holds the quality)."""
+        with plain_cpu_kernels():
             z = self._h_a(y).float().cpu()
         z_stream, z_hat = entropy.encode_factorized(self.entropy_bottleneck, z)
         scales, means = self._h_s(z_hat)
@@ -234,20 +242,29 @@ class GainHyperprior(CompressionModel):
         return [z_stream, y_stream], tuple(z.shape[-2:])
 
     @torch.no_grad()
-    def decompress(
-        self, strings: list[bytes], z_shape: tuple[int, int], quality: float,
-        device: torch.device | str = "cpu",
-    ) -> torch.Tensor:
-        """Inverse of :meth:`compress`: returns the padded reconstruction in [0, 1]."""
+    def decode_streams(self, strings: list[bytes], z_shape: tuple[int, int], quality: float) -> torch.Tensor:
+        """Streams -> the dequantised latent y_hat (float64 on CPU; exact on any machine)."""
         z_hat = entropy.decode_factorized(self.entropy_bottleneck, strings[0], z_shape)
         scales, means = self._h_s(z_hat)
         del z_hat
-        y_hat = entropy.decode_gaussian(self.gaussian_conditional, strings[1], scales, means)
-        del scales, means
+        return entropy.decode_gaussian(self.gaussian_conditional, strings[1], scales, means)
+
+    @torch.no_grad()
+    def synthesize(self, y_hat: torch.Tensor, quality: float, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Dequantised latent -> the padded reconstruction in [0, 1]."""
         _, inv_gain = self.gains(self.position(quality).reshape(1))
         y_hat = y_hat.to(device, torch.float32) * inv_gain.to(device)
         with plain_cpu_kernels():
             return self._g_s(y_hat).clamp_(0, 1)
+
+    def compress(self, x: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
+        """Code a padded image batch of one; returns [z_stream, y_stream] and z's shape."""
+        return self.encode_streams(self.analyse(x, quality), quality)
+
+    def decompress(self, strings: list[bytes], z_shape: tuple[int, int], quality: float,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+        """Inverse of :meth:`compress`: returns the padded reconstruction in [0, 1]."""
+        return self.synthesize(self.decode_streams(strings, z_shape, quality), quality, device)
 
 
 @contextmanager

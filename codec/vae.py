@@ -257,20 +257,29 @@ class KLAutoencoder(CompressionModel):
                               self.TILE // s, self.OVERLAP // s, up=s)
         return x.clamp(0, 1)
 
-    @torch.no_grad()
-    def compress(self, x: torch.Tensor, quality: int) -> tuple[list[bytes], tuple[int, int]]:
-        """Padded image batch of one -> ([latent stream], latent shape)."""
-        step, k = self.step(quality)
-        y = (self.encode_scaled(x) / step).float().cpu()
-        stream, _ = entropy.encode_factorized(self.priors[k], y)
+    # Coding in two halves, as for the hyperprior: analysis / coding, decoding / synthesis.
+    def analyse(self, x: torch.Tensor, quality: int) -> torch.Tensor:
+        """Padded image -> the scaled latent divided by the quality's step (before rounding)."""
+        return (self.encode_scaled(x) / self.step(quality)[0]).float().cpu()
+
+    def encode_streams(self, y: torch.Tensor, quality: int) -> tuple[list[bytes], tuple[int, int]]:
+        stream, _ = entropy.encode_factorized(self.priors[self.step(quality)[1]], y)
         return [stream], tuple(y.shape[-2:])
 
-    @torch.no_grad()
+    def decode_streams(self, strings: list[bytes], shape: tuple[int, int], quality: int) -> torch.Tensor:
+        """Stream -> the dequantised latent (in steps; exact on any machine)."""
+        return entropy.decode_factorized(self.priors[self.step(quality)[1]], strings[0], shape)
+
+    def synthesize(self, y: torch.Tensor, quality: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        return self.decode_scaled(y.to(device) * self.step(quality)[0])
+
+    def compress(self, x: torch.Tensor, quality: int) -> tuple[list[bytes], tuple[int, int]]:
+        """Padded image batch of one -> ([latent stream], latent shape)."""
+        return self.encode_streams(self.analyse(x, quality), quality)
+
     def decompress(self, strings: list[bytes], shape: tuple[int, int], quality: int,
-                   device: torch.device) -> torch.Tensor:
-        step, k = self.step(quality)
-        y = entropy.decode_factorized(self.priors[k], strings[0], shape)
-        return self.decode_scaled(y.to(device) * step)
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+        return self.synthesize(self.decode_streams(strings, shape, quality), quality, device)
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
