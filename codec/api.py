@@ -31,8 +31,9 @@ from safetensors.torch import save as st_save
 from . import bitstream
 from .bitstream import FormatError, Header
 from .imageio import merge, normalize, split
-from .vae import KLAutoencoder
-from .weights import DEFAULT_MODEL, default_weights, load_weights, read_metadata
+from . import registry
+from .registry import DEFAULT_MODEL
+from .weights import default_weights, load_weights, read_metadata
 
 DEFAULT_QUALITY = 75
 LATENT_FORMAT = "aecodec-latent-1"
@@ -71,8 +72,8 @@ class Codec:
         the format's limit)."""
         self.device = resolve_device(device)
         self.max_pixels = max_pixels
-        if model not in bitstream.MODELS.values():
-            raise CodecError(f"unknown model {model!r} (choose from {', '.join(bitstream.MODELS.values())})")
+        if model not in registry.MODELS:
+            raise CodecError(f"unknown model {model!r} (choose from {', '.join(registry.MODELS)})")
         self.model, digest = load_weights(weights or default_weights(model))
         self.weights_sha256 = digest
         self.weights_id = bytes.fromhex(digest[:16])
@@ -89,7 +90,7 @@ class Codec:
         if w > bitstream.MAX_SIDE or h > bitstream.MAX_SIDE or w * h > bitstream.MAX_PIXELS:
             raise CodecError(f"image {w}x{h} is too large (limit {bitstream.MAX_PIXELS} pixels)")
         x, alpha = split(image, mode)
-        x = pad_to_stride(x.to(self.device), self.model.stride)
+        x = pad_to_stride(x.to(self.device), self.model.padding)
         streams, _ = self.model.compress(x, quality)
         if alpha is not None:
             streams.append(bitstream.pack_alpha(alpha))
@@ -101,8 +102,9 @@ class Codec:
         header, streams = bitstream.unpack(data)
         self.check_weights(header)
         self.check_size(header.width, header.height)
-        s = self.model.stride  # the first coded latent is the image's size / stride, rounded up
-        shape = (-(-header.height // s), -(-header.width // s))
+        if len(streams) != self.model.num_streams + header.has_alpha:
+            raise FormatError(f"invalid stream count {len(streams)} for mode {header.mode} and model {header.model}")
+        shape = self.model.latent_shape(header.height, header.width)
         with _out_of_memory(header.width, header.height):
             alpha = None
             if header.has_alpha:
@@ -142,7 +144,7 @@ class Codec:
         if w > bitstream.MAX_SIDE or h > bitstream.MAX_SIDE or w * h > bitstream.MAX_PIXELS:
             raise CodecError(f"image {w}x{h} is too large (limit {bitstream.MAX_PIXELS} pixels)")
         x, _ = split(image, mode)
-        latent = vae.encode_scaled(pad_to_stride(x.to(self.device), vae.stride)).float().cpu().contiguous()
+        latent = vae.encode_scaled(pad_to_stride(x.to(self.device), vae.padding)).float().cpu().contiguous()
         meta = {"format": LATENT_FORMAT, "model": vae.NAME, "weights_sha256": self.weights_sha256,
                 "width": str(w), "height": str(h), "mode": mode,
                 **{k: json.dumps(getattr(vae.config, k))
@@ -171,8 +173,7 @@ class Codec:
             latent = st_load(data)["latent"]
         except (KeyError, SafetensorError):
             raise FormatError("not an aecodec latent file") from None
-        s = vae.stride
-        expected = (1, vae.config.latent_channels, -(-h // s), -(-w // s))
+        expected = (1, vae.config.latent_channels, *vae.latent_shape(h, w))
         if tuple(latent.shape) != expected or not latent.is_floating_point() or not torch.isfinite(latent).all():
             raise FormatError(f"latent of shape {tuple(latent.shape)} does not fit a {w}x{h} image "
                               f"(expected {expected}, finite floats)")
@@ -180,8 +181,9 @@ class Codec:
             x = vae.decode_scaled(latent.float().to(self.device))
             return merge(x[..., :h, :w], mode, None)
 
-    def _vae(self) -> KLAutoencoder:
-        if not isinstance(self.model, KLAutoencoder):
+    def _vae(self):
+        """The loaded model, if it makes latent files (has encode_scaled / decode_scaled)."""
+        if not hasattr(self.model, "encode_scaled"):
             raise CodecError(f"latents need the VAE, but the loaded weights are model {self.model.NAME}")
         return self.model
 

@@ -10,14 +10,14 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from . import registry
+
 MAGIC = b"\x89AEC"
 VERSION = 2  # 2: streams coded with constriction's ANS (codec/entropy.py); 1: CompressAI's rANS
 MAX_SIDE = 65_535
 MAX_PIXELS = 1 << 26  # 67 megapixels: far beyond Kodak, far below what would exhaust memory
 MAX_STREAMS = 8
 
-MODELS = {1: "hyperprior-gain", 2: "vae-kl-f8"}  # model id -> name: which network decodes the streams
-CODED_STREAMS = {1: 2, 2: 1}  # entropy-coded streams per model: hyperprior z and y; the VAE's latent
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # image modes that round-trip
 MODE_IDS = {v: k for k, v in MODES.items()}
 
@@ -42,21 +42,17 @@ class Header:
 
     @property
     def model(self) -> str:
-        return MODELS[self.model_id]
+        """The name of the model that wrote the file (codec/registry.py)."""
+        return registry.by_id(self.model_id).name
 
     @property
     def has_alpha(self) -> bool:
         return self.mode in ("LA", "RGBA")
 
 
-def expected_streams(mode: str, model_id: int = 1) -> int:
-    """The model's entropy-coded streams, plus a lossless alpha stream for LA / RGBA."""
-    return CODED_STREAMS[model_id] + (1 if mode in ("LA", "RGBA") else 0)
-
-
 def pack(header: Header, streams: list[bytes]) -> bytes:
     """Serialise a header and its streams; lengths are taken from ``streams``."""
-    if len(streams) != expected_streams(header.mode, header.model_id):
+    if not 1 + header.has_alpha <= len(streams) <= MAX_STREAMS:
         raise ValueError("wrong number of streams for this mode")
     fixed = _FIXED.pack(
         MAGIC, VERSION, header.model_id, header.weights_id, header.quality,
@@ -79,7 +75,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
                           "against damaged files) is no longer read: decode it with aecodec 0.1 and re-encode")
     if version != VERSION:
         raise FormatError(f"unsupported format version {version} (this aecodec reads version {VERSION})")
-    if model_id not in MODELS:
+    if registry.by_id(model_id) is None:
         raise FormatError(f"unknown model id {model_id}")
     if not 1 <= quality <= 100:
         raise FormatError(f"invalid quality {quality} in header")
@@ -88,8 +84,9 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE) or w * h > MAX_PIXELS:
         raise FormatError(f"invalid image size {w}x{h} in header (limit {MAX_PIXELS} pixels)")
     mode = MODES[mode_id]
-    if n != expected_streams(mode, model_id):
-        raise FormatError(f"invalid stream count {n} for mode {mode} and model {MODELS[model_id]}")
+    # how many streams the model codes depends on its config: the decoder checks that count
+    if not 1 + (mode in ("LA", "RGBA")) <= n <= MAX_STREAMS:
+        raise FormatError(f"invalid stream count {n} for mode {mode}")
     offset = _FIXED.size + 4 * n
     if len(data) < offset + _CRC.size:
         raise FormatError("truncated file (header incomplete)")

@@ -23,7 +23,7 @@ EPILOG = """examples:
   aecodec vae export-diffusers hf-vae        a folder diffusers.AutoencoderKL loads
 """
 
-MODELS = {"hp": "hyperprior-gain", "vae": "vae-kl-f8"}  # --model choices -> model names
+from . import registry
 
 
 class UsageError(Exception):
@@ -61,7 +61,7 @@ def _codec(args: argparse.Namespace, model: str | None = None):
     """The Codec for ``--weights`` if given, else the shipped weights of ``model``."""
     from .api import Codec
 
-    model = model or MODELS[getattr(args, "model", "hp")]
+    model = model or registry.by_short(getattr(args, "model", "hp")).name
     limit = getattr(args, "max_pixels", None)
     return Codec(weights=args.weights, device=args.device, model=model,
                  max_pixels=-1 if limit is None else (limit or None))
@@ -145,7 +145,7 @@ def cmd_vae_encode(args: argparse.Namespace) -> int:
 
     inputs = [Path(p) for p in args.inputs]
     outputs = _outputs(inputs, args.output, ".safetensors")
-    codec = _codec(args, MODELS["vae"])
+    codec = _codec(args, "vae-kl-f8")
 
     def work(src: Path, dst: Path) -> None:
         write_atomic(dst, codec.encode_latent(read_image(src)), force=args.force)
@@ -160,7 +160,7 @@ def cmd_vae_decode(args: argparse.Namespace) -> int:
 
     inputs = [Path(p) for p in args.inputs]
     outputs = _outputs(inputs, args.output, ".png")
-    codec = _codec(args, MODELS["vae"])
+    codec = _codec(args, "vae-kl-f8")
 
     def work(src: Path, dst: Path) -> None:
         image = codec.decode_latent(_read_bytes(src))
@@ -175,7 +175,7 @@ def cmd_vae_export(args: argparse.Namespace) -> int:
     from .vae import export_diffusers
     from .weights import default_weights, load_weights
 
-    model, digest = load_weights(args.weights or default_weights(MODELS["vae"]))
+    model, digest = load_weights(args.weights or default_weights("vae-kl-f8"))
     out = Path(args.folder)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} exists and is not empty (use --force to overwrite)")
@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("inputs", nargs="+", metavar="IMG")
     c.add_argument("-q", "--quality", type=int, default=75,
                    help="1-100, higher is better and bigger, like JPEG's (default: 75)")
-    c.add_argument("-m", "--model", choices=list(MODELS), default="hp",
+    c.add_argument("-m", "--model", choices=[e.short for e in registry.MODELS.values()], default="hp",
                    help="hp: the rate-distortion hyperprior (default, best quality per bit); "
                    "vae: the f8 VAE's quantised latent (low rates only)")
     common(c)

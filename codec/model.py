@@ -8,35 +8,25 @@ context) with two changes that a codec shipping real files needs:
   before quantisation, and an inverse gain undoes it after. Gains are learned for K
   anchor lambdas and interpolated log-linearly between them, so ``quality`` is continuous.
 * **A deterministic probability model.** The hyper synthesis, which turns the decoded side
-  information into the means and scales that pick the rANS tables, runs in fixed point:
-  weights on a 2^-12 grid, activations on a 2^-10 grid, evaluated in float64 on CPU. Every
-  product and partial sum is then an exactly representable number, so the result does not
-  depend on summation order, thread count or device, and encoder and decoder can never
-  disagree about a CDF index. Training uses the same quantisers with a straight-through
-  gradient, so what is trained is what runs.
+  information into the means and scales that pick the CDF tables, runs in fixed point
+  (``codec/exact.py``): the result does not depend on summation order, thread count or
+  device, so encoder and decoder can never disagree about a CDF index.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.layers import GDN
 from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 
 from . import entropy, tiles
-
-WEIGHT_FRAC_BITS = 12  # fixed-point weights of the hyper synthesis: multiples of 2^-12
-ACT_FRAC_BITS = 10  # fixed-point activations: multiples of 2^-10
-ACT_LIMIT = 2048.0  # |activation| bound; keeps every partial sum far below 2^53
-WEIGHT_LIMIT = 32767 / 4096  # so a weight fits int16 on the 2^-12 grid
+from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round
 
 
 def default_lambdas(k: int = 7, lo: float = 0.00065, hi: float = 0.1) -> tuple[float, ...]:
@@ -61,55 +51,21 @@ class ModelConfig:
         return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(x) for x in d["lambdas"]))
 
 
-def _ste_round(x: torch.Tensor) -> torch.Tensor:
-    """Round in the forward pass, identity gradient in the backward pass."""
-    return x + (torch.round(x) - x).detach()
-
-
-def _fixed(x: torch.Tensor, frac_bits: int, limit: float) -> torch.Tensor:
-    """Snap x onto the grid k * 2^-frac_bits, clamped to +-limit (exact in float32 and float64)."""
-    scale = float(2**frac_bits)
-    return _ste_round(torch.clamp(x, -limit, limit) * scale) / scale
-
-
-class FixedPointHyperSynthesis(nn.Module):
-    """h_s: side information z_hat -> (scales, means) of the main latent, in fixed point."""
-
-    def __init__(self, N: int, M: int):
-        super().__init__()
-        self.layers = nn.ModuleList(
-            [deconv(N, M), deconv(M, M * 3 // 2), conv(M * 3 // 2, M * 2, stride=1, kernel_size=3)]
-        )
-
-    def forward(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = _fixed(z_hat, ACT_FRAC_BITS, ACT_LIMIT)
-        for i, layer in enumerate(self.layers):
-            w = _fixed(layer.weight, WEIGHT_FRAC_BITS, WEIGHT_LIMIT).to(x.dtype)
-            b = _fixed(layer.bias, WEIGHT_FRAC_BITS + ACT_FRAC_BITS, WEIGHT_LIMIT).to(x.dtype)
-            if isinstance(layer, nn.ConvTranspose2d):
-                x = F.conv_transpose2d(
-                    x, w, b, layer.stride, layer.padding, layer.output_padding
-                )
-            else:
-                x = F.conv2d(x, w, b, layer.stride, layer.padding)
-            x = _fixed(x, ACT_FRAC_BITS, ACT_LIMIT)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        scales, means = x.chunk(2, dim=1)
-        return scales, means
-
-    @torch.no_grad()
-    def exact(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The coding path: float64 on CPU, where every sum above is exact."""
-        return self.forward(z_hat.detach().to("cpu", torch.float64))
-
-
 class GainHyperprior(CompressionModel):
     """Mean-scale hyperprior with gain units; ``quality`` in [1, 100] selects the rate."""
 
-    MODEL_ID = 1  # bitstream.MODELS[1]
+    # the codec model interface (codec/registry.py)
+    MODEL_ID = 1
     NAME = "hyperprior-gain"
+    CONFIG = ModelConfig
+    FP16_PREFIXES = ("g_a.", "g_s.", "h_a.")  # h_s is stored as exact integers, entropy models float32
     device_parts = ("g_a", "h_a", "g_s")  # what runs on the chosen device; the rest stays on CPU
+    padding = 64  # the image passes through g_a (x16) and h_a (x4)
+    num_streams = 2  # z and y
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
+        """z's shape, which decoding starts from."""
+        return -(-height // 64), -(-width // 64)
 
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
@@ -126,7 +82,11 @@ class GainHyperprior(CompressionModel):
             conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
             conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N),
         )
-        self.h_s = FixedPointHyperSynthesis(N, M)
+        # h_s turns the side information into the means and scales that pick the CDF tables:
+        # fixed point, so encoder and decoder always agree (codec/exact.py)
+        self.h_s = FixedPointConvStack(
+            [deconv(N, M), deconv(M, M * 3 // 2), conv(M * 3 // 2, M * 2, stride=1, kernel_size=3)]
+        )
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
         # Start each anchor's quantiser step near 1/sqrt(lambda): a good warm start.
@@ -134,9 +94,6 @@ class GainHyperprior(CompressionModel):
         init = 0.5 * (log_l - log_l.mean())
         self.log_gain = nn.Parameter(init[:, None].repeat(1, M))
         self.log_inv_gain = nn.Parameter(-init[:, None].repeat(1, M))
-
-    # The image must be a multiple of this to pass through g_a (x16) and h_a (x4).
-    stride = 64
 
     def position(self, quality: float | torch.Tensor) -> torch.Tensor:
         """Map quality 1..100 onto the anchor axis 0..K-1 (linear, so q is continuous)."""
@@ -192,10 +149,10 @@ class GainHyperprior(CompressionModel):
         with torch.autocast(x.device.type, enabled=False):
             z = self.h_a(y)
             z_hat, z_likelihoods = self.entropy_bottleneck(z)
-            scales, means = self.h_s(z_hat)
+            scales, means = self.h_s(z_hat).chunk(2, dim=1)
             y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
             if self.training:  # mixed quantisation: the rate sees noise, the decoder what it will decode
-                y_hat = _ste_round(y - means) + means
+                y_hat = ste_round(y - means) + means
         x_hat = self.g_s(y_hat * inv_gain)
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
@@ -215,8 +172,7 @@ class GainHyperprior(CompressionModel):
         return tiles.exact(self.h_a, y, self.TILE // 16, 8, down=4)
 
     def _h_s(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = tiles.exact(lambda z: torch.cat(self.h_s.exact(z), 1), z_hat, self.TILE // 64, 2, up=4)
-        return out.chunk(2, dim=1)
+        return tiles.exact(self.h_s.exact, z_hat, self.TILE // 64, 2, up=4).chunk(2, dim=1)
 
     def _g_s(self, y_hat: torch.Tensor) -> torch.Tensor:
         return tiles.exact(self.g_s, y_hat, self.TILE // 16, 4, up=16)
@@ -265,20 +221,6 @@ class GainHyperprior(CompressionModel):
                    device: torch.device | str = "cpu") -> torch.Tensor:
         """Inverse of :meth:`compress`: returns the padded reconstruction in [0, 1]."""
         return self.synthesize(self.decode_streams(strings, z_shape, quality), quality, device)
-
-
-@contextmanager
-def plain_cpu_kernels() -> Iterator[None]:
-    """oneDNN's CPU convolutions change their summation order with the thread count, which moves
-    a few decoded pixels by one level; PyTorch's native kernels, over MKL GEMMs in strict CNR
-    mode (set in ``codec/__init__.py``), give the same result with 1 or N threads
-    (tests/test_quality.py, tests/test_hostile.py), at a small cost in speed."""
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
 
 
 def count_parameters(model: nn.Module) -> int:

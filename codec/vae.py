@@ -33,7 +33,7 @@ from compressai.models import CompressionModel
 from . import entropy, tiles
 from .model import plain_cpu_kernels
 
-MODEL_ID = 2  # bitstream.MODELS[2] == "vae-kl-f8"
+MODEL_ID = 2  # codec/registry.py
 
 
 @dataclass
@@ -176,8 +176,12 @@ class KLAutoencoder(CompressionModel):
     """Encoder -> diagonal Gaussian (mean, log-variance) -> decoder; plus the codec's priors
     (CompressionModel gives them ``update``, ``aux_loss`` and loading of their CDF tables)."""
 
+    # the codec model interface (codec/registry.py)
     MODEL_ID = MODEL_ID
     NAME = "vae-kl-f8"
+    CONFIG = VAEConfig
+    FP16_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")  # priors stay float32
+    num_streams = 1  # the latent
 
     def __init__(self, config: VAEConfig | None = None):
         super().__init__()
@@ -191,7 +195,15 @@ class KLAutoencoder(CompressionModel):
 
     @property
     def stride(self) -> int:
+        """Image size / latent size (8 for f8)."""
         return 2 ** (len(self.config.block_out_channels) - 1)
+
+    @property
+    def padding(self) -> int:
+        return self.stride
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
+        return -(-height // self.stride), -(-width // self.stride)
 
     device_parts = ("encoder", "decoder", "quant_conv", "post_quant_conv")
 

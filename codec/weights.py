@@ -19,20 +19,12 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .model import ACT_FRAC_BITS, WEIGHT_FRAC_BITS, GainHyperprior, ModelConfig
-from .vae import KLAutoencoder, VAEConfig
+from . import registry
+from .exact import integer_scales
+from .registry import DEFAULT_MODEL
 
 FORMAT = "aecodec-weights-1"
-# model name -> (class, config class, default file name)
-MODELS = {
-    GainHyperprior.NAME: (GainHyperprior, ModelConfig, "aecodec-hp.safetensors"),
-    KLAutoencoder.NAME: (KLAutoencoder, VAEConfig, "aecodec-vae-f8.safetensors"),
-}
-DEFAULT_MODEL = GainHyperprior.NAME
-DEFAULT_NAME = MODELS[DEFAULT_MODEL][2]
-# transforms stored in float16; entropy models stay float32, the hyper synthesis is fixed point
-_FP16_PREFIXES = ("g_a.", "g_s.", "h_a.", "encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
-Model = GainHyperprior | KLAutoencoder
+Model = torch.nn.Module  # a registered codec model (codec/registry.py)
 
 
 class WeightsError(Exception):
@@ -50,25 +42,17 @@ def weights_dir() -> Path:
     return Path(sys.prefix) / "share" / "aecodec" / "weights"
 
 
-def _fixed_point_scale(name: str) -> int | None:
-    """Integer scale of a fixed-point tensor of the hyper synthesis, else None."""
-    if name.startswith("h_s.") and name.endswith(".weight"):
-        return 2**WEIGHT_FRAC_BITS
-    if name.startswith("h_s.") and name.endswith(".bias"):
-        return 2 ** (WEIGHT_FRAC_BITS + ACT_FRAC_BITS)
-    return None
-
-
 def save_weights(model: Model, path: str | Path, info: dict | None = None) -> str:
     """Write ``model`` (after ``model.update()``) to ``path`` atomically; returns its hash."""
     tensors = {}
+    exact = integer_scales(model)  # fixed-point tensors: stored as their exact integers
     for name, t in model.state_dict().items():
         t = t.detach().cpu()
-        scale = _fixed_point_scale(name)
+        scale = exact.get(name)
         if scale is not None:
             q = torch.round(t.double() * scale)
             t = q.to(torch.int16 if name.endswith(".weight") else torch.int32)
-        elif name.startswith(_FP16_PREFIXES) and t.is_floating_point():
+        elif name.startswith(type(model).FP16_PREFIXES) and t.is_floating_point():
             t = t.half()
         tensors[name] = t.contiguous()
     meta = {"format": FORMAT, "model": model.NAME, "config": json.dumps(model.config.to_dict())}
@@ -124,8 +108,8 @@ def _json_depth(text: bytes) -> int:
 
 
 def default_weights(model: str = DEFAULT_MODEL) -> Path:
-    """The shipped weights file of a model ("hyperprior-gain" or "vae-kl-f8")."""
-    return weights_dir() / MODELS[model][2]
+    """The shipped weights file of a registered model ("hyperprior-gain", "vae-kl-f8", ...)."""
+    return weights_dir() / registry.MODELS[model].weights_file
 
 
 def load_weights(path: str | Path | None = None) -> tuple[Model, str]:
@@ -137,22 +121,24 @@ def load_weights(path: str | Path | None = None) -> tuple[Model, str]:
         meta = read_metadata(data)
         if meta.get("format") != FORMAT:
             raise WeightsError(f"{path} is not an aecodec weights file")
-        if meta.get("model", GainHyperprior.NAME) not in MODELS:
+        entry = registry.MODELS.get(meta.get("model", DEFAULT_MODEL))
+        if entry is None:
             raise WeightsError(f"{path} holds an unknown model {meta['model']!r}")
-        cls, config_cls, _ = MODELS[meta.get("model", GainHyperprior.NAME)]
-        config = config_cls.from_dict(json.loads(meta["config"]))
+        cls = entry.cls
+        config = cls.CONFIG.from_dict(json.loads(meta["config"]))
         tensors = st_load(data)
     except OSError as e:
         raise WeightsError(f"cannot read weights {path}: {e.strerror or e}") from None
     except (ValueError, KeyError, json.JSONDecodeError) as e:
         raise WeightsError(f"{path} is not a valid weights file ({e})") from None
+    model = cls(config)
+    exact = integer_scales(model)
     state = {}
     for name, t in tensors.items():
-        scale = _fixed_point_scale(name)
+        scale = exact.get(name)
         if scale is not None:
             t = t.double() / scale  # exact: the stored integers are the fixed-point grid
         state[name] = t.float() if t.is_floating_point() else t
-    model = cls(config)
     model.load_state_dict(state)
     model.eval()
     return model, hashlib.sha256(data).hexdigest()

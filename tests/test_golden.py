@@ -67,8 +67,7 @@ def _decode(name: str, data: bytes) -> tuple[str, Image.Image]:
         return _sha(st_load(data)["latent"]), codec.decode_latent(data)
     header, streams = bitstream.unpack(data)
     coded = streams[: len(streams) - header.has_alpha]
-    s = codec.model.stride
-    latent = codec.model.decode_streams(coded, (-(-header.height // s), -(-header.width // s)), header.quality)
+    latent = codec.model.decode_streams(coded, codec.model.latent_shape(header.height, header.width), header.quality)
     return _sha(latent.double()), codec.decompress(data)
 
 

@@ -30,7 +30,7 @@ def reconstruct(codec: Codec, image: Image.Image) -> tuple[np.ndarray, torch.Ten
     vae = codec.model
     x, _ = split(image, "RGB")
     with torch.no_grad():
-        mean, _ = vae.encode(pad_to_stride(x.to(codec.device), vae.stride))
+        mean, _ = vae.encode(pad_to_stride(x.to(codec.device), vae.padding))
         x_hat = vae.decode(mean)[..., : image.size[1], : image.size[0]].float().cpu()
     return np.asarray(merge(x_hat, "RGB", None)), vae.scale(mean).float().cpu()
 
