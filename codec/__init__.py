@@ -8,3 +8,10 @@ import os
 # (a 16x24 map of 128 channels, say) split the sum across threads. MKL reads the variable at its
 # first call, so it is set on import, before any coding; a value the user set is kept.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+__version__ = "0.2.0"  # as pyproject.toml (tests/test_packaging.py checks they agree)
+
+
+class AecodecError(Exception):
+    """Base of every error aecodec raises on purpose: bad input (FormatError, ImageError),
+    a request it cannot carry out (CodecError), bad weights (WeightsError), BenchError."""

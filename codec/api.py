@@ -28,10 +28,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from . import bitstream
+from . import AecodecError, bitstream, registry
 from .bitstream import FormatError, Header
 from .imageio import merge, normalize, split
-from . import registry
 from .registry import DEFAULT_MODEL
 from .weights import default_weights, load_weights, read_metadata
 
@@ -45,7 +44,7 @@ MAX_LATENT_HEADER = 64 * 1024  # bytes of safetensors JSON header a latent file 
 MAX_JSON_DEPTH = 8  # nesting of that header: a latent file's is 3 deep
 
 
-class CodecError(Exception):
+class CodecError(AecodecError):
     """A request the codec cannot carry out (bad quality, wrong weights, no CUDA...)."""
 
 

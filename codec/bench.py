@@ -39,7 +39,9 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, features
 
+from . import AecodecError
 from .bdrate import bd_psnr, bd_rate, msssim_db
+from .metrics import MSSSIM_MIN_SIDE, PSNR_CAP, ms_ssim_rgb, psnr  # noqa: F401 (re-exported)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 ALL_CODECS = ("aecodec", "aecodec-vae", "jpeg420", "jpeg444", "webp", "avif", "jpeg2000")
@@ -50,11 +52,9 @@ VAE_QUALITIES = (1, 34, 67, 100)  # the f8 VAE's codec covers a narrow, low rate
 VAE_QUICK = (1, 100)
 QUICK_IMAGES = 3
 QUICK_CROP = 256  # centre crop: small enough for CI, big enough for 5-scale MS-SSIM
-PSNR_CAP = 100.0
-MSSSIM_MIN_SIDE = 161  # pytorch_msssim: short side must exceed (win_size - 1) * 2**4 = 160
 
 
-class BenchError(Exception):
+class BenchError(AecodecError):
     """Bad input or environment, reported as one line (not a bug)."""
 
 
@@ -133,18 +133,23 @@ def pillow_codecs() -> dict[str, PillowCodec]:
     }
 
 
-class AeCodec:
-    """aecodec through its public API (the hyperprior, or the VAE with ``vae=True``); the model
-    loads once, here."""
+# benchmark name -> (registered model, plot label, qualities, --quick qualities)
+AECODEC_MODELS = {
+    "aecodec": ("hyperprior-gain", "aecodec", AECODEC_QUALITIES, AECODEC_QUICK),
+    "aecodec-vae": ("vae-kl-f8", "aecodec VAE f8", VAE_QUALITIES, VAE_QUICK),
+}
 
-    def __init__(self, device: str = "auto", weights: str | None = None, vae: bool = False):
+
+class AeCodec:
+    """aecodec through its public API, one registered model; it loads once, here."""
+
+    def __init__(self, device: str = "auto", weights: str | None = None, key: str = "aecodec"):
         from .api import Codec  # late: torch and the weights load only when aecodec is benchmarked
 
-        self.codec = Codec(weights=weights, device=device, model="vae-kl-f8" if vae else "hyperprior-gain")
+        model, self.label, self.qualities, self.quick = AECODEC_MODELS[key]
+        self.key = key
+        self.codec = Codec(weights=weights, device=device, model=model)
         self.device = self.codec.device
-        self.key, self.label = ("aecodec-vae", "aecodec VAE f8") if vae else ("aecodec", "aecodec")
-        self.qualities = VAE_QUALITIES if vae else AECODEC_QUALITIES
-        self.quick = VAE_QUICK if vae else AECODEC_QUICK
 
     def encode(self, image: Image.Image, quality: int) -> bytes:
         return self.codec.compress(image, quality=quality)
@@ -176,33 +181,6 @@ class Row:
     ms_ssim_rgb: float
     encode_s: float
     decode_s: float
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 arrays over all pixels and channels (MAX = 255, capped)."""
-    mse = float(np.mean(np.square(a.astype(np.int32) - b.astype(np.int32), dtype=np.float64)))
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10.0 * math.log10(255.0**2 / mse))
-
-
-def ms_ssim_rgb(a: np.ndarray, b: np.ndarray) -> float:
-    """MS-SSIM of two HxWx3 uint8 arrays (5 scales); NaN if the short side is 160 px or less."""
-    if min(a.shape[:2]) < MSSSIM_MIN_SIDE:
-        return math.nan
-    import torch
-    from pytorch_msssim import ms_ssim
-
-    def tensor(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(x, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
-
-    # One thread: on a busy 2-core machine torch's thread pool makes this 10x slower, and
-    # each call is small anyway. The caller's setting (aecodec's) is restored.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            return float(ms_ssim(tensor(a), tensor(b), data_range=255))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def measure(codec, image: Image.Image, original: np.ndarray, quality: int, name: str) -> Row:
@@ -558,9 +536,8 @@ def _run(args: argparse.Namespace) -> int:
     classical = pillow_codecs()
     codecs: list = []
     for n in names:
-        if n in ("aecodec", "aecodec-vae"):
-            vae = n == "aecodec-vae"
-            codecs.append(_load_aecodec(args.device, args.vae_weights if vae else args.weights, vae))
+        if n in AECODEC_MODELS:
+            codecs.append(_load_aecodec(args.device, args.vae_weights if n == "aecodec-vae" else args.weights, n))
         else:
             codecs.append(classical[n])
     qualities = {c.key: (c.quick if args.quick else c.qualities) for c in codecs}
@@ -602,9 +579,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_aecodec(device: str, weights: str | None, vae: bool = False) -> AeCodec:
+def _load_aecodec(device: str, weights: str | None, key: str = "aecodec") -> AeCodec:
     try:
-        return AeCodec(device=device, weights=weights, vae=vae)
+        return AeCodec(device=device, weights=weights, key=key)
     except ImportError as e:
         raise BenchError(f"aecodec: cannot import the codec ({e})") from None
     except Exception as e:  # CodecError, WeightsError, OSError: bad device or weights

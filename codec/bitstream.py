@@ -10,7 +10,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from . import registry
+from . import AecodecError, registry
 
 MAGIC = b"\x89AEC"
 VERSION = 2  # 2: streams coded with constriction's ANS (codec/entropy.py); 1: CompressAI's rANS
@@ -26,7 +26,7 @@ _FIXED = struct.Struct(">4sBB8sBBIIB")
 _CRC = struct.Struct(">I")
 
 
-class FormatError(Exception):
+class FormatError(AecodecError):
     """The bytes are not a valid ``.aec`` file (wrong magic, truncated, corrupted...)."""
 
 

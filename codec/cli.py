@@ -185,13 +185,6 @@ def cmd_vae_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from . import train
-
-    train.main(args.train_args)
-    return 0
-
-
 def _read_bytes(path: Path) -> bytes:
     from .bitstream import MAX_PIXELS
 
@@ -205,11 +198,9 @@ def _read_bytes(path: Path) -> bytes:
 def _known_errors() -> tuple[type[BaseException], ...]:
     """Errors that describe bad input or environment, as opposed to bugs (imported late, so
     that ``--help`` does not load torch)."""
-    from .api import CodecError, FormatError
-    from .imageio import ImageError
-    from .weights import WeightsError
+    from . import AecodecError
 
-    return (CodecError, FormatError, ImageError, WeightsError, OSError, ValueError)
+    return (AecodecError, OSError, ValueError)
 
 
 def _message(e: BaseException) -> str:
@@ -235,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from . import __version__
+
+    p.add_argument("-V", "--version", action="version", version=f"aecodec {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser, outputs: bool = True, decodes: bool = False) -> None:
@@ -301,11 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     vx.add_argument("--weights", metavar="FILE", help="VAE weights file (default: the shipped VAE weights)")
     vx.set_defaults(func=cmd_vae_export)
 
-    t = sub.add_parser("train", help="train or export weights (see: aecodec train --help)",
-                       description="Runs python -m codec.train; all arguments are passed on.",
-                       add_help=False)
-    t.add_argument("train_args", nargs=argparse.REMAINDER)
-    t.set_defaults(func=cmd_train)
+    # "aecodec train ..." is handed to python -m codec.train in main(), before this parser runs;
+    # listed here so that --help shows it
+    sub.add_parser("train", help="train or export weights (see: aecodec train --help)", add_help=False)
 
     try:
         from . import bench
@@ -324,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         from . import train
 
         train.main(argv[1:], prog="aecodec train")
+        return 0
+    if argv[:1] in (["--version"], ["-V"]):  # answered without loading torch
+        from . import __version__
+
+        print(f"aecodec {__version__}")
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import AecodecError
 
-class ImageError(Exception):
+
+class ImageError(AecodecError):
     """An input image cannot be read or is of a kind aecodec does not code."""
 
 

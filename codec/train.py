@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .metrics import psnr_from_mse
 from .model import GainHyperprior, ModelConfig, bpp_of, count_parameters, default_lambdas
 from .vae import KLAutoencoder, VAEConfig, kl_divergence
 from .weights import load_weights, save_weights
@@ -79,8 +80,7 @@ def rd_loss(model: GainHyperprior, x: torch.Tensor, pos: torch.Tensor) -> dict:
     mse = ((out["x_hat"].float() - x) ** 2).flatten(1).mean(1)
     lmbda = model.lmbda(pos.cpu()).to(x.device, torch.float32)
     loss = (bpp + lmbda * 255**2 * mse).mean()
-    psnr = (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()
-    return {"loss": loss, "bpp": bpp.mean(), "psnr": psnr}
+    return {"loss": loss, "bpp": bpp.mean(), "psnr": psnr_from_mse(mse).mean()}
 
 
 def vae_loss(model: KLAutoencoder, x: torch.Tensor, kl_weight: float, rec: str = "mse", sample: bool = True) -> dict:
@@ -92,8 +92,7 @@ def vae_loss(model: KLAutoencoder, x: torch.Tensor, kl_weight: float, rec: str =
     kl = kl_divergence(out["mean"].float(), out["logvar"].float()) / x[0].numel()
     mse = err.pow(2).flatten(1).mean(1)
     loss = (per_px.flatten(1).mean(1) + kl_weight * kl).mean()
-    psnr = (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()
-    return {"loss": loss, "kl": kl.mean() * x[0].numel(), "psnr": psnr}
+    return {"loss": loss, "kl": kl.mean() * x[0].numel(), "psnr": psnr_from_mse(mse).mean()}
 
 
 def _centre_crop(im: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:

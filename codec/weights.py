@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from . import registry
+from . import AecodecError, registry
 from .exact import integer_scales
 from .registry import DEFAULT_MODEL
 
@@ -27,7 +27,7 @@ FORMAT = "aecodec-weights-1"
 Model = torch.nn.Module  # a registered codec model (codec/registry.py)
 
 
-class WeightsError(Exception):
+class WeightsError(AecodecError):
     """A weights file is missing, unreadable or not an aecodec weights file."""
 
 

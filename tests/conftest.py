@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from codec.metrics import psnr  # noqa: F401 (the tests' PSNR is the codec's)
+
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
 
@@ -34,13 +36,6 @@ def make_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Ima
     out = rgb.convert("RGBA" if mode == "RGBA" else "LA")
     out.putalpha(alpha)
     return out
-
-
-def psnr(a: Image.Image, b: Image.Image) -> float:
-    x = np.asarray(a, dtype=np.float64)
-    y = np.asarray(b, dtype=np.float64)
-    mse = np.mean((x - y) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 @pytest.fixture(scope="session")

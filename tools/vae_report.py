@@ -21,7 +21,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from codec.api import Codec, pad_to_stride
-from codec.bench import list_images, ms_ssim_rgb, psnr
+from codec.bench import list_images
+from codec.metrics import ms_ssim_rgb, psnr
 from codec.imageio import merge, split
 
 

@@ -1,0 +1,236 @@
+"""The Python API: ``Codec(...).compress(image) -> bytes`` and ``.decompress(bytes) -> Image``.
+
+    from PIL import Image
+    from codec.api import Codec
+
+    codec = Codec()                                   # shipped weights, CUDA if present
+    data = codec.compress(Image.open("kodim01.png"), quality=75)
+    Image.Image.save(codec.decompress(data), "restored.png")
+
+    Codec(model="vae-kl-f8")                          # the f8 VAE (codec/vae.py) as a codec
+
+The analysis and synthesis transforms run on the chosen device; everything that decides the
+rANS tables runs on CPU in exact arithmetic (see ``codec/model.py``), or is a fixed table (the
+VAE's prior), so a file written on any device, with any thread count, decodes the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from . import AecodecError, bitstream, registry
+from .bitstream import FormatError, Header
+from .imageio import merge, normalize, split
+from .registry import DEFAULT_MODEL
+from .weights import default_weights, load_weights, read_metadata
+
+DEFAULT_QUALITY = 75
+LATENT_FORMAT = "aecodec-latent-1"
+# Like Pillow's Image.MAX_IMAGE_PIXELS: files that declare more are refused before any work
+# (None: up to the format's own limit, bitstream.MAX_PIXELS). 50 MP is past today's common
+# cameras; decoding in tiles keeps memory bounded at any size, this bounds the time.
+MAX_DECODE_PIXELS: int | None = 50_000_000
+MAX_LATENT_HEADER = 64 * 1024  # bytes of safetensors JSON header a latent file may have
+MAX_JSON_DEPTH = 8  # nesting of that header: a latent file's is 3 deep
+
+
+class CodecError(AecodecError):
+    """A request the codec cannot carry out (bad quality, wrong weights, no CUDA...)."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is an error, not a fallback."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CodecError("CUDA was requested but is not available (use --device cpu)")
+    if device.type not in ("cpu", "cuda"):
+        raise CodecError(f"unsupported device {device}")
+    return device
+
+
+class Codec:
+    """A loaded model, ready to code many images (load once, reuse)."""
+
+    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "auto",
+                 model: str = DEFAULT_MODEL, max_pixels: int | None = -1):
+        """``weights``: a weights file (its metadata names the model), else the shipped
+        weights of ``model`` ("hyperprior-gain" or "vae-kl-f8"). ``max_pixels``: the largest
+        image this codec decodes (default ``MAX_DECODE_PIXELS`` as it is when decoding; None:
+        the format's limit)."""
+        self.device = resolve_device(device)
+        self.max_pixels = max_pixels
+        if model not in registry.MODELS:
+            raise CodecError(f"unknown model {model!r} (choose from {', '.join(registry.MODELS)})")
+        self.model, digest = load_weights(weights or default_weights(model))
+        self.weights_sha256 = digest
+        self.weights_id = bytes.fromhex(digest[:16])
+        # Only the heavy transforms move; entropy models, h_s and gains stay on CPU.
+        for name in self.model.device_parts:
+            getattr(self.model, name).to(self.device)
+
+    def compress(self, image: Image.Image, quality: int = DEFAULT_QUALITY) -> bytes:
+        """Code a PIL image to the bytes of a complete ``.aec`` file."""
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+            raise CodecError(f"quality must be an integer from 1 to 100, got {quality!r}")
+        image, mode = normalize(image)
+        w, h = image.size
+        if w > bitstream.MAX_SIDE or h > bitstream.MAX_SIDE or w * h > bitstream.MAX_PIXELS:
+            raise CodecError(f"image {w}x{h} is too large (limit {bitstream.MAX_PIXELS} pixels)")
+        x, alpha = split(image, mode)
+        x = pad_to_stride(x.to(self.device), self.model.padding)
+        streams, _ = self.model.compress(x, quality)
+        if alpha is not None:
+            streams.append(bitstream.pack_alpha(alpha))
+        header = Header(self.model.MODEL_ID, self.weights_id, quality, mode, w, h, ())
+        return bitstream.pack(header, streams)
+
+    def decompress(self, data: bytes) -> Image.Image:
+        """Decode the bytes of an ``.aec`` file to a PIL image of the original size and mode."""
+        header, streams = bitstream.unpack(data)
+        self.check_weights(header)
+        self.check_size(header.width, header.height)
+        if len(streams) != self.model.num_streams + header.has_alpha:
+            raise FormatError(f"invalid stream count {len(streams)} for mode {header.mode} and model {header.model}")
+        shape = self.model.latent_shape(header.height, header.width)
+        with _out_of_memory(header.width, header.height):
+            alpha = None
+            if header.has_alpha:
+                alpha = bitstream.unpack_alpha(streams.pop(), header.width, header.height)
+            x = self.model.decompress(streams, shape, header.quality, self.device)
+            x = x[..., : header.height, : header.width]
+            return merge(x, header.mode, alpha)
+
+    def check_size(self, width: int, height: int) -> None:
+        """Refuse an image over the decoding pixel limit before any work is done."""
+        limit = MAX_DECODE_PIXELS if self.max_pixels == -1 else self.max_pixels
+        if limit is not None and width * height > limit:
+            raise CodecError(f"image {width}x{height} ({width * height} pixels) is over the decoding limit "
+                             f"of {limit} pixels (raise it with --max-pixels, or max_pixels= in the API)")
+
+    def check_weights(self, header: Header) -> None:
+        """A file decodes only with the exact weights that wrote it."""
+        if header.model_id != self.model.MODEL_ID:
+            raise CodecError(f"file was written by model {header.model}, but the loaded weights are "
+                             f"model {self.model.NAME}")
+        if header.weights_id != self.weights_id:
+            raise CodecError(
+                f"file was written with weights {header.weights_id.hex()}, "
+                f"but the loaded weights are {self.weights_id.hex()}"
+            )
+
+
+    # --- latents (the VAE only) ---
+    def encode_latent(self, image: Image.Image) -> bytes:
+        """An image -> a safetensors file holding its scaled latent (1 x 4 x H/8 x W/8, float32)
+        and what decoding needs: the original size and mode, the factors, the weights' hash."""
+        vae = self._vae()
+        image, mode = normalize(image)
+        if mode in ("LA", "RGBA"):
+            raise CodecError("the VAE keeps no alpha channel: convert the image to RGB first")
+        w, h = image.size
+        if w > bitstream.MAX_SIDE or h > bitstream.MAX_SIDE or w * h > bitstream.MAX_PIXELS:
+            raise CodecError(f"image {w}x{h} is too large (limit {bitstream.MAX_PIXELS} pixels)")
+        x, _ = split(image, mode)
+        latent = vae.encode_scaled(pad_to_stride(x.to(self.device), vae.padding)).float().cpu().contiguous()
+        meta = {"format": LATENT_FORMAT, "model": vae.NAME, "weights_sha256": self.weights_sha256,
+                "width": str(w), "height": str(h), "mode": mode,
+                **{k: json.dumps(getattr(vae.config, k))
+                   for k in ("scaling_factor", "shift_factor", "latents_mean", "latents_std")}}
+        return st_save({"latent": latent}, metadata=meta)
+
+    def decode_latent(self, data: bytes) -> Image.Image:
+        """A latent file written by ``encode_latent`` (or edited: any finite values) -> an image."""
+        vae = self._vae()
+        try:
+            meta = read_metadata(data, max_header=MAX_LATENT_HEADER, max_depth=MAX_JSON_DEPTH)
+            if meta.get("format") != LATENT_FORMAT:
+                raise FormatError("not an aecodec latent file")
+            w, h, mode = int(meta["width"]), int(meta["height"]), meta["mode"]
+        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+            raise FormatError(f"not an aecodec latent file ({e})" if "header" in str(e)
+                              else "not an aecodec latent file") from None
+        if meta.get("weights_sha256") != self.weights_sha256:
+            raise CodecError(f"latent was made with weights {str(meta.get('weights_sha256'))[:16]}, "
+                             f"but the loaded weights are {self.weights_sha256[:16]}")
+        if (mode not in ("L", "RGB") or not (1 <= w <= bitstream.MAX_SIDE and 1 <= h <= bitstream.MAX_SIDE)
+                or w * h > bitstream.MAX_PIXELS):
+            raise FormatError(f"invalid size {w}x{h} or mode {mode!r} in latent file")
+        self.check_size(w, h)
+        try:  # safetensors checks that the tensor's declared size matches the bytes it holds
+            latent = st_load(data)["latent"]
+        except (KeyError, SafetensorError):
+            raise FormatError("not an aecodec latent file") from None
+        expected = (1, vae.config.latent_channels, *vae.latent_shape(h, w))
+        if tuple(latent.shape) != expected or not latent.is_floating_point() or not torch.isfinite(latent).all():
+            raise FormatError(f"latent of shape {tuple(latent.shape)} does not fit a {w}x{h} image "
+                              f"(expected {expected}, finite floats)")
+        with _out_of_memory(w, h):
+            x = vae.decode_scaled(latent.float().to(self.device))
+            return merge(x[..., :h, :w], mode, None)
+
+    def _vae(self):
+        """The loaded model, if it makes latent files (has encode_scaled / decode_scaled)."""
+        if not hasattr(self.model, "encode_scaled"):
+            raise CodecError(f"latents need the VAE, but the loaded weights are model {self.model.NAME}")
+        return self.model
+
+
+@contextmanager
+def _out_of_memory(width: int, height: int) -> Iterator[None]:
+    """A failed allocation is reported as what it is, not as damaged data or a RuntimeError."""
+    try:
+        yield
+    except MemoryError:
+        raise CodecError(f"out of memory decoding {width}x{height}") from None
+    except RuntimeError as e:  # torch's allocators (CPU and CUDA) raise RuntimeError subclasses
+        if "memory" in str(e).lower() or "alloc" in str(e).lower():
+            raise CodecError(f"out of memory decoding {width}x{height}") from None
+        raise CodecError(f"cannot decode {width}x{height}: {e}") from None
+
+
+def read_header(data: bytes) -> Header:
+    """Parse and validate a file's header (and checksum) without decoding it."""
+    return bitstream.unpack(data)[0]
+
+
+def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Replicate-pad to a multiple of ``stride`` (edges cost fewer bits than zeros)."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % stride, -w % stride
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+_default: dict[tuple[str, str], Codec] = {}
+
+
+def compress(image: Image.Image, quality: int = DEFAULT_QUALITY, device: str = "auto",
+             model: str = DEFAULT_MODEL) -> bytes:
+    """One-call compression with shipped weights (each model is loaded once per process)."""
+    return codec_for(model, device).compress(image, quality)
+
+
+def decompress(data: bytes, device: str = "auto") -> Image.Image:
+    """One-call decompression with the shipped weights of the model that wrote ``data``."""
+    return codec_for(read_header(data).model, device).decompress(data)
+
+
+def codec_for(model: str, device: str = "auto") -> Codec:
+    """A shared Codec with the shipped weights of ``model``, loaded on first use."""
+    key = (model, str(device))
+    if key not in _default:
+        _default[key] = Codec(device=device, model=model)
+    return _default[key]

@@ -1,0 +1,348 @@
+"""The ``aecodec`` command line: compress, decompress, info, vae, train, bench.
+
+Every failure is one line on stderr and a non-zero exit status; outputs are written
+atomically and never replace an existing file without ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+EPILOG = """examples:
+  aecodec compress photo.png                 writes photo.aec (quality 75)
+  aecodec compress -q 30 a.jpg b.png         several images, one model load
+  aecodec decompress photo.aec -o out.png    restores a PNG of the original size and mode
+  aecodec info photo.aec                     what the header says
+  aecodec compress --model vae photo.png     code with the f8 VAE instead (decompress as usual)
+  aecodec vae encode photo.png               photo.safetensors: the VAE's scaled latent
+  aecodec vae decode photo.safetensors -o back.png
+  aecodec vae export-diffusers hf-vae        a folder diffusers.AutoencoderKL loads
+"""
+
+from . import registry
+
+
+class UsageError(Exception):
+    """Bad combination of command-line arguments."""
+
+
+def _outputs(inputs: list[Path], out: str | None, suffix: str) -> list[Path]:
+    """Output path per input: next to it with ``suffix``, or ``-o`` (a file, or a folder)."""
+    if out is None:
+        paths = [p.with_suffix(suffix) for p in inputs]
+    elif Path(out).is_dir():
+        paths = [Path(out) / p.with_suffix(suffix).name for p in inputs]
+    elif len(inputs) == 1:
+        paths = [Path(out)]
+    else:
+        raise UsageError("-o must be an existing folder when there are several inputs")
+    seen: dict[Path, Path] = {}
+    for src, dst in zip(inputs, paths):
+        key = dst.resolve()
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {src} would both be written to {dst}")
+        if key == src.resolve():
+            raise UsageError(f"output {dst} would replace its own input")
+        seen[key] = src
+    return paths
+
+
+def _progress(items: list, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="img", disable=len(items) < 2 or None, file=sys.stderr)
+
+
+def _codec(args: argparse.Namespace, model: str | None = None):
+    """The Codec for ``--weights`` if given, else the shipped weights of ``model``."""
+    from .api import Codec
+
+    model = model or registry.by_short(getattr(args, "model", "hp")).name
+    limit = getattr(args, "max_pixels", None)
+    return Codec(weights=args.weights, device=args.device, model=model,
+                 max_pixels=-1 if limit is None else (limit or None))
+
+
+def _run_each(pairs, work, desc: str) -> int:
+    """Apply ``work(src, dst)`` to every pair, reporting failures one line each; the rest go on."""
+    failed = 0
+    known = _known_errors()
+    for src, dst in _progress(pairs, desc):
+        try:
+            work(src, dst)
+        except known as e:
+            print(f"aecodec: error: {src}: {_message(e)}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from .imageio import read_image, write_atomic
+
+    inputs = [Path(p) for p in args.inputs]
+    outputs = _outputs(inputs, args.output, ".aec")
+    if not 1 <= args.quality <= 100:
+        raise UsageError(f"quality must be from 1 to 100, got {args.quality}")
+    codec = _codec(args)
+
+    def work(src: Path, dst: Path) -> None:
+        image = read_image(src)
+        data = codec.compress(image, args.quality)
+        write_atomic(dst, data, force=args.force)
+        if args.verbose:
+            bpp = 8 * len(data) / (image.size[0] * image.size[1])
+            print(f"{src} -> {dst}: {len(data)} bytes, {bpp:.3f} bpp")
+
+    return _run_each(list(zip(inputs, outputs)), work, "compressing")
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from .imageio import png_bytes, write_atomic
+
+    from .api import read_header
+
+    inputs = [Path(p) for p in args.inputs]
+    outputs = _outputs(inputs, args.output, ".png")
+    codecs: dict = {}  # model name -> Codec: each file names the model that wrote it
+
+    def work(src: Path, dst: Path) -> None:
+        data = _read_bytes(src)
+        model = read_header(data).model
+        if model not in codecs:
+            codecs[model] = _codec(args, model)
+        image = codecs[model].decompress(data)
+        write_atomic(dst, png_bytes(image), force=args.force)
+        if args.verbose:
+            print(f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
+
+    return _run_each(list(zip(inputs, outputs)), work, "decompressing")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .api import read_header
+
+    def work(src: Path, _dst: None) -> None:
+        data = _read_bytes(src)
+        h = read_header(data)
+        px = h.width * h.height
+        print(f"{src}:")
+        print(f"  model       {h.model} (id {h.model_id})")
+        print(f"  weights     {h.weights_id.hex()}")
+        print(f"  quality     {h.quality}")
+        print(f"  size        {h.width}x{h.height} {h.mode}")
+        print(f"  bytes       {len(data)} (streams {', '.join(map(str, h.stream_lengths))})")
+        print(f"  bpp         {8 * len(data) / px:.4f}")
+
+    return _run_each([(Path(p), None) for p in args.inputs], work, "reading")
+
+
+def cmd_vae_encode(args: argparse.Namespace) -> int:
+    from .imageio import read_image, write_atomic
+
+    inputs = [Path(p) for p in args.inputs]
+    outputs = _outputs(inputs, args.output, ".safetensors")
+    codec = _codec(args, "vae-kl-f8")
+
+    def work(src: Path, dst: Path) -> None:
+        write_atomic(dst, codec.encode_latent(read_image(src)), force=args.force)
+        if args.verbose:
+            print(f"{src} -> {dst}")
+
+    return _run_each(list(zip(inputs, outputs)), work, "encoding")
+
+
+def cmd_vae_decode(args: argparse.Namespace) -> int:
+    from .imageio import png_bytes, write_atomic
+
+    inputs = [Path(p) for p in args.inputs]
+    outputs = _outputs(inputs, args.output, ".png")
+    codec = _codec(args, "vae-kl-f8")
+
+    def work(src: Path, dst: Path) -> None:
+        image = codec.decode_latent(_read_bytes(src))
+        write_atomic(dst, png_bytes(image), force=args.force)
+        if args.verbose:
+            print(f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
+
+    return _run_each(list(zip(inputs, outputs)), work, "decoding")
+
+
+def cmd_vae_export(args: argparse.Namespace) -> int:
+    from .vae import export_diffusers
+    from .weights import default_weights, load_weights
+
+    model, digest = load_weights(args.weights or default_weights("vae-kl-f8"))
+    out = Path(args.folder)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise FileExistsError(f"{out} exists and is not empty (use --force to overwrite)")
+    export_diffusers(model, out)
+    print(f"wrote {out}/ (config.json, diffusion_pytorch_model.safetensors) from weights {digest[:16]}; "
+          f"load it with diffusers.AutoencoderKL.from_pretrained({str(out)!r})")
+    return 0
+
+
+def _read_bytes(path: Path) -> bytes:
+    from .bitstream import MAX_PIXELS
+
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory")
+    if path.stat().st_size > 8 * MAX_PIXELS:  # beyond any file this codec writes
+        raise ValueError(f"{path} is too large to be an .aec file")
+    return path.read_bytes()
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Errors that describe bad input or environment, as opposed to bugs (imported late, so
+    that ``--help`` does not load torch)."""
+    from . import AecodecError
+
+    return (AecodecError, OSError, ValueError)
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return str(e) or type(e).__name__
+
+
+def _pixels(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="aecodec",
+        description="A learned image codec: writes compact .aec files and restores PNGs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    p.add_argument("-V", "--version", action="version", version=f"aecodec {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser, outputs: bool = True, decodes: bool = False) -> None:
+        if outputs:
+            sp.add_argument("-o", "--output", metavar="OUT",
+                            help="output file (one input) or existing folder (several inputs)")
+            sp.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+            sp.add_argument("-v", "--verbose", action="store_true", help="print one line per file")
+        sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where the transforms run (default: auto = CUDA if present)")
+        sp.add_argument("--weights", metavar="FILE", help="weights file (default: the shipped weights)")
+        if decodes:
+            sp.add_argument("--max-pixels", type=_pixels, metavar="N",
+                            help="refuse images of more than N pixels before decoding (default: 50000000, "
+                            "like Pillow's MAX_IMAGE_PIXELS; 0: up to the format's limit of 67108864)")
+
+    c = sub.add_parser("compress", help="images -> .aec files",
+                       description="Compress images (PNG, JPEG, WebP, TIFF, BMP) to .aec files, "
+                       "written next to each input as NAME.aec unless -o is given. Grayscale stays "
+                       "grayscale; an alpha channel is kept losslessly.")
+    c.add_argument("inputs", nargs="+", metavar="IMG")
+    c.add_argument("-q", "--quality", type=int, default=75,
+                   help="1-100, higher is better and bigger, like JPEG's (default: 75)")
+    c.add_argument("-m", "--model", choices=[e.short for e in registry.MODELS.values()], default="hp",
+                   help="hp: the rate-distortion hyperprior (default, best quality per bit); "
+                   "vae: the f8 VAE's quantised latent (low rates only)")
+    common(c)
+    c.set_defaults(func=cmd_compress)
+
+    d = sub.add_parser("decompress", help=".aec files -> PNG",
+                       description="Restore .aec files to PNG images of the original size and mode, "
+                       "written as NAME.png unless -o is given.")
+    d.add_argument("inputs", nargs="+", metavar="FILE.aec")
+    common(d, decodes=True)
+    d.set_defaults(func=cmd_decompress)
+
+    i = sub.add_parser("info", help="print an .aec file's header",
+                       description="Print the model, weights, quality, size and bits per pixel of .aec files.")
+    i.add_argument("inputs", nargs="+", metavar="FILE.aec")
+    i.set_defaults(func=cmd_info)
+
+    v = sub.add_parser("vae", help="images <-> VAE latents (for latent diffusion)",
+                       description="The KL-regularised f8 autoencoder: 4 latent channels at H/8 x W/8, "
+                       "scaled to about unit variance. A latent file is safetensors: tensor 'latent' "
+                       "(1 x 4 x H/8 x W/8, float32) plus the metadata decoding needs.")
+    vsub = v.add_subparsers(dest="vae_command", required=True, metavar="ACTION")
+    ve = vsub.add_parser("encode", help="images -> latent files (NAME.safetensors)",
+                         description="Encode images (RGB or grayscale) to scaled latents, written as "
+                         "NAME.safetensors unless -o is given.")
+    ve.add_argument("inputs", nargs="+", metavar="IMG")
+    common(ve)
+    ve.set_defaults(func=cmd_vae_encode)
+    vd = vsub.add_parser("decode", help="latent files -> PNG",
+                         description="Decode latent files to PNG images of the original size and mode.")
+    vd.add_argument("inputs", nargs="+", metavar="LATENT")
+    common(vd, decodes=True)
+    vd.set_defaults(func=cmd_vae_decode)
+    vx = vsub.add_parser("export-diffusers", help="write the VAE as a diffusers AutoencoderKL folder",
+                         description="Write config.json and diffusion_pytorch_model.safetensors, which "
+                         "diffusers.AutoencoderKL.from_pretrained(FOLDER) loads (images in [-1, 1]; "
+                         "the config carries latents_mean, latents_std and scaling_factor).")
+    vx.add_argument("folder", metavar="FOLDER")
+    vx.add_argument("-f", "--force", action="store_true", help="write into a non-empty folder")
+    vx.add_argument("--weights", metavar="FILE", help="VAE weights file (default: the shipped VAE weights)")
+    vx.set_defaults(func=cmd_vae_export)
+
+    # "aecodec train ..." is handed to python -m codec.train in main(), before this parser runs;
+    # listed here so that --help shows it
+    sub.add_parser("train", help="train or export weights (see: aecodec train --help)", add_help=False)
+
+    try:
+        from . import bench
+    except ImportError:  # the benchmark is optional at import time
+        bench = None
+    if bench is not None:
+        bench.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # compressai's import trips a torch deprecation warning that says nothing to a user.
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    if argv[:1] == ["train"]:  # argparse cannot hand "--help" on to a sub-program; do it here
+        from . import train
+
+        train.main(argv[1:], prog="aecodec train")
+        return 0
+    if argv[:1] in (["--version"], ["-V"]):  # answered without loading torch
+        from . import __version__
+
+        print(f"aecodec {__version__}")
+        return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    known = _known_errors()
+
+    try:
+        return args.func(args)
+    except UsageError as e:
+        parser.error(str(e))  # exits 2 with the usage line
+    except known as e:
+        print(f"aecodec: error: {_message(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("aecodec: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: still one line, full trace on request
+        if os.environ.get("AECODEC_DEBUG"):
+            raise
+        print(f"aecodec: internal error: {type(e).__name__}: {e} (set AECODEC_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Exactness as a part: what any network whose output picks a CDF table needs.
+
+Learned codecs break when the decoder computes a slightly different probability model than the
+encoder did. Two tools here keep them in step:
+
+* :class:`FixedPointConvStack`: convolutions with weights on a 2^-12 grid and activations on a
+  2^-10 grid, evaluated in float64 on CPU, where every product and partial sum is an exactly
+  representable number: the result does not depend on summation order, thread count or device.
+  Training uses the same quantisers with a straight-through gradient, so what is trained is what
+  runs. Its weights are stored as the exact integers (:func:`integer_scales`).
+* :func:`plain_cpu_kernels`: PyTorch's native CPU convolutions instead of oneDNN's, for the float
+  networks whose output should not depend on the thread count (the synthesis transforms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+WEIGHT_FRAC_BITS = 12  # fixed-point weights: multiples of 2^-12
+ACT_FRAC_BITS = 10  # fixed-point activations: multiples of 2^-10
+ACT_LIMIT = 2048.0  # |activation| bound; keeps every partial sum far below 2^53
+WEIGHT_LIMIT = 32767 / 4096  # so a weight fits int16 on the 2^-12 grid
+
+
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity gradient in the backward pass."""
+    return x + (torch.round(x) - x).detach()
+
+
+def fixed(x: torch.Tensor, frac_bits: int, limit: float) -> torch.Tensor:
+    """Snap x onto the grid k * 2^-frac_bits, clamped to +-limit (exact in float32 and float64)."""
+    scale = float(2**frac_bits)
+    return ste_round(torch.clamp(x, -limit, limit) * scale) / scale
+
+
+class FixedPointConvStack(nn.Module):
+    """Conv2d / ConvTranspose2d layers with ReLU between them, in fixed point."""
+
+    def __init__(self, layers: list[nn.Conv2d | nn.ConvTranspose2d]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The training path (any device and float type), on the same grids as :meth:`exact`."""
+        x = fixed(x, ACT_FRAC_BITS, ACT_LIMIT)
+        for i, layer in enumerate(self.layers):
+            w = fixed(layer.weight, WEIGHT_FRAC_BITS, WEIGHT_LIMIT).to(x.dtype)
+            b = fixed(layer.bias, WEIGHT_FRAC_BITS + ACT_FRAC_BITS, WEIGHT_LIMIT).to(x.dtype)
+            if isinstance(layer, nn.ConvTranspose2d):
+                x = F.conv_transpose2d(x, w, b, layer.stride, layer.padding, layer.output_padding)
+            else:
+                x = F.conv2d(x, w, b, layer.stride, layer.padding)
+            x = fixed(x, ACT_FRAC_BITS, ACT_LIMIT)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+    @torch.no_grad()
+    def exact(self, x: torch.Tensor) -> torch.Tensor:
+        """The coding path: float64 on CPU, where every sum is exact."""
+        return self.forward(x.detach().to("cpu", torch.float64))
+
+
+def integer_scales(model: nn.Module) -> dict[str, int]:
+    """State-dict names of every fixed-point tensor in ``model`` -> the integer scale it is
+    stored with (weights x 2^12 as int16, biases x 2^22 as int32), so a file holds them exactly."""
+    scales = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, FixedPointConvStack):
+            for name, _ in module.named_parameters():
+                full = f"{prefix}.{name}" if prefix else name
+                scales[full] = 2**WEIGHT_FRAC_BITS if name.endswith("weight") else 2 ** (WEIGHT_FRAC_BITS + ACT_FRAC_BITS)
+    return scales
+
+
+@contextmanager
+def plain_cpu_kernels() -> Iterator[None]:
+    """oneDNN's CPU convolutions change their summation order with the thread count, which moves
+    a few decoded pixels by one level; PyTorch's native kernels, over MKL GEMMs in strict CNR
+    mode (set in ``codec/__init__.py``), give the same result with 1 or N threads
+    (tests/test_quality.py, tests/test_hostile.py), at a small cost in speed."""
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous

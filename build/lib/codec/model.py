@@ -1,0 +1,235 @@
+"""The aecodec model: a mean-scale hyperprior autoencoder with gain units for variable rate.
+
+Layout follows CompressAI's ``mbt2018-mean`` (Minnen et al. 2018, without the autoregressive
+context) with two changes that a codec shipping real files needs:
+
+* **One model for every quality.** Gain units (Cui et al., "Asymmetric gained deep image
+  compression with continuous rate adaptation", CVPR 2021) scale the latent channel-wise
+  before quantisation, and an inverse gain undoes it after. Gains are learned for K
+  anchor lambdas and interpolated log-linearly between them, so ``quality`` is continuous.
+* **A deterministic probability model.** The hyper synthesis, which turns the decoded side
+  information into the means and scales that pick the CDF tables, runs in fixed point
+  (``codec/exact.py``): the result does not depend on summation order, thread count or
+  device, so encoder and decoder can never disagree about a CDF index.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.layers import GDN
+from compressai.models import CompressionModel
+from compressai.models.utils import conv, deconv
+
+from . import entropy, tiles
+from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round
+
+
+def default_lambdas(k: int = 7, lo: float = 0.00065, hi: float = 0.1) -> tuple[float, ...]:
+    """Log-spaced rate-distortion trade-offs (MSE on [0, 1] images, scaled by 255^2). The lowest
+    reaches about 0.1 bpp on Kodak, the highest about 1.5 bpp."""
+    return tuple(float(lo * (hi / lo) ** (i / (k - 1))) for i in range(k))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; stored in the weights file."""
+
+    N: int = 128
+    M: int = 192
+    lambdas: tuple[float, ...] = field(default_factory=default_lambdas)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(x) for x in d["lambdas"]))
+
+
+class GainHyperprior(CompressionModel):
+    """Mean-scale hyperprior with gain units; ``quality`` in [1, 100] selects the rate."""
+
+    # the codec model interface (codec/registry.py)
+    MODEL_ID = 1
+    NAME = "hyperprior-gain"
+    CONFIG = ModelConfig
+    FP16_PREFIXES = ("g_a.", "g_s.", "h_a.")  # h_s is stored as exact integers, entropy models float32
+    device_parts = ("g_a", "h_a", "g_s")  # what runs on the chosen device; the rest stays on CPU
+    padding = 64  # the image passes through g_a (x16) and h_a (x4)
+    num_streams = 2  # z and y
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
+        """z's shape, which decoding starts from."""
+        return -(-height // 64), -(-width // 64)
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        N, M, K = config.N, config.M, len(config.lambdas)
+        self.g_a = nn.Sequential(
+            conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)
+        )
+        self.g_s = nn.Sequential(
+            deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+            deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
+        )
+        self.h_a = nn.Sequential(
+            conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+            conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N),
+        )
+        # h_s turns the side information into the means and scales that pick the CDF tables:
+        # fixed point, so encoder and decoder always agree (codec/exact.py)
+        self.h_s = FixedPointConvStack(
+            [deconv(N, M), deconv(M, M * 3 // 2), conv(M * 3 // 2, M * 2, stride=1, kernel_size=3)]
+        )
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None)
+        # Start each anchor's quantiser step near 1/sqrt(lambda): a good warm start.
+        log_l = torch.log(torch.tensor(config.lambdas))
+        init = 0.5 * (log_l - log_l.mean())
+        self.log_gain = nn.Parameter(init[:, None].repeat(1, M))
+        self.log_inv_gain = nn.Parameter(-init[:, None].repeat(1, M))
+
+    def position(self, quality: float | torch.Tensor) -> torch.Tensor:
+        """Map quality 1..100 onto the anchor axis 0..K-1 (linear, so q is continuous)."""
+        K = len(self.config.lambdas)
+        q = torch.as_tensor(quality, dtype=torch.float64)
+        return (q.clamp(1, 100) - 1) / 99 * (K - 1)
+
+    def lmbda(self, pos: torch.Tensor) -> torch.Tensor:
+        """The lambda a position on the anchor axis was trained for (log-linear)."""
+        log_l = torch.log(torch.tensor(self.config.lambdas, dtype=torch.float64))
+        return torch.exp(self._interp(log_l[:, None], pos.to(torch.float64)))[..., 0]
+
+    @staticmethod
+    def _interp(table: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Row-wise linear interpolation of ``table`` (K, C) at positions ``pos`` (B,)."""
+        K = table.shape[0]
+        lo = pos.floor().clamp(0, K - 2).long()
+        t = (pos - lo.to(pos.dtype)).to(table.dtype)[:, None]
+        return table[lo] * (1 - t) + table[lo + 1] * t
+
+    def gains(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample channel gains (B, M, 1, 1) and inverse gains for positions ``pos``."""
+        pos = pos.to(self.log_gain.device, self.log_gain.dtype).reshape(-1)
+        g = torch.exp(self._interp(self.log_gain, pos))
+        ig = torch.exp(self._interp(self.log_inv_gain, pos))
+        return g[:, :, None, None], ig[:, :, None, None]
+
+    def with_lambdas(self, lambdas: tuple[float, ...]) -> "GainHyperprior":
+        """A copy of this model for other anchor lambdas, to widen or move the quality range of
+        trained weights: each gain table is read off at the new lambdas, linear in log(lambda)
+        between the old anchors and extrapolated beyond them; everything else is copied."""
+        new = GainHyperprior(ModelConfig(self.config.N, self.config.M, tuple(float(l) for l in lambdas)))
+        state = {k: v for k, v in self.state_dict().items() if k not in ("log_gain", "log_inv_gain")}
+        new.load_state_dict(state, strict=False)
+        old = torch.log(torch.tensor(self.config.lambdas, dtype=torch.float64))
+        target = torch.log(torch.tensor(new.config.lambdas, dtype=torch.float64))
+        lo = (torch.searchsorted(old, target) - 1).clamp(0, len(old) - 2)
+        pos = lo + (target - old[lo]) / (old[lo + 1] - old[lo])  # on the old anchor axis
+        with torch.no_grad():
+            for name in ("log_gain", "log_inv_gain"):
+                table = getattr(self, name).detach().to(torch.float64)
+                getattr(new, name).copy_(self._interp(table, pos))
+        return new
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict:
+        """Training pass; ``pos`` is one position per image. The rate term uses additive noise,
+        the synthesis the rounded latent with a straight-through gradient (as the published
+        channel-conditional models train), so the decoder trains on what it will decode."""
+        gain, inv_gain = self.gains(pos)
+        y = self.g_a(x).float() * gain
+        # Under CUDA autocast only the big transforms run in bf16: the entropy models and the
+        # fixed-point h_s need float32.
+        with torch.autocast(x.device.type, enabled=False):
+            z = self.h_a(y)
+            z_hat, z_likelihoods = self.entropy_bottleneck(z)
+            scales, means = self.h_s(z_hat).chunk(2, dim=1)
+            y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+            if self.training:  # mixed quantisation: the rate sees noise, the decoder what it will decode
+                y_hat = ste_round(y - means) + means
+        x_hat = self.g_s(y_hat * inv_gain)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    # -- the coding path ---------------------------------------------------------------------
+    # Everything that decides a CDF index happens on CPU: z symbols, z_hat, h_s (exact), the
+    # index lookup. The transforms g_a / h_a / g_s may run on any device.
+
+    # Large images run in tiles (codec/tiles.py), so memory stays bounded: g_a in tiles of
+    # TILE pixels, h_a, h_s and g_s over the matching latents, each with a halo wider than its
+    # receptive field. The decoder's tiles give exactly the one-pass result.
+    TILE = 768  # pixels; a multiple of 64 (the stride), and a Kodak image is one tile
+
+    def _g_a(self, x: torch.Tensor) -> torch.Tensor:
+        return tiles.exact(self.g_a, x, self.TILE, 64, down=16)
+
+    def _h_a(self, y: torch.Tensor) -> torch.Tensor:
+        return tiles.exact(self.h_a, y, self.TILE // 16, 8, down=4)
+
+    def _h_s(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tiles.exact(self.h_s.exact, z_hat, self.TILE // 64, 2, up=4).chunk(2, dim=1)
+
+    def _g_s(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return tiles.exact(self.g_s, y_hat, self.TILE // 16, 4, up=16)
+
+    # Coding is split in two: analysis (image -> latent) and coding (latent -> streams), so an
+    # encoder-side search can sit between them; decoding mirrors it.
+
+    @torch.no_grad()
+    def analyse(self, x: torch.Tensor, quality: float) -> torch.Tensor:
+        """Padded image batch of one -> the gained latent y (before rounding)."""
+        gain, _ = self.gains(self.position(quality).reshape(1))
+        with plain_cpu_kernels():
+            return self._g_a(x) * gain.to(x.device)
+
+    @torch.no_grad()
+    def encode_streams(self, y: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
+        """Latent -> [z_stream, y_stream] and z's shape (the gain already holds the quality)."""
+        with plain_cpu_kernels():
+            z = self._h_a(y).float().cpu()
+        z_stream, z_hat = entropy.encode_factorized(self.entropy_bottleneck, z)
+        scales, means = self._h_s(z_hat)
+        y_stream = entropy.encode_gaussian(self.gaussian_conditional, y, scales, means)
+        return [z_stream, y_stream], tuple(z.shape[-2:])
+
+    @torch.no_grad()
+    def decode_streams(self, strings: list[bytes], z_shape: tuple[int, int], quality: float) -> torch.Tensor:
+        """Streams -> the dequantised latent y_hat (float64 on CPU; exact on any machine)."""
+        z_hat = entropy.decode_factorized(self.entropy_bottleneck, strings[0], z_shape)
+        scales, means = self._h_s(z_hat)
+        del z_hat
+        return entropy.decode_gaussian(self.gaussian_conditional, strings[1], scales, means)
+
+    @torch.no_grad()
+    def synthesize(self, y_hat: torch.Tensor, quality: float, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Dequantised latent -> the padded reconstruction in [0, 1]."""
+        _, inv_gain = self.gains(self.position(quality).reshape(1))
+        y_hat = y_hat.to(device, torch.float32) * inv_gain.to(device)
+        with plain_cpu_kernels():
+            return self._g_s(y_hat).clamp_(0, 1)
+
+    def compress(self, x: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
+        """Code a padded image batch of one; returns [z_stream, y_stream] and z's shape."""
+        return self.encode_streams(self.analyse(x, quality), quality)
+
+    def decompress(self, strings: list[bytes], z_shape: tuple[int, int], quality: float,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+        """Inverse of :meth:`compress`: returns the padded reconstruction in [0, 1]."""
+        return self.synthesize(self.decode_streams(strings, z_shape, quality), quality, device)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def bpp_of(likelihoods: dict, num_pixels: int) -> torch.Tensor:
+    """Bits per pixel of a batch, per image (B,), from the entropy models' likelihoods."""
+    total = 0
+    for lk in likelihoods.values():
+        total = total + torch.log(lk).flatten(1).sum(1)
+    return total / (-math.log(2) * num_pixels)

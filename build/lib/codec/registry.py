@@ -1,0 +1,92 @@
+"""The one list of codec models: id (in files), name (in the API), short name (on the command
+line), class, and shipped weights file. Importing it costs nothing: classes load on first use.
+
+A model is a class that provides what :class:`CodecModel` states; register it with
+:func:`register` (the built-in ones are below) and the container, weights files, API, CLI,
+training and benchmark all know it: nothing else is edited (``tests/test_registry.py`` registers
+a tiny third model from the test itself).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class CodecModel(Protocol):
+    """What a codec model provides (an ``nn.Module``; a ``CompressionModel`` for the
+    ``update()`` that builds its CDF tables)."""
+
+    MODEL_ID: ClassVar[int]  # in every .aec header: 1..255, unique
+    NAME: ClassVar[str]  # in the API and weights files
+    CONFIG: ClassVar[type]  # dataclass with to_dict() / from_dict(), stored in the weights file
+    FP16_PREFIXES: ClassVar[tuple[str, ...]]  # state-dict prefixes stored as float16 (the big transforms)
+    device_parts: ClassVar[tuple[str, ...]]  # submodules that run on the chosen device; the rest stays on CPU
+    config: Any
+
+    @property
+    def padding(self) -> int:
+        """The image is padded (edge-replicated) to a multiple of this before coding."""
+
+    @property
+    def num_streams(self) -> int:
+        """How many entropy-coded streams a file of this model holds (from its config)."""
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial shape of the first coded latent for an image of this size: what
+        :meth:`decode_streams` is given."""
+
+    def analyse(self, x, quality: int): ...  # padded image (1, 3, H, W) in [0, 1] -> latent
+
+    def encode_streams(self, y, quality: int) -> tuple[list[bytes], tuple[int, int]]: ...
+
+    def decode_streams(self, strings: list[bytes], shape: tuple[int, int], quality: int): ...
+
+    def synthesize(self, y_hat, quality: int, device="cpu"): ...  # -> padded image in [0, 1], (1, 3, H, W)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    model_id: int
+    name: str
+    short: str  # the command line's --model choice
+    target: str  # "module:Class", imported on first use
+    weights_file: str  # shipped file name in the weights folder
+
+    @property
+    def cls(self) -> type:
+        module, _, cls = self.target.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+MODELS: dict[str, ModelEntry] = {}  # by name
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    """Add a model; ids, names and short names must be new."""
+    for other in MODELS.values():
+        if entry.model_id == other.model_id or entry.name == other.name or entry.short == other.short:
+            raise ValueError(f"model {entry.name!r} clashes with registered model {other.name!r}")
+    if not 1 <= entry.model_id <= 255:
+        raise ValueError("model ids are 1..255 (one byte in the header)")
+    MODELS[entry.name] = entry
+    return entry
+
+
+def unregister(name: str) -> None:
+    MODELS.pop(name, None)
+
+
+def by_id(model_id: int) -> ModelEntry | None:
+    return next((e for e in MODELS.values() if e.model_id == model_id), None)
+
+
+def by_short(short: str) -> ModelEntry:
+    return next(e for e in MODELS.values() if e.short == short)
+
+
+register(ModelEntry(1, "hyperprior-gain", "hp", "codec.model:GainHyperprior", "aecodec-hp.safetensors"))
+register(ModelEntry(2, "vae-kl-f8", "vae", "codec.vae:KLAutoencoder", "aecodec-vae-f8.safetensors"))
+DEFAULT_MODEL = "hyperprior-gain"

@@ -1,0 +1,430 @@
+"""Train the variable-rate model on rate + lambda * distortion, or the f8 VAE, and export weights.
+
+    python -m codec.train fit --data ../shared/data/train --val ../shared/data/val --out runs/hp
+    python -m codec.train export runs/hp/best.pt weights/aecodec-hp.safetensors
+
+    python -m codec.train fit --model vae --data ../shared/data/train --val ../shared/data/val --out runs/vae
+    python -m codec.train export runs/vae/best.pt weights/aecodec-vae-f8.safetensors --data ../shared/data/train
+
+Each training image gets its own random position on the quality axis, and so its own lambda,
+which is how one set of weights learns the whole rate range (gain units interpolate between
+the anchor lambdas). Images are decoded once into memory: on a 2-core CPU, JPEG decoding per
+step would cost as much as the model.
+
+The VAE (``--model vae``) minimises reconstruction error + kl_weight * KL, normalised as latent
+diffusion does (both summed per image). Its export measures each latent channel's mean and
+standard deviation on training crops and fits the codec's priors to those latents (the
+autoencoder is frozen by then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .metrics import psnr_from_mse
+from .model import GainHyperprior, ModelConfig, bpp_of, count_parameters, default_lambdas
+from .vae import KLAutoencoder, VAEConfig, kl_divergence
+from .weights import load_weights, save_weights
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise SystemExit(f"error: no images in {folder}")
+    return files
+
+
+def load_images(files: list[Path], min_side: int) -> list[torch.Tensor]:
+    """Decode every image once to uint8 CHW tensors (skipping ones smaller than a crop)."""
+    images = []
+    for f in tqdm(files, desc="loading images", leave=False):
+        with Image.open(f) as im:
+            a = np.asarray(im.convert("RGB"))
+        if min(a.shape[:2]) >= min_side:
+            images.append(torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous())
+    return images
+
+
+def random_batch(images: list[torch.Tensor], batch: int, size: int, gen: random.Random) -> torch.Tensor:
+    """Random crops with random horizontal flips, as float in [0, 1]."""
+    out = torch.empty(batch, 3, size, size)
+    for i in range(batch):
+        im = images[gen.randrange(len(images))]
+        top = gen.randrange(im.shape[1] - size + 1)
+        left = gen.randrange(im.shape[2] - size + 1)
+        crop = im[:, top : top + size, left : left + size]
+        if gen.random() < 0.5:
+            crop = crop.flip(-1)
+        out[i] = crop.float() / 255
+    return out
+
+
+def rd_loss(model: GainHyperprior, x: torch.Tensor, pos: torch.Tensor) -> dict:
+    """Per-image bpp + lambda * 255^2 * MSE, averaged; also returns bpp and PSNR for logging."""
+    out = model(x, pos)
+    n_px = x.shape[-2] * x.shape[-1]
+    bpp = bpp_of(out["likelihoods"], n_px)
+    mse = ((out["x_hat"].float() - x) ** 2).flatten(1).mean(1)
+    lmbda = model.lmbda(pos.cpu()).to(x.device, torch.float32)
+    loss = (bpp + lmbda * 255**2 * mse).mean()
+    return {"loss": loss, "bpp": bpp.mean(), "psnr": psnr_from_mse(mse).mean()}
+
+
+def vae_loss(model: KLAutoencoder, x: torch.Tensor, kl_weight: float, rec: str = "mse", sample: bool = True) -> dict:
+    """Reconstruction + kl_weight * KL. Latent diffusion sums both per image; dividing both by
+    the number of pixel values gives the same optimum with losses of a readable size."""
+    out = model(x, sample=sample)
+    err = out["x_hat"].float() - x
+    per_px = err.abs() if rec == "l1" else err.pow(2)
+    kl = kl_divergence(out["mean"].float(), out["logvar"].float()) / x[0].numel()
+    mse = err.pow(2).flatten(1).mean(1)
+    loss = (per_px.flatten(1).mean(1) + kl_weight * kl).mean()
+    return {"loss": loss, "kl": kl.mean() * x[0].numel(), "psnr": psnr_from_mse(mse).mean()}
+
+
+def _centre_crop(im: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    s = min(size, im.shape[1] // 64 * 64, im.shape[2] // 64 * 64)  # small images: smaller crops
+    t, l = (im.shape[1] - s) // 2, (im.shape[2] - s) // 2
+    return (im[:, t : t + s, l : l + s].float() / 255)[None].to(device)
+
+
+@torch.no_grad()
+def validate(model: GainHyperprior | KLAutoencoder, images: list[torch.Tensor], device: torch.device,
+             args: argparse.Namespace, size: int = 256) -> dict:
+    """Centre crops of held-out images: the RD model at three qualities with hard rounding, the
+    VAE through its posterior mean (what inference uses)."""
+    model.eval()
+    totals: dict[str, float] = {}
+    n = 0
+    if isinstance(model, KLAutoencoder):
+        runs = [lambda x: vae_loss(model, x, args.kl_weight, args.rec_loss, sample=False)]
+    else:
+        K = len(model.config.lambdas)
+        runs = [lambda x, p=p: rd_loss(model, x, torch.tensor([p])) for p in (0.0, (K - 1) / 2, K - 1.0)]
+    for run in runs:
+        for im in images:
+            for k, v in run(_centre_crop(im, size, device)).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            n += 1
+    model.train()
+    return {k: v / n for k, v in totals.items()}
+
+
+def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperprior | KLAutoencoder, bool]:
+    """The model to train: from a checkpoint, from shipped weights (--init), or new; and whether
+    its anchors were retargeted (--lambdas), after which the optimiser state and the best
+    validation loss of the checkpoint no longer apply."""
+    if ckpt:
+        kind = ckpt.get("kind", "hp")
+        model = (KLAutoencoder(VAEConfig.from_dict(ckpt["config"])) if kind == "vae"
+                 else GainHyperprior(ModelConfig.from_dict(ckpt["config"])))
+        model.load_state_dict(ckpt["model"])
+    elif args.init:  # continue from shipped weights (fresh optimiser state)
+        init_model, _ = load_weights(args.init)
+        model = type(init_model)(init_model.config)
+        model.load_state_dict(init_model.state_dict())
+    elif args.model == "vae":
+        channels = tuple(int(c) for c in args.channels.split(","))
+        return KLAutoencoder(VAEConfig(block_out_channels=channels, layers_per_block=args.layers_per_block)), False
+    else:
+        return GainHyperprior(ModelConfig(N=args.N, M=args.M, lambdas=args.lambdas or default_lambdas())), False
+    if args.lambdas and isinstance(model, GainHyperprior) and args.lambdas != model.config.lambdas:
+        return model.with_lambdas(args.lambdas), True
+    return model, False
+
+
+def parse_lambdas(text: str) -> tuple[float, ...]:
+    """--lambdas: at least two positive, strictly increasing numbers."""
+    try:
+        lambdas = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if len(lambdas) < 2 or lambdas[0] <= 0 or any(b <= a for a, b in zip(lambdas, lambdas[1:])):
+        raise argparse.ArgumentTypeError("need at least two positive lambdas in increasing order")
+    return lambdas
+
+
+def fit(args: argparse.Namespace) -> None:
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = random.Random(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    ckpt = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
+    model, retargeted = build_model(args, ckpt)
+    vae = isinstance(model, KLAutoencoder)
+    kind = "vae" if vae else "hp"
+    config = model.config
+    model = model.to(device)
+    # The VAE's priors are fitted at export, on the finished latents; the RD model's quantiles
+    # follow CompressAI's auxiliary loss as it trains.
+    frozen = "priors." if vae else None
+    main_params = [p for n, p in model.named_parameters()
+                   if not n.endswith(".quantiles") and not (frozen and n.startswith(frozen))]
+    aux_params = [] if vae else [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
+    opt = torch.optim.Adam(main_params, lr=args.lr)
+    aux_opt = torch.optim.Adam(aux_params, lr=1e-3) if aux_params else None
+    step, best, elapsed = 0, math.inf, 0.0
+    if ckpt:
+        if not (args.fresh_optimizer or retargeted):
+            opt.load_state_dict(ckpt["opt"])
+            if aux_opt:
+                aux_opt.load_state_dict(ckpt["aux_opt"])
+        step, best, elapsed = ckpt["step"], ckpt["best"], ckpt.get("elapsed", 0.0)
+        if retargeted:  # validation now runs at other anchors: the old best is not comparable
+            best = math.inf
+
+    train_images = load_images(list_images(args.data), args.patch_size)
+    val_images = load_images(list_images(args.val), 64)[: args.val_images]
+    if not train_images or not val_images:
+        raise SystemExit(f"error: need images of at least {args.patch_size} px (training) and 64 px (validation)")
+    print(f"{count_parameters(model)/1e6:.2f}M parameters, {len(train_images)} training images, "
+          f"{len(val_images)} validation images, device {device}, "
+          + (f"kl weight {args.kl_weight}" if vae else f"lambdas {config.lambdas}"), flush=True)
+
+    K = None if vae else len(config.lambdas)
+
+    def train_step(x: torch.Tensor, bf16: bool) -> dict:
+        """Forward and backward of one batch (the optimiser steps are the caller's)."""
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            if vae:
+                r = vae_loss(model, x, args.kl_weight, args.rec_loss)
+            else:  # each image its own position on the quality axis
+                pos = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(gen.getrandbits(32)))
+                r = rd_loss(model, x, pos * (K - 1))
+        opt.zero_grad(set_to_none=True)
+        r["loss"].backward()
+        return r
+
+    model.train()
+    precision = args.precision
+    if precision == "auto":
+        precision = pick_precision(model, device, train_step,
+                                   random_batch(train_images, args.batch_size, args.patch_size, gen))
+    bf16 = precision == "bf16"
+    if bf16:  # channels_last is what makes bf16 convolutions fast (oneDNN / cuDNN)
+        model = model.to(memory_format=torch.channels_last)
+    print(f"precision {precision}" + (" (bf16 autocast, channels_last)" if bf16 else " (float32)"), flush=True)
+    t0 = time.time() - elapsed
+    bar = tqdm(total=args.steps, initial=step, desc="training", dynamic_ncols=True, file=sys.stdout,
+               mininterval=args.log_interval)
+
+    def save(name: str) -> None:
+        state = {"model": model.state_dict(), "opt": opt.state_dict(),
+                 "aux_opt": aux_opt.state_dict() if aux_opt else None, "kind": kind,
+                 "config": config.to_dict(), "step": step, "best": best, "elapsed": time.time() - t0,
+                 "args": {k: v for k, v in vars(args).items() if k != "func"}}
+        tmp = out / f"{name}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, out / name)
+
+    while step < args.steps:
+        dropped = args.lr_drop and step >= int(args.steps * args.lr_drop)  # also right after a resume
+        for g in opt.param_groups:
+            g["lr"] = args.lr / 10 if dropped else args.lr
+        x = random_batch(train_images, args.batch_size, args.patch_size, gen).to(device)
+        if bf16:
+            x = x.to(memory_format=torch.channels_last)
+        r = train_step(x, bf16)
+        torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+        opt.step()
+        if aux_opt:
+            aux_loss = model.aux_loss()
+            aux_opt.zero_grad(set_to_none=True)
+            aux_loss.backward()
+            aux_opt.step()
+            r["aux"] = aux_loss
+        step += 1
+        bar.update(1)
+        bar.set_postfix({k: f"{v.item():.3f}" for k, v in r.items()}, refresh=False)
+        if step % args.val_every == 0 or step == args.steps:
+            v = validate(model, val_images, device, args)
+            is_best = v["loss"] < best
+            best = min(best, v["loss"])
+            print(f"\nstep {step} [{(time.time()-t0)/60:.1f} min] val "
+                  + " ".join(f"{k} {x:.4f}" for k, x in v.items()) + (" (best)" if is_best else ""), flush=True)
+            save("last.pt")
+            if is_best:
+                save("best.pt")
+    bar.close()
+
+
+def pick_precision(model: torch.nn.Module, device: torch.device, train_step, x: torch.Tensor,
+                   repeats: int = 2) -> str:
+    """--precision auto: bf16 on CUDA; on CPU, time a training step both ways and keep the
+    faster. CPUs differ: bf16 + channels_last ran 3.7x faster than float32 on a Xeon with AMX,
+    while CPUs without bf16 units emulate it and are slower."""
+    if device.type == "cuda":
+        return "bf16"
+    times = {}
+    for precision in ("fp32", "bf16"):
+        fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
+        model.to(memory_format=fmt)
+        xs = x.to(device, memory_format=fmt)
+        best = math.inf
+        for _ in range(repeats + 1):  # the first run warms up oneDNN's kernel choice
+            t = time.perf_counter()
+            train_step(xs, precision == "bf16")
+            best = min(best, time.perf_counter() - t)
+        times[precision] = best
+    model.to(memory_format=torch.contiguous_format)
+    model.zero_grad(set_to_none=True)
+    choice = min(times, key=times.get)
+    print("precision auto: " + ", ".join(f"{k} {v:.2f} s/step" for k, v in times.items()) + f" -> {choice}", flush=True)
+    return choice
+
+
+@torch.no_grad()
+def latent_statistics(model: KLAutoencoder, images: list[torch.Tensor], crops: int, size: int,
+                      gen: random.Random) -> torch.Tensor:
+    """Posterior means of random training crops (unscaled), as (crops, C, size/8, size/8)."""
+    model.eval()
+    means = [model.encode(random_batch(images, 1, size, gen))[0] for _ in tqdm(range(crops), desc="latents", leave=False)]
+    return torch.cat(means)
+
+
+def fit_priors(model: KLAutoencoder, latents: torch.Tensor, iters: int, gen: random.Random) -> list[float]:
+    """Fit each anchor step's EntropyBottleneck to the scaled latents divided by that step
+    (noise-relaxed likelihood + CompressAI's aux loss for the quantiles); returns bits/element."""
+    bits = []
+    for step, prior in zip(model.config.codec_steps, model.priors):
+        prior.train()
+        y_all = model.scale(latents) / step
+        opt = torch.optim.Adam([p for n, p in prior.named_parameters() if not n.endswith("quantiles")], lr=1e-2)
+        aux_opt = torch.optim.Adam([prior.quantiles], lr=1e-2)
+        for i in tqdm(range(iters), desc=f"prior step {step:g}", leave=False):
+            if i == iters * 3 // 4:
+                for g in opt.param_groups:
+                    g["lr"] = 1e-3
+            idx = torch.tensor([gen.randrange(len(y_all)) for _ in range(16)])
+            _, lik = prior(y_all[idx])
+            loss = -torch.log2(lik).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            aux = prior.loss()
+            aux_opt.zero_grad(set_to_none=True)
+            aux.backward()
+            aux_opt.step()
+        prior.eval()
+        with torch.no_grad():
+            _, lik = prior(y_all)
+        bits.append(round(float(-torch.log2(lik).mean()), 4))
+    return bits
+
+
+def export(args: argparse.Namespace) -> None:
+    """Checkpoint -> shipped safetensors: builds the rANS tables (``update``) and records the run.
+    For the VAE, first measures the latent mean/std per channel and fits the priors on ``--data``."""
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    a = ckpt.get("args", {})
+    info = {"steps": ckpt["step"], "train_minutes": round(ckpt.get("elapsed", 0) / 60, 1),
+            "batch_size": a.get("batch_size"), "patch_size": a.get("patch_size"), "lr": a.get("lr"),
+            "data": a.get("data"), "best_val_loss": ckpt.get("best")}
+    if ckpt.get("kind") == "vae":
+        if not args.data:
+            raise SystemExit("error: exporting a VAE needs --data (training images to calibrate on)")
+        config = VAEConfig.from_dict(ckpt["config"])
+        if args.codec_steps:
+            config.codec_steps = tuple(float(v) for v in args.codec_steps.split(","))
+        model = KLAutoencoder(config)
+        # the priors are refitted below (their number may have changed with --codec-steps)
+        missing, unexpected = model.load_state_dict(
+            {k: v for k, v in ckpt["model"].items() if not k.startswith("priors.")}, strict=False)
+        if unexpected or any(not k.startswith("priors.") for k in missing):
+            raise SystemExit(f"error: checkpoint does not fit the VAE ({unexpected or missing})")
+        gen = random.Random(args.seed)
+        torch.manual_seed(args.seed)
+        images = load_images(list_images(args.data), args.calib_size)
+        latents = latent_statistics(model, images, args.calib_crops, args.calib_size, gen)
+        by_channel = latents.transpose(0, 1).flatten(1)
+        model.config.shift_factor, model.config.scaling_factor = 0.0, 1.0
+        model.config.latents_mean = tuple(float(v) for v in by_channel.mean(1))
+        model.config.latents_std = tuple(float(v) for v in by_channel.std(1))
+        per_channel = model.scale(latents).transpose(0, 1).flatten(1)
+        info.update(kl_weight=a.get("kl_weight"), rec_loss=a.get("rec_loss"),
+                    calibration=f"{args.calib_crops} random {args.calib_size}px crops of {args.data}",
+                    scaled_channel_mean=[round(float(m), 4) for m in per_channel.mean(1)],
+                    scaled_channel_std=[round(float(m), 4) for m in per_channel.std(1)])
+        info["prior_bits_per_element"] = fit_priors(model, latents, args.prior_iters, gen)
+        print(f"latent mean {[round(v, 4) for v in model.config.latents_mean]} "
+              f"std {[round(v, 4) for v in model.config.latents_std]}, "
+              f"prior bits/element {info['prior_bits_per_element']}")
+    else:
+        model = GainHyperprior(ModelConfig.from_dict(ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+    model.update(force=True)
+    digest = save_weights(model, args.output, info)
+    print(f"wrote {args.output} ({Path(args.output).stat().st_size/1e6:.1f} MB, sha256 {digest[:16]})")
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> None:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fit", help="train (or resume) the variable-rate model or the VAE")
+    f.add_argument("--model", choices=["hp", "vae"], default="hp",
+                   help="hp: the rate-distortion hyperprior (default); vae: the KL-regularised f8 autoencoder")
+    f.add_argument("--data", required=True, help="folder of training images")
+    f.add_argument("--val", required=True, help="folder of held-out validation images")
+    f.add_argument("--out", required=True, help="folder for last.pt / best.pt checkpoints")
+    f.add_argument("--resume", help="checkpoint to continue from")
+    f.add_argument("--init", help="start from a weights file (e.g. weights/aecodec-hp.safetensors)")
+    f.add_argument("--fresh-optimizer", action="store_true", help="on resume, reset Adam's state")
+    f.add_argument("--steps", type=int, default=100_000, help="total steps (counting resumed ones)")
+    f.add_argument("--batch-size", type=int, default=8)
+    f.add_argument("--patch-size", type=int, default=256)
+    f.add_argument("--lr", type=float, default=1e-4)
+    f.add_argument("--lr-drop", type=float, default=0.0, help="fraction of --steps after which lr /= 10 (0: never)")
+    f.add_argument("--lambdas", type=parse_lambdas, help="comma-separated anchor lambdas, low to high (default: the model's; "
+                   "on --resume/--init, retargets the gain tables to them)")
+    f.add_argument("--N", type=int, default=128, help="transform channels")
+    f.add_argument("--M", type=int, default=192, help="latent channels")
+    f.add_argument("--channels", default="32,64,128,128", help="VAE block widths (4 blocks: f8)")
+    f.add_argument("--layers-per-block", type=int, default=1, help="VAE resnet blocks per scale")
+    f.add_argument("--kl-weight", type=float, default=1e-6, help="VAE KL weight (latent diffusion: 1e-6)")
+    f.add_argument("--rec-loss", choices=["mse", "l1"], default="mse", help="VAE reconstruction loss")
+    f.add_argument("--val-every", type=int, default=1000)
+    f.add_argument("--val-images", type=int, default=60)
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    f.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16: bf16 autocast with channels_last for the transforms (entropy models and the "
+                   "fixed-point parts stay float32/64); auto (default): bf16 on CUDA, on CPU whichever of "
+                   "the two a timed step finds faster")
+    f.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--log-interval", type=float, default=10.0, help="seconds between progress updates")
+    f.set_defaults(func=fit)
+    e = sub.add_parser("export", help="write shipped safetensors weights from a checkpoint")
+    e.add_argument("checkpoint")
+    e.add_argument("output")
+    e.add_argument("--data", help="VAE only: training images to measure the latent scale and fit the priors on")
+    e.add_argument("--calib-crops", type=int, default=256, help="VAE only: random crops for calibration")
+    e.add_argument("--calib-size", type=int, default=256, help="VAE only: crop size for calibration")
+    e.add_argument("--prior-iters", type=int, default=1500, help="VAE only: Adam steps per prior")
+    e.add_argument("--codec-steps", help="VAE only: anchor quantisation steps of the scaled latent, "
+                   "coarse to fine (default: the model's, 1,0.5,0.25,0.125)")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=export)
+    args = p.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""What a non-editable install carries: every registered model's weights, the version."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import codec
+from codec import registry
+from codec.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_version_agrees_with_pyproject(capsys):
+    assert codec.__version__ == PYPROJECT["project"]["version"]
+    with pytest.raises(SystemExit) as e:
+        from codec.cli import build_parser
+
+        build_parser().parse_args(["--version"])
+    assert e.value.code == 0
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"aecodec {codec.__version__}")
+
+
+def test_every_built_in_model_ships_its_weights():
+    shipped = PYPROJECT["tool"]["setuptools"]["data-files"]["share/aecodec/weights"]
+    for name in ("hyperprior-gain", "vae-kl-f8"):
+        assert f"weights/{registry.MODELS[name].weights_file}" in shipped
+
+
+def test_wheel_carries_both_weights_files(tmp_path):
+    """Build the wheel as pip would (no network: the installed setuptools) and look inside."""
+    pytest.importorskip("setuptools")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+                        "-w", str(tmp_path), "-q"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = tmp_path.glob("aecodec-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for name in ("hyperprior-gain", "vae-kl-f8"):
+        assert any(n.endswith(f"data/data/share/aecodec/weights/{registry.MODELS[name].weights_file}") for n in names)
+    assert "codec/registry.py" in names and "codec/entropy.py" in names
