@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -38,7 +39,10 @@ def test_every_built_in_model_ships_its_weights():
 def test_wheel_carries_both_weights_files(tmp_path):
     """Build the wheel as pip would (no network: the installed setuptools) and look inside."""
     pytest.importorskip("setuptools")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+    src = tmp_path / "src"  # a copy, so the build leaves nothing in the checkout
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "bench-out", "build",
+                                                             "*.egg-info", "__pycache__", "tests", "docs"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
                         "-w", str(tmp_path), "-q"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = tmp_path.glob("aecodec-*.whl")
