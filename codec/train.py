@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from . import registry
 from .metrics import psnr_from_mse
 from .model import GainHyperprior, ModelConfig, bpp_of, count_parameters, default_lambdas
 from .vae import KLAutoencoder, VAEConfig, kl_divergence
@@ -128,9 +129,8 @@ def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperp
     its anchors were retargeted (--lambdas), after which the optimiser state and the best
     validation loss of the checkpoint no longer apply."""
     if ckpt:
-        kind = ckpt.get("kind", "hp")
-        model = (KLAutoencoder(VAEConfig.from_dict(ckpt["config"])) if kind == "vae"
-                 else GainHyperprior(ModelConfig.from_dict(ckpt["config"])))
+        cls = registry.by_short(ckpt.get("kind", "hp")).cls
+        model = cls(cls.CONFIG.from_dict(ckpt["config"]))
         model.load_state_dict(ckpt["model"])
     elif args.init:  # continue from shipped weights (fresh optimiser state)
         init_model, _ = load_weights(args.init)
@@ -169,7 +169,7 @@ def fit(args: argparse.Namespace) -> None:
     ckpt = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
     model, retargeted = build_model(args, ckpt)
     vae = isinstance(model, KLAutoencoder)
-    kind = "vae" if vae else "hp"
+    kind = registry.MODELS[model.NAME].short
     config = model.config
     model = model.to(device)
     # The VAE's priors are fitted at export, on the finished latents; the RD model's quantiles
@@ -367,7 +367,8 @@ def export(args: argparse.Namespace) -> None:
               f"std {[round(v, 4) for v in model.config.latents_std]}, "
               f"prior bits/element {info['prior_bits_per_element']}")
     else:
-        model = GainHyperprior(ModelConfig.from_dict(ckpt["config"]))
+        cls = registry.by_short(ckpt.get("kind", "hp")).cls
+        model = cls(cls.CONFIG.from_dict(ckpt["config"]))
         model.load_state_dict(ckpt["model"])
     model.update(force=True)
     digest = save_weights(model, args.output, info)
