@@ -1,5 +1,9 @@
 """``aecodec bench DIR``: rate-distortion and speed of aecodec against the codecs Pillow ships.
 
+The benchmark is four modules: the codec adapters (``bench_codecs``), the metrics
+(``codec/metrics.py``, shared with training and the tests), the results and reports
+(``bench_report``), the plots (``bench_plot``); this one measures and runs the command.
+
 For every image in DIR, every codec codes it at each point of its quality sweep. We count the
 bits of the bytes the codec really writes (the whole ``.aec`` file for aecodec, the whole
 JPEG/WebP/AVIF/JP2 file for the others), decode to 8-bit RGB and measure
@@ -23,164 +27,53 @@ any ``--reference`` curves, device, command line) and ``rd-psnr.png`` / ``rd-ms-
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
-import math
 import os
 import platform
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, features
 
-from . import AecodecError
-from .bdrate import bd_psnr, bd_rate, msssim_db
+from .bench_codecs import (  # noqa: F401 (the adapters, re-exported)
+    AECODEC_MODELS,
+    AECODEC_QUALITIES,
+    AECODEC_QUICK,
+    VAE_QUALITIES,
+    VAE_QUICK,
+    AeCodec,
+    BenchError,
+    PillowCodec,
+    cpu_name,
+    describe_torch_device,
+    pillow_codecs,
+)
+from .bench_plot import plot_rd  # noqa: F401
+from .bench_report import (  # noqa: F401
+    ANCHOR,
+    Curve,
+    Row,
+    average,
+    bd_cells,
+    bd_table,
+    curve_from_results,
+    load_reference,
+    write_csv,
+    write_json,
+    write_summary,
+)
 from .metrics import MSSSIM_MIN_SIDE, PSNR_CAP, ms_ssim_rgb, psnr  # noqa: F401 (re-exported)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 ALL_CODECS = ("aecodec", "aecodec-vae", "jpeg420", "jpeg444", "webp", "avif", "jpeg2000")
-ANCHOR = "jpeg420"  # BD numbers in summary.md are against this codec; it is always run
-AECODEC_QUALITIES = (1, 10, 25, 40, 55, 70, 85, 100)
-AECODEC_QUICK = (10, 55, 100)
-VAE_QUALITIES = (1, 34, 67, 100)  # the f8 VAE's codec covers a narrow, low rate range
-VAE_QUICK = (1, 100)
 QUICK_IMAGES = 3
 QUICK_CROP = 256  # centre crop: small enough for CI, big enough for 5-scale MS-SSIM
 
 
-class BenchError(AecodecError):
-    """Bad input or environment, reported as one line (not a bug)."""
-
-
-# --------------------------------------------------------------------------- codecs
-
-
-@dataclass
-class PillowCodec:
-    """A classical codec through Pillow: ``params(q)`` are its ``Image.save`` options for quality q."""
-
-    key: str
-    label: str
-    format: str
-    qualities: tuple[int, ...]
-    quick: tuple[int, ...]
-    params: Callable[[int], dict]
-    settings: str
-
-    def encode(self, image: Image.Image, quality: int) -> bytes:
-        buf = io.BytesIO()
-        image.save(buf, self.format, **self.params(quality))
-        return buf.getvalue()
-
-    def decode(self, data: bytes) -> Image.Image:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
-
-    def description(self) -> str:
-        return f"Pillow {Image.__version__} ({_pillow_library(self.format)}); {self.settings}"
-
-
-def _pillow_library(fmt: str) -> str:
-    """Name and version of the library behind a Pillow format, for the record."""
-    feature = {"JPEG": "libjpeg_turbo", "WEBP": "webp", "AVIF": "avif", "JPEG2000": "jpg_2000"}[fmt]
-    name = {"libjpeg_turbo": "libjpeg-turbo", "webp": "libwebp", "avif": "libavif", "jpg_2000": "OpenJPEG"}[feature]
-    if feature == "libjpeg_turbo" and not features.check(feature):
-        feature, name = "jpg", "libjpeg"
-    return f"{name} {features.version(feature)}"
-
-
-def pillow_codecs() -> dict[str, PillowCodec]:
-    """The classical codecs and their sweeps.
-
-    Each sweep reaches from about 0.1-0.2 bpp (as low as the codec goes) to 2-3 bpp on Kodak,
-    so it overlaps aecodec's range. JPEG 2000's "quality" is the compression ratio against
-    24-bit RGB (bpp ~ 24 / ratio), with the irreversible wavelet and the colour transform
-    (mct=1; Pillow's default mct=0 codes R, G and B separately and loses ~4 dB).
-    JPEG 4:2:0, the BD anchor, gets the measured anchor's 19 points: it costs next to nothing,
-    and a sparser anchor curve moves BD-rates by about a point. AVIF is the slowest encoder,
-    so it gets the fewest points.
-    """
-    return {
-        "jpeg420": PillowCodec(
-            "jpeg420", "JPEG 4:2:0", "JPEG", tuple(range(5, 100, 5)), (5, 30, 60, 90),
-            lambda q: {"quality": q, "subsampling": 2}, "quality 1-100, 4:2:0 (Pillow's default)",
-        ),
-        "jpeg444": PillowCodec(
-            "jpeg444", "JPEG 4:4:4", "JPEG", (5, 10, 20, 30, 40, 50, 60, 70, 80, 90), (5, 30, 60, 90),
-            lambda q: {"quality": q, "subsampling": 0}, "quality 1-100, 4:4:4",
-        ),
-        "webp": PillowCodec(
-            "webp", "WebP", "WEBP", (5, 15, 25, 35, 45, 55, 65, 75, 85, 95), (5, 35, 65, 95),
-            lambda q: {"quality": q, "method": 6}, "quality 1-100, method 6",
-        ),
-        "avif": PillowCodec(
-            "avif", "AVIF", "AVIF", (10, 20, 30, 40, 50, 60, 70, 80), (10, 40, 70),
-            lambda q: {"quality": q, "speed": 4, "subsampling": "4:4:4", "max_threads": 1},
-            "quality 1-100, speed 4, 4:4:4, one encoder thread",
-        ),
-        "jpeg2000": PillowCodec(
-            "jpeg2000", "JPEG 2000", "JPEG2000", (240, 160, 120, 80, 60, 40, 30, 20, 15, 12), (240, 80, 30, 12),
-            lambda r: {"quality_mode": "rates", "quality_layers": [r], "irreversible": True, "mct": 1},
-            "quality = compression ratio vs 24-bit RGB (rates mode), irreversible 9/7, colour transform",
-        ),
-    }
-
-
-# benchmark name -> (registered model, plot label, qualities, --quick qualities)
-AECODEC_MODELS = {
-    "aecodec": ("hyperprior-gain", "aecodec", AECODEC_QUALITIES, AECODEC_QUICK),
-    "aecodec-vae": ("vae-kl-f8", "aecodec VAE f8", VAE_QUALITIES, VAE_QUICK),
-}
-
-
-class AeCodec:
-    """aecodec through its public API, one registered model; it loads once, here."""
-
-    def __init__(self, device: str = "auto", weights: str | None = None, key: str = "aecodec"):
-        from .api import Codec  # late: torch and the weights load only when aecodec is benchmarked
-
-        model, self.label, self.qualities, self.quick = AECODEC_MODELS[key]
-        self.key = key
-        self.codec = Codec(weights=weights, device=device, model=model)
-        self.device = self.codec.device
-
-    def encode(self, image: Image.Image, quality: int) -> bytes:
-        return self.codec.compress(image, quality=quality)
-
-    def decode(self, data: bytes) -> Image.Image:
-        image = self.codec.decompress(data)
-        return image if image.mode == "RGB" else image.convert("RGB")
-
-    def description(self) -> str:
-        sha = getattr(self.codec, "weights_sha256", "")
-        return f"{self.label} weights {sha[:16]}; {describe_torch_device(self.device)}"
-
-
 # --------------------------------------------------------------------------- measuring
-
-
-@dataclass
-class Row:
-    """One image coded at one quality: a line of per_image.csv."""
-
-    codec: str
-    quality: int
-    image: str
-    width: int
-    height: int
-    bytes: int
-    bpp: float
-    psnr_rgb: float
-    ms_ssim_rgb: float
-    encode_s: float
-    decode_s: float
 
 
 def measure(codec, image: Image.Image, original: np.ndarray, quality: int, name: str) -> Row:
@@ -245,205 +138,6 @@ def sweep(codecs: list, paths: list[Path], qualities: dict[str, Sequence[int]], 
                     rows.append(measure(codec, image, original, q, path.name))
                     bar.update()
     return rows
-
-
-# --------------------------------------------------------------------------- results
-
-
-def average(rows: list[Row], key: str, qualities: Sequence[int]) -> dict[str, list]:
-    """CompressAI-style curve for one codec: per quality point, the mean over images.
-
-    MS-SSIM is averaged over the images where it is defined; null where it is for none.
-    """
-    res: dict[str, list] = {k: [] for k in ("q", "bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")}
-    for q in qualities:
-        sel = [r for r in rows if r.codec == key and r.quality == q]
-        ms = [r.ms_ssim_rgb for r in sel if math.isfinite(r.ms_ssim_rgb)]
-        res["q"].append(q)
-        res["bpp"].append(float(np.mean([r.bpp for r in sel])))
-        res["psnr-rgb"].append(float(np.mean([r.psnr_rgb for r in sel])))
-        res["ms-ssim-rgb"].append(float(np.mean(ms)) if ms else None)
-        res["encoding_time"].append(float(np.mean([r.encode_s for r in sel])))
-        res["decoding_time"].append(float(np.mean([r.decode_s for r in sel])))
-    return res
-
-
-@dataclass
-class Curve:
-    """An RD curve to compare or plot: ours, or loaded from a --reference JSON."""
-
-    label: str
-    bpp: np.ndarray
-    psnr: np.ndarray
-    msssim: np.ndarray  # NaN where unknown
-    reference: bool = False
-
-
-def curve_from_results(label: str, results: dict, reference: bool = False) -> Curve:
-    bpp = np.asarray(results["bpp"], dtype=np.float64)
-    psnr_values = results.get("psnr-rgb", results.get("psnr"))
-    if psnr_values is None:
-        raise KeyError("psnr-rgb")
-    ms = results.get("ms-ssim-rgb", [None] * len(bpp))
-    return Curve(
-        label, bpp, np.asarray(psnr_values, dtype=np.float64),
-        np.asarray([math.nan if v is None else v for v in ms], dtype=np.float64), reference,
-    )
-
-
-def load_reference(path: str) -> Curve:
-    """A --reference JSON; labelled "NAME (published)" for published-*.json, else by file stem."""
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-        stem = p.stem
-        label = f"{data.get('name', stem)} (published)" if stem.startswith("published") else stem
-        return curve_from_results(label, data.get("results", data), reference=True)
-    except OSError as e:
-        raise BenchError(f"{path}: cannot read reference ({e.strerror or e})") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise BenchError(f"{path}: not a CompressAI results JSON with bpp and psnr-rgb ({e})") from None
-
-
-def bd_cells(anchor: Curve, c: Curve) -> list[str]:
-    """BD-rate (PSNR), BD-PSNR and BD-rate (MS-SSIM in dB) of c against anchor, as table cells."""
-    def fmt(v: float, unit: str) -> str:
-        return "n/a" if not math.isfinite(v) else f"{v:+.1f}%" if unit == "%" else f"{v:+.2f} dB"
-
-    ms_ok = np.isfinite(anchor.msssim).sum() >= 2 and np.isfinite(c.msssim).sum() >= 2
-    ms_rate = bd_rate(anchor.bpp, msssim_db(anchor.msssim), c.bpp, msssim_db(c.msssim)) if ms_ok else math.nan
-    return [
-        fmt(bd_rate(anchor.bpp, anchor.psnr, c.bpp, c.psnr), "%"),
-        fmt(bd_psnr(anchor.bpp, anchor.psnr, c.bpp, c.psnr), "dB"),
-        fmt(ms_rate, "%"),
-    ]
-
-
-def bd_table(anchor: Curve, curves: list[Curve]) -> list[str]:
-    lines = [
-        "| codec | BD-rate (PSNR) | BD-PSNR | BD-rate (MS-SSIM) | bpp range | PSNR range |",
-        "|---|---:|---:|---:|---|---|",
-    ]
-    for c in curves:
-        if c is anchor:
-            continue
-        rng = f"{np.nanmin(c.bpp):.3f}-{np.nanmax(c.bpp):.3f} | {np.nanmin(c.psnr):.2f}-{np.nanmax(c.psnr):.2f}"
-        lines.append(f"| {c.label} | " + " | ".join(bd_cells(anchor, c)) + f" | {rng} |")
-    return lines
-
-
-def write_summary(
-    path: Path, ours: dict[str, Curve], results: dict[str, dict], descriptions: dict[str, str],
-    refs: list[Curve], n_images: int, device_lines: list[str], command: str, wall_s: float,
-) -> None:
-    """summary.md: BD tables (vs our JPEG 4:2:0, then vs each reference), speed, device, command."""
-    anchor = ours[ANCHOR]
-    lines = [
-        "# aecodec benchmark",
-        "",
-        f"{n_images} images; BD numbers use piecewise-cubic interpolation over the overlapping range "
-        "(negative BD-rate / positive BD-PSNR = better than the anchor). BD-rate (MS-SSIM) uses "
-        "-10 log10(1 - MS-SSIM).",
-        "",
-        f"## Against {anchor.label} (this run)",
-        "",
-        *bd_table(anchor, list(ours.values()) + refs),
-    ]
-    for ref in refs:
-        lines += ["", f"## Against {ref.label}", "", *bd_table(ref, list(ours.values()))]
-    lines += [
-        "",
-        "## Codecs and speed",
-        "",
-        "Seconds per image, averaged over images and quality points; only the encode/decode calls "
-        "are timed (no process start, model load or file I/O).",
-        "",
-        "| codec | settings | qualities | encode s | decode s |",
-        "|---|---|---|---:|---:|",
-    ]
-    for key, res in results.items():
-        qs = ",".join(str(q) for q in res["q"])
-        lines.append(
-            f"| {ours[key].label} | {descriptions[key]} | {qs} | "
-            f"{np.mean(res['encoding_time']):.4f} | {np.mean(res['decoding_time']):.4f} |"
-        )
-    lines += ["", "## Device", "", *[f"- {d}" for d in device_lines], f"- total wall time: {wall_s:.0f} s",
-              "", "## Command", "", "```", command, "```", ""]
-    path.write_text("\n".join(lines))
-
-
-def plot_rd(path: Path, ours: list[Curve], refs: list[Curve], metric: str) -> None:
-    """PSNR or MS-SSIM (dB) against bpp; references dashed. x range follows our curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def y_of(c: Curve) -> np.ndarray:
-        return c.psnr if metric == "psnr" else msssim_db(c.msssim)
-
-    xmax = 1.05 * max(float(np.nanmax(c.bpp)) for c in ours)
-    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
-    visible = []
-    for c in ours + refs:
-        x, y = c.bpp, y_of(c)
-        ok = np.isfinite(x) & np.isfinite(y)
-        if ok.sum() == 0:
-            continue
-        o = np.argsort(x[ok])
-        x, y = x[ok][o], y[ok][o]
-        style = dict(linestyle="--", linewidth=1, marker=".") if c.reference else dict(linewidth=1.8, marker="o", markersize=4)
-        ax.plot(x, y, label=c.label, **style)
-        visible.extend(y[x <= xmax])
-    ax.set_xlim(0, xmax)
-    if visible:
-        lo, hi = min(visible), max(visible)
-        pad = 0.03 * (hi - lo) + 0.1
-        ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlabel("bits per pixel")
-    ax.set_ylabel("PSNR RGB (dB)" if metric == "psnr" else "MS-SSIM RGB (dB, -10 log10(1 - MS-SSIM))")
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="lower right")
-    else:  # e.g. MS-SSIM when every image is too small for it
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def write_csv(path: Path, rows: list[Row]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([fl.name for fl in fields(Row)])
-        for r in rows:
-            w.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in asdict(r).values()])
-
-
-def write_json(path: Path, name: str, description: str, results: dict) -> None:
-    path.write_text(json.dumps({"name": name, "description": description, "results": results}, indent=1) + "\n")
-
-
-# --------------------------------------------------------------------------- device
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def describe_torch_device(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({cpu_name()}, {torch.get_num_threads()} torch threads)"
 
 
 # --------------------------------------------------------------------------- CLI

@@ -70,7 +70,7 @@ class GainHyperprior(CompressionModel):
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         self.config = config = config or ModelConfig()
-        N, M, K = config.N, config.M, len(config.lambdas)
+        N, M = config.N, config.M
         self.g_a = nn.Sequential(
             conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)
         )

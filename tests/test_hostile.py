@@ -4,8 +4,6 @@ memory that does not grow with the image (tiles)."""
 from __future__ import annotations
 
 import importlib.util
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np

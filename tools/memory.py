@@ -65,7 +65,7 @@ def main() -> int:
         raise SystemExit("needs /usr/bin/time (GNU time: apt-get install time)")
     aecodec = shutil.which("aecodec") or raise_missing()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    print(f"| image | pixels | compress s | compress peak RSS MB | .aec bytes | bpp | decompress s | decompress peak RSS MB |")
+    print("| image | pixels | compress s | compress peak RSS MB | .aec bytes | bpp | decompress s | decompress peak RSS MB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for mp in args.mp:
