@@ -89,4 +89,5 @@ def by_short(short: str) -> ModelEntry:
 
 register(ModelEntry(1, "hyperprior-gain", "hp", "codec.model:GainHyperprior", "aecodec-hp.safetensors"))
 register(ModelEntry(2, "vae-kl-f8", "vae", "codec.vae:KLAutoencoder", "aecodec-vae-f8.safetensors"))
+register(ModelEntry(3, "cc-hyperprior-gain", "cc", "codec.ccmodel:ChannelConditional", "aecodec-cc.safetensors"))
 DEFAULT_MODEL = "hyperprior-gain"

@@ -33,6 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import registry
+from .ccmodel import CCConfig, ChannelConditional
 from .metrics import psnr_from_mse
 from .model import GainHyperprior, ModelConfig, bpp_of, count_parameters, default_lambdas
 from .vae import KLAutoencoder, VAEConfig, kl_divergence
@@ -139,10 +140,17 @@ def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperp
     elif args.model == "vae":
         channels = tuple(int(c) for c in args.channels.split(","))
         return KLAutoencoder(VAEConfig(block_out_channels=channels, layers_per_block=args.layers_per_block)), False
+    elif args.model == "cc":
+        lambdas = args.lambdas or default_lambdas()
+        return ChannelConditional(CCConfig(args.N, args.M, lambdas, args.slices, args.cc_width)), False
     else:
         return GainHyperprior(ModelConfig(N=args.N, M=args.M, lambdas=args.lambdas or default_lambdas())), False
-    if args.lambdas and isinstance(model, GainHyperprior) and args.lambdas != model.config.lambdas:
+    if args.lambdas and type(model) is GainHyperprior and args.lambdas != model.config.lambdas:
         return model.with_lambdas(args.lambdas), True
+    if args.model == "cc" and type(model) is GainHyperprior:
+        # the transforms and hyperprior carry over; the slice networks start as "no correction",
+        # so the new model codes exactly as the old one did. New parameters: fresh Adam state.
+        return ChannelConditional.from_hyperprior(model, args.slices, args.cc_width), True
     return model, False
 
 
@@ -380,8 +388,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fit", help="train (or resume) the variable-rate model or the VAE")
-    f.add_argument("--model", choices=["hp", "vae"], default="hp",
-                   help="hp: the rate-distortion hyperprior (default); vae: the KL-regularised f8 autoencoder")
+    f.add_argument("--model", choices=["hp", "cc", "vae"], default="hp",
+                   help="hp: the rate-distortion hyperprior (default); cc: the channel-conditional model "
+                   "(from --init/--resume of an hp model, its transforms carry over); vae: the KL-regularised "
+                   "f8 autoencoder")
     f.add_argument("--data", required=True, help="folder of training images")
     f.add_argument("--val", required=True, help="folder of held-out validation images")
     f.add_argument("--out", required=True, help="folder for last.pt / best.pt checkpoints")
@@ -397,6 +407,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
                    "on --resume/--init, retargets the gain tables to them)")
     f.add_argument("--N", type=int, default=128, help="transform channels")
     f.add_argument("--M", type=int, default=192, help="latent channels")
+    f.add_argument("--slices", type=int, default=4, help="cc: channel slices of the latent (default: 4)")
+    f.add_argument("--cc-width", type=int, default=128, help="cc: channels of the slice networks (default: 128)")
     f.add_argument("--channels", default="32,64,128,128", help="VAE block widths (4 blocks: f8)")
     f.add_argument("--layers-per-block", type=int, default=1, help="VAE resnet blocks per scale")
     f.add_argument("--kl-weight", type=float, default=1e-6, help="VAE KL weight (latent diffusion: 1e-6)")

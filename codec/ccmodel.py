@@ -1,0 +1,152 @@
+"""A channel-conditional entropy model on the hyperprior's transforms (model id 3).
+
+Minnen & Singh, "Channel-wise autoregressive entropy models for learned image compression"
+(ICIP 2020): the latent is coded in S channel slices, and each slice's means and scales are
+predicted from the hyperprior *and the slices already decoded*, so later slices cost fewer bits.
+Here, without latent residual prediction or a spatial context:
+
+* the transforms, gain units and hyperprior are :class:`~codec.model.GainHyperprior`'s;
+* slice ``i``'s network sees the hyperprior's output (scales and means of every channel) and
+  the dequantised slices ``0..i-1``, and predicts a *correction* to the hyperprior's scale and
+  mean for its own channels. Its last layer starts at zero, so a model made from trained
+  hyperprior weights (:meth:`ChannelConditional.from_hyperprior`) starts out coding exactly as
+  they do, and training can only move it from there;
+* the slice networks pick CDF tables, so they run in fixed point (``codec/exact.py``): a file
+  decodes bit-identically on any machine and thread count, like the hyperprior's.
+
+A file holds the z stream, then one stream per slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+from compressai.models.utils import conv
+
+from . import entropy, tiles
+from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round
+from .model import GainHyperprior, default_lambdas
+
+
+@dataclass(frozen=True)
+class CCConfig:
+    N: int = 128
+    M: int = 192
+    lambdas: tuple[float, ...] = field(default_factory=default_lambdas)
+    slices: int = 4  # M must be a multiple
+    width: int = 128  # channels of the slice networks
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CCConfig":
+        return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(x) for x in d["lambdas"]),
+                   slices=int(d["slices"]), width=int(d["width"]))
+
+
+class ChannelConditional(GainHyperprior):
+    """Gain hyperprior + channel-conditional slices; ``quality`` 1-100 as for the hyperprior."""
+
+    MODEL_ID = 3
+    NAME = "cc-hyperprior-gain"
+    CONFIG = CCConfig
+
+    def __init__(self, config: CCConfig | None = None):
+        config = config or CCConfig()
+        if config.M % config.slices:
+            raise ValueError("M must be a multiple of the number of slices")
+        super().__init__(config)
+        M, S, W = config.M, config.slices, config.width
+        C = M // S
+        self.slice_nets = nn.ModuleList(
+            FixedPointConvStack([
+                conv(2 * M + i * C, W, stride=1, kernel_size=3),
+                conv(W, W, stride=1, kernel_size=3),
+                conv(W, 2 * C, stride=1, kernel_size=3),
+            ])
+            for i in range(S)
+        )
+        with torch.no_grad():  # start as the hyperprior: no correction
+            for net in self.slice_nets:
+                net.layers[-1].weight.zero_()
+                net.layers[-1].bias.zero_()
+
+    @property
+    def num_streams(self) -> int:
+        return 1 + self.config.slices
+
+    @classmethod
+    def from_hyperprior(cls, hp: GainHyperprior, slices: int = 4, width: int = 128) -> "ChannelConditional":
+        """A channel-conditional model that starts out coding exactly as ``hp``."""
+        c = hp.config
+        model = cls(CCConfig(c.N, c.M, tuple(c.lambdas), slices, width))
+        missing, unexpected = model.load_state_dict(hp.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("slice_nets.") for k in missing):
+            raise ValueError(f"not a hyperprior of this shape ({unexpected or missing})")
+        return model
+
+    def _slice_params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor], net) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scales and means of slice ``i`` from the hyperprior output and the slices before it."""
+        C = self.config.M // self.config.slices
+        scales, means = hp.chunk(2, dim=1)
+        d_scale, d_mean = net(torch.cat([hp, *done], dim=1)).chunk(2, dim=1)
+        return scales[:, i * C : (i + 1) * C] + d_scale, means[:, i * C : (i + 1) * C] + d_mean
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict:
+        """Training pass: noise for the rate, rounded slices (straight-through) for the context
+        of later slices and for the synthesis."""
+        gain, inv_gain = self.gains(pos)
+        y = self.g_a(x).float() * gain
+        with torch.autocast(x.device.type, enabled=False):
+            z = self.h_a(y)
+            z_hat, z_likelihoods = self.entropy_bottleneck(z)
+            hp = self.h_s(z_hat)
+            done, likelihoods = [], []
+            for i, part in enumerate(y.chunk(self.config.slices, dim=1)):
+                scales, means = self._slice_params(i, hp, done, self.slice_nets[i])
+                _, lik = self.gaussian_conditional(part, scales, means=means)
+                likelihoods.append(lik)
+                done.append(ste_round(part - means) + means)
+            y_hat = torch.cat(done, dim=1)
+        x_hat = self.g_s(y_hat * inv_gain)
+        return {"x_hat": x_hat, "likelihoods": {"y": torch.cat(likelihoods, dim=1), "z": z_likelihoods}}
+
+    # -- coding: everything that picks a CDF table runs exactly, on CPU, in tiles ---------------
+
+    def _exact_net(self, i: int):
+        return lambda t: tiles.exact(self.slice_nets[i].exact, t, self.TILE // 16, 4)
+
+    def _hyper(self, z_hat: torch.Tensor) -> torch.Tensor:
+        return tiles.exact(self.h_s.exact, z_hat, self.TILE // 64, 2, up=4)
+
+    @torch.no_grad()
+    def encode_streams(self, y: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
+        with plain_cpu_kernels():
+            z = self._h_a(y).float().cpu()
+        z_stream, z_hat = entropy.encode_factorized(self.entropy_bottleneck, z)
+        hp = self._hyper(z_hat)
+        streams, done = [z_stream], []
+        for i, part in enumerate(y.double().cpu().chunk(self.config.slices, dim=1)):
+            scales, means = self._slice_params(i, hp, done, self._exact_net(i))
+            streams.append(entropy.encode_gaussian(self.gaussian_conditional, part, scales, means))
+            done.append(torch.round(part - means) + means)  # what the decoder will have
+        return streams, tuple(z.shape[-2:])
+
+    @torch.no_grad()
+    def decode_streams(self, strings: list[bytes], z_shape: tuple[int, int], quality: float) -> torch.Tensor:
+        z_hat = entropy.decode_factorized(self.entropy_bottleneck, strings[0], z_shape)
+        hp = self._hyper(z_hat)
+        done = []
+        for i in range(self.config.slices):
+            scales, means = self._slice_params(i, hp, done, self._exact_net(i))
+            done.append(entropy.decode_gaussian(self.gaussian_conditional, strings[1 + i], scales, means))
+        return torch.cat(done, dim=1)
+
+
+def as_channel_conditional(model: GainHyperprior, slices: int = 4, width: int = 128) -> ChannelConditional:
+    """``model`` itself if it is channel-conditional already, else one made from it."""
+    return model if isinstance(model, ChannelConditional) else ChannelConditional.from_hyperprior(model, slices, width)
+

@@ -1,0 +1,93 @@
+"""The channel-conditional model: starts as the hyperprior it is made from, codes exactly on any
+thread count and tile size, stores its slice networks as exact integers, and trains."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from codec.api import Codec, pad_to_stride
+from codec.ccmodel import CCConfig, ChannelConditional
+from codec.exact import integer_scales
+from codec.imageio import normalize, split
+from codec.train import main
+from codec.weights import load_weights, save_weights
+from conftest import make_image, psnr
+
+
+def _nudge(model: ChannelConditional, seed: int = 0) -> ChannelConditional:
+    """Give the slice networks a non-zero correction, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for net in model.slice_nets:
+            for layer in net.layers:
+                layer.weight.add_(torch.randn(layer.weight.shape, generator=g) * 0.01)
+    return model
+
+
+@pytest.fixture(scope="module")
+def cc_weights(tmp_path_factory):
+    hp, _ = load_weights()
+    model = _nudge(ChannelConditional.from_hyperprior(hp))
+    model.update(force=True)
+    path = tmp_path_factory.mktemp("cc") / "cc.safetensors"
+    save_weights(model, path)
+    return path
+
+
+def test_made_from_a_hyperprior_it_decodes_the_same_pixels(codec):
+    cc = ChannelConditional.from_hyperprior(codec.model).eval()
+    image, mode = normalize(make_image(130, 70, seed=3))
+    x = pad_to_stride(split(image, mode)[0], 64)
+    hp_streams, shape = codec.model.compress(x, 60)
+    cc_streams, cc_shape = cc.compress(x, 60)
+    assert len(cc_streams) == 1 + cc.config.slices and cc_shape == shape
+    assert torch.equal(codec.model.decompress(hp_streams, shape, 60), cc.decompress(cc_streams, shape, 60))
+
+
+def test_round_trip_threads_and_tiles(cc_weights, monkeypatch):
+    codec = Codec(cc_weights, device="cpu")
+    assert codec.model.NAME == "cc-hyperprior-gain" and codec.model.num_streams == 5
+    image = make_image(300, 200, seed=9)
+    torch.set_num_threads(1)
+    data = codec.compress(image, 70)
+    one = np.asarray(codec.decompress(data))
+    torch.set_num_threads(2)
+    assert codec.compress(image, 70) == data
+    assert np.array_equal(np.asarray(codec.decompress(data)), one)
+    monkeypatch.setattr(codec.model, "TILE", 128)
+    assert np.array_equal(np.asarray(codec.decompress(data)), one)
+    assert psnr(image, Image.fromarray(one)) > 24
+
+
+def test_slice_networks_are_stored_as_exact_integers(cc_weights):
+    model, _ = load_weights(cc_weights)
+    scales = integer_scales(model)
+    assert any(k.startswith("slice_nets.3.layers.2.") for k in scales)
+    for name, scale in scales.items():
+        t = model.state_dict()[name].double() * scale
+        assert torch.equal(t, t.round())
+
+
+def test_config_must_divide_the_latent():
+    with pytest.raises(ValueError, match="multiple"):
+        ChannelConditional(CCConfig(N=16, M=24, slices=5))
+
+
+def test_train_cc_from_a_hyperprior_run(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        make_image(80, 72, seed=i).save(data / f"{i}.png")
+    common = ["--data", str(data), "--val", str(data), "--patch-size", "64", "--batch-size", "2",
+              "--val-every", "2", "--N", "16", "--M", "24", "--device", "cpu", "--precision", "fp32"]
+    main(["fit", *common, "--steps", "2", "--out", str(tmp_path / "hp")])
+    main(["fit", *common, "--steps", "4", "--model", "cc", "--slices", "3", "--cc-width", "16",
+          "--resume", str(tmp_path / "hp" / "last.pt"), "--out", str(tmp_path / "cc")])
+    ckpt = torch.load(tmp_path / "cc" / "last.pt", weights_only=False)
+    assert ckpt["kind"] == "cc" and ckpt["step"] == 4 and ckpt["config"]["slices"] == 3
+    main(["export", str(tmp_path / "cc" / "last.pt"), str(tmp_path / "cc.safetensors")])
+    codec = Codec(tmp_path / "cc.safetensors", device="cpu")
+    assert codec.decompress(codec.compress(make_image(40, 30), 50)).size == (40, 30)
