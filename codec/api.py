@@ -1,6 +1,6 @@
 """The Python API: ``Codec(...).compress(image) -> bytes`` and ``.decompress(bytes) -> Image``.
 
-    from PIL import Image
+    from PIL import Image, ImageOps
     from codec.api import Codec
 
     codec = Codec()                                   # shipped weights, CUDA if present
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -80,10 +80,13 @@ class Codec:
         for name in self.model.device_parts:
             getattr(self.model, name).to(self.device)
 
-    def compress(self, image: Image.Image, quality: int = DEFAULT_QUALITY) -> bytes:
-        """Code a PIL image to the bytes of a complete ``.aec`` file."""
+    def compress(self, image: Image.Image, quality: int = DEFAULT_QUALITY, strip: bool = False) -> bytes:
+        """Code a PIL image to the bytes of a complete ``.aec`` file. Its ICC profile and EXIF
+        (``image.info``) travel with it unless ``strip``; EXIF orientation is applied first."""
         if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
             raise CodecError(f"quality must be an integer from 1 to 100, got {quality!r}")
+        image = ImageOps.exif_transpose(image)  # the orientation a viewer shows (EXIF's tag reset)
+        metadata = b"" if strip else bitstream.pack_metadata(image.info)
         image, mode = normalize(image)
         w, h = image.size
         if w > bitstream.MAX_SIDE or h > bitstream.MAX_SIDE or w * h > bitstream.MAX_PIXELS:
@@ -93,24 +96,58 @@ class Codec:
         streams, _ = self.model.compress(x, quality)
         if alpha is not None:
             streams.append(bitstream.pack_alpha(alpha))
-        header = Header(self.model.MODEL_ID, self.weights_id, quality, mode, w, h, ())
+        if metadata:
+            streams.append(metadata)
+        header = Header(self.model.MODEL_ID, self.weights_id, quality, mode, w, h, (), bool(metadata))
         return bitstream.pack(header, streams)
+
+    def compress_to(self, image: Image.Image, max_bytes: int | None = None,
+                    min_psnr: float | None = None, strip: bool = False) -> tuple[bytes, int]:
+        """Search the quality axis (bytes and PSNR grow with quality) for the highest quality
+        whose file fits in ``max_bytes``, or the lowest that reaches ``min_psnr`` dB; returns the
+        file and its quality. Falls back to quality 1 (or 100) when no quality meets the target."""
+        from .metrics import psnr
+
+        if (max_bytes is None) == (min_psnr is None):
+            raise CodecError("give exactly one of max_bytes and min_psnr")
+        image = ImageOps.exif_transpose(image)
+        rgb = image.convert("RGB")
+        tried: dict[int, bytes] = {}
+
+        def meets(q: int) -> bool:
+            tried[q] = data = self.compress(image, q, strip)
+            if max_bytes is not None:
+                return len(data) <= max_bytes
+            return psnr(rgb, self.decompress(data).convert("RGB")) >= min_psnr
+
+        lo, hi = 1, 100  # size: the answer is the last q that meets; PSNR: the first
+        if max_bytes is not None:
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if meets(mid) else (lo, mid - 1)
+        else:
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if meets(mid) else (mid + 1, hi)
+        return tried.get(lo) or self.compress(image, lo, strip), lo
 
     def decompress(self, data: bytes) -> Image.Image:
         """Decode the bytes of an ``.aec`` file to a PIL image of the original size and mode."""
         header, streams = bitstream.unpack(data)
         self.check_weights(header)
         self.check_size(header.width, header.height)
-        if len(streams) != self.model.num_streams + header.has_alpha:
+        if len(streams) != self.model.num_streams + header.has_alpha + header.metadata:
             raise FormatError(f"invalid stream count {len(streams)} for mode {header.mode} and model {header.model}")
         shape = self.model.latent_shape(header.height, header.width)
+        info = bitstream.unpack_metadata(streams.pop()) if header.metadata else {}
         with _out_of_memory(header.width, header.height):
             alpha = None
             if header.has_alpha:
                 alpha = bitstream.unpack_alpha(streams.pop(), header.width, header.height)
             x = self.model.decompress(streams, shape, header.quality, self.device)
-            x = x[..., : header.height, : header.width]
-            return merge(x, header.mode, alpha)
+            image = merge(x[..., : header.height, : header.width], header.mode, alpha)
+        image.info.update(info)
+        return image
 
     def check_size(self, width: int, height: int) -> None:
         """Refuse an image over the decoding pixel limit before any work is done."""

@@ -21,8 +21,12 @@ MAX_STREAMS = 8
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # image modes that round-trip
 MODE_IDS = {v: k for k, v in MODES.items()}
 
-# magic, version, model id, weights id (8 bytes of SHA-256), quality, mode, width, height, n streams
-_FIXED = struct.Struct(">4sBB8sBBIIB")
+MAX_METADATA = 16 << 20  # bytes of ICC profile + EXIF a file may carry
+FLAG_METADATA = 1  # flags bit 0: the last stream is metadata (ICC profile, EXIF)
+_METADATA_TAGS = {b"ICCP": "icc_profile", b"EXIF": "exif"}  # stream tag -> Pillow's im.info key
+
+# magic, version, model id, weights id (8 bytes of SHA-256), quality, mode, flags, width, height, n streams
+_FIXED = struct.Struct(">4sBB8sBBBIIB")
 _CRC = struct.Struct(">I")
 
 
@@ -39,6 +43,7 @@ class Header:
     width: int
     height: int
     stream_lengths: tuple[int, ...]
+    metadata: bool = False  # a metadata stream (ICC profile, EXIF) comes last
 
     @property
     def model(self) -> str:
@@ -52,11 +57,11 @@ class Header:
 
 def pack(header: Header, streams: list[bytes]) -> bytes:
     """Serialise a header and its streams; lengths are taken from ``streams``."""
-    if not 1 + header.has_alpha <= len(streams) <= MAX_STREAMS:
+    if not 1 + header.has_alpha + header.metadata <= len(streams) <= MAX_STREAMS:
         raise ValueError("wrong number of streams for this mode")
     fixed = _FIXED.pack(
         MAGIC, VERSION, header.model_id, header.weights_id, header.quality,
-        MODE_IDS[header.mode], header.width, header.height, len(streams),
+        MODE_IDS[header.mode], FLAG_METADATA if header.metadata else 0, header.width, header.height, len(streams),
     )
     lengths = b"".join(struct.pack(">I", len(s)) for s in streams)
     body = fixed + lengths + b"".join(streams)
@@ -69,7 +74,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
         raise FormatError("not an .aec file (wrong magic bytes)")
     if len(data) < _FIXED.size:
         raise FormatError("truncated file (header incomplete)")
-    magic, version, model_id, weights_id, quality, mode_id, w, h, n = _FIXED.unpack_from(data)
+    magic, version, model_id, weights_id, quality, mode_id, flags, w, h, n = _FIXED.unpack_from(data)
     if version == 1:
         raise FormatError("format version 1 (written by aecodec 0.1, whose entropy decoder was not safe "
                           "against damaged files) is no longer read: decode it with aecodec 0.1 and re-encode")
@@ -83,9 +88,12 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
         raise FormatError(f"invalid image mode id {mode_id} in header")
     if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE) or w * h > MAX_PIXELS:
         raise FormatError(f"invalid image size {w}x{h} in header (limit {MAX_PIXELS} pixels)")
+    if flags & ~FLAG_METADATA:
+        raise FormatError(f"unknown flags {flags:#04x} in header")
     mode = MODES[mode_id]
+    metadata = bool(flags & FLAG_METADATA)
     # how many streams the model codes depends on its config: the decoder checks that count
-    if not 1 + (mode in ("LA", "RGBA")) <= n <= MAX_STREAMS:
+    if not 1 + (mode in ("LA", "RGBA")) + metadata <= n <= MAX_STREAMS:
         raise FormatError(f"invalid stream count {n} for mode {mode}")
     offset = _FIXED.size + 4 * n
     if len(data) < offset + _CRC.size:
@@ -103,8 +111,37 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     for length in lengths:
         streams.append(bytes(data[pos : pos + length]))
         pos += length
-    header = Header(model_id, weights_id, quality, mode, w, h, tuple(lengths))
+    header = Header(model_id, weights_id, quality, mode, w, h, tuple(lengths), metadata)
     return header, streams
+
+
+def pack_metadata(info: dict) -> bytes:
+    """The metadata stream: for each of the ICC profile and the EXIF block that ``info``
+    (Pillow's ``im.info``) holds, a 4-byte tag, a u32 length and the bytes, as Pillow gave them."""
+    out = b""
+    for tag, key in _METADATA_TAGS.items():
+        value = info.get(key)
+        if value:
+            out += tag + struct.pack(">I", len(value)) + bytes(value)
+    if len(out) > MAX_METADATA:
+        raise ValueError(f"metadata of {len(out)} bytes is over the limit of {MAX_METADATA}")
+    return out
+
+
+def unpack_metadata(stream: bytes) -> dict:
+    """Inverse of :func:`pack_metadata`, as an ``im.info`` update; refuses anything malformed."""
+    if len(stream) > MAX_METADATA:
+        raise FormatError("corrupted metadata stream (too large)")
+    info, pos = {}, 0
+    while pos < len(stream):
+        if pos + 8 > len(stream):
+            raise FormatError("corrupted metadata stream (truncated entry)")
+        tag, length = stream[pos : pos + 4], struct.unpack_from(">I", stream, pos + 4)[0]
+        if tag not in _METADATA_TAGS or _METADATA_TAGS[tag] in info or pos + 8 + length > len(stream):
+            raise FormatError("corrupted metadata stream (unknown, repeated or overlong entry)")
+        info[_METADATA_TAGS[tag]] = bytes(stream[pos + 8 : pos + 8 + length])
+        pos += 8 + length
+    return info
 
 
 def pack_alpha(alpha: bytes) -> bytes:

@@ -30,31 +30,56 @@ class UsageError(Exception):
     """Bad combination of command-line arguments."""
 
 
-def _outputs(inputs: list[Path], out: str | None, suffix: str) -> list[Path]:
-    """Output path per input: next to it with ``suffix``, or ``-o`` (a file, or a folder)."""
+def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[str]:
+    """Output path per input: next to it with ``suffix``, or ``-o``: a file for one input, a
+    folder (an existing one, or any path ending in /), or "-" for standard output."""
+    if "-" in inputs and len(inputs) > 1:
+        raise UsageError("standard input (-) can only be the only input")
     if out is None:
-        paths = [p.with_suffix(suffix) for p in inputs]
-    elif Path(out).is_dir():
-        paths = [Path(out) / p.with_suffix(suffix).name for p in inputs]
+        if inputs == ["-"]:
+            return ["-"]
+        paths = [str(Path(p).with_suffix(suffix)) for p in inputs]
+    elif out.endswith(("/", os.sep)) or Path(out).is_dir():
+        Path(out).mkdir(parents=True, exist_ok=True)
+        paths = [str(Path(out) / ("stdin" + suffix if p == "-" else Path(p).with_suffix(suffix).name)) for p in inputs]
     elif len(inputs) == 1:
-        paths = [Path(out)]
+        paths = [out]
     else:
-        raise UsageError("-o must be an existing folder when there are several inputs")
-    seen: dict[Path, Path] = {}
+        raise UsageError("-o must be a folder (existing, or ending in /) when there are several inputs")
+    seen: dict[Path, str] = {}
     for src, dst in zip(inputs, paths):
-        key = dst.resolve()
+        if dst == "-":
+            continue
+        key = Path(dst).resolve()
         if key in seen:
             raise UsageError(f"{seen[key]} and {src} would both be written to {dst}")
-        if key == src.resolve():
+        if src != "-" and key == Path(src).resolve():
             raise UsageError(f"output {dst} would replace its own input")
         seen[key] = src
     return paths
 
 
-def _progress(items: list, desc: str):
-    from tqdm import tqdm
+def _preflight(pairs: list[tuple[str, str]], force: bool, check_input) -> tuple[list[tuple[str, str]], int]:
+    """Check every input and output before any work (so nothing is loaded or coded for nothing);
+    report each problem in one line. Returns the pairs that can go ahead and the failures."""
+    from .imageio import check_output
 
-    return tqdm(items, desc=desc, unit="img", disable=len(items) < 2 or None, file=sys.stderr)
+    known, ok, failed = _known_errors(), [], 0
+    for src, dst in pairs:
+        try:
+            if src != "-":
+                path = Path(src)
+                if path.is_dir():
+                    raise ValueError("is a folder, not a file")
+                if not path.exists():
+                    raise ValueError("no such file")
+                check_input(path)
+            check_output(dst, force)
+            ok.append((src, dst))
+        except known as e:
+            print(f"aecodec: error: {src}: {_message(e)}", file=sys.stderr)
+            failed += 1
+    return ok, failed
 
 
 def _codec(args: argparse.Namespace, model: str | None = None):
@@ -67,11 +92,10 @@ def _codec(args: argparse.Namespace, model: str | None = None):
                  max_pixels=-1 if limit is None else (limit or None))
 
 
-def _run_each(pairs, work, desc: str) -> int:
+def _run_each(pairs, work, failed: int = 0) -> int:
     """Apply ``work(src, dst)`` to every pair, reporting failures one line each; the rest go on."""
-    failed = 0
     known = _known_errors()
-    for src, dst in _progress(pairs, desc):
+    for src, dst in pairs:
         try:
             work(src, dst)
         except known as e:
@@ -80,54 +104,82 @@ def _run_each(pairs, work, desc: str) -> int:
     return 1 if failed else 0
 
 
-def cmd_compress(args: argparse.Namespace) -> int:
-    from .imageio import read_image, write_atomic
+def _say(args: argparse.Namespace, line: str) -> None:
+    """The per-file result line, on stderr (stdout may carry the data), unless --quiet."""
+    if not args.quiet:
+        print(line, file=sys.stderr, flush=True)
 
-    inputs = [Path(p) for p in args.inputs]
-    outputs = _outputs(inputs, args.output, ".aec")
+
+def cmd_compress(args: argparse.Namespace) -> int:
     if not 1 <= args.quality <= 100:
         raise UsageError(f"quality must be from 1 to 100, got {args.quality}")
+    if args.target_size is not None and args.target_psnr is not None:
+        raise UsageError("give --target-size or --target-psnr, not both")
+    pairs = list(zip(args.inputs, _outputs(args.inputs, args.output, ".aec")))
+    pairs, failed = _preflight(pairs, args.force, lambda path: None)
+    if not pairs:
+        return 1
+    from .imageio import read_image, write_output
+    from .metrics import psnr
+
     codec = _codec(args)
 
-    def work(src: Path, dst: Path) -> None:
+    def work(src: str, dst: str) -> None:
         image = read_image(src)
-        data = codec.compress(image, args.quality)
-        write_atomic(dst, data, force=args.force)
+        if args.target_size is not None or args.target_psnr is not None:
+            data, quality = codec.compress_to(image, args.target_size, args.target_psnr, strip=args.strip)
+        else:
+            data, quality = codec.compress(image, args.quality, strip=args.strip), args.quality
+        write_output(dst, data, force=args.force)
+        w, h = image.size
+        line = f"{src} -> {dst}: {len(data):,} bytes, {8 * len(data) / (w * h):.3f} bpp, q {quality}"
         if args.verbose:
-            bpp = 8 * len(data) / (image.size[0] * image.size[1])
-            print(f"{src} -> {dst}: {len(data)} bytes, {bpp:.3f} bpp")
+            line += f", PSNR {psnr(image.convert('RGB'), codec.decompress(data).convert('RGB')):.2f} dB"
+        _say(args, line)
 
-    return _run_each(list(zip(inputs, outputs)), work, "compressing")
+    return _run_each(pairs, work, failed)
+
+
+def _check_aec(path: Path) -> None:
+    from .bitstream import MAGIC
+
+    with open(path, "rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            raise ValueError("not an .aec file (wrong magic bytes)")
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from .imageio import png_bytes, write_atomic
+    from .imageio import output_format
 
-    from .api import read_header
+    pairs = list(zip(args.inputs, _outputs(args.inputs, args.output, ".png")))
+    for _, dst in pairs:
+        output_format(dst)  # an unknown extension is refused before any work
+    pairs, failed = _preflight(pairs, args.force, _check_aec)
+    if not pairs:
+        return 1
+    from .bitstream import unpack
+    from .imageio import image_bytes, write_output
 
-    inputs = [Path(p) for p in args.inputs]
-    outputs = _outputs(inputs, args.output, ".png")
     codecs: dict = {}  # model name -> Codec: each file names the model that wrote it
 
-    def work(src: Path, dst: Path) -> None:
-        data = _read_bytes(src)
-        model = read_header(data).model
+    def work(src: str, dst: str) -> None:
+        data = sys.stdin.buffer.read() if src == "-" else _read_bytes(Path(src))
+        model = unpack(data)[0].model
         if model not in codecs:
             codecs[model] = _codec(args, model)
         image = codecs[model].decompress(data)
-        write_atomic(dst, png_bytes(image), force=args.force)
-        if args.verbose:
-            print(f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
+        write_output(dst, image_bytes(image, output_format(dst)), force=args.force)
+        _say(args, f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
 
-    return _run_each(list(zip(inputs, outputs)), work, "decompressing")
+    return _run_each(pairs, work, failed)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .api import read_header
+    from .bitstream import unpack  # the container alone: no torch, answers at once
 
-    def work(src: Path, _dst: None) -> None:
-        data = _read_bytes(src)
-        h = read_header(data)
+    def work(src: str, _dst: None) -> None:
+        data = sys.stdin.buffer.read() if src == "-" else _read_bytes(Path(src))
+        h = unpack(data)[0]
         px = h.width * h.height
         print(f"{src}:")
         print(f"  model       {h.model} (id {h.model_id})")
@@ -137,38 +189,45 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  bytes       {len(data)} (streams {', '.join(map(str, h.stream_lengths))})")
         print(f"  bpp         {8 * len(data) / px:.4f}")
 
-    return _run_each([(Path(p), None) for p in args.inputs], work, "reading")
+    return _run_each([(p, None) for p in args.inputs], work)
 
 
 def cmd_vae_encode(args: argparse.Namespace) -> int:
-    from .imageio import read_image, write_atomic
+    pairs = list(zip(args.inputs, _outputs(args.inputs, args.output, ".safetensors")))
+    pairs, failed = _preflight(pairs, args.force, lambda path: None)
+    if not pairs:
+        return 1
+    from .imageio import read_image, write_output
 
-    inputs = [Path(p) for p in args.inputs]
-    outputs = _outputs(inputs, args.output, ".safetensors")
     codec = _codec(args, "vae-kl-f8")
 
-    def work(src: Path, dst: Path) -> None:
-        write_atomic(dst, codec.encode_latent(read_image(src)), force=args.force)
-        if args.verbose:
-            print(f"{src} -> {dst}")
+    def work(src: str, dst: str) -> None:
+        write_output(dst, codec.encode_latent(read_image(src)), force=args.force)
+        _say(args, f"{src} -> {dst}")
 
-    return _run_each(list(zip(inputs, outputs)), work, "encoding")
+    return _run_each(pairs, work, failed)
 
 
 def cmd_vae_decode(args: argparse.Namespace) -> int:
-    from .imageio import png_bytes, write_atomic
+    from .imageio import output_format
 
-    inputs = [Path(p) for p in args.inputs]
-    outputs = _outputs(inputs, args.output, ".png")
+    pairs = list(zip(args.inputs, _outputs(args.inputs, args.output, ".png")))
+    for _, dst in pairs:
+        output_format(dst)
+    pairs, failed = _preflight(pairs, args.force, lambda path: None)
+    if not pairs:
+        return 1
+    from .imageio import image_bytes, write_output
+
     codec = _codec(args, "vae-kl-f8")
 
-    def work(src: Path, dst: Path) -> None:
-        image = codec.decode_latent(_read_bytes(src))
-        write_atomic(dst, png_bytes(image), force=args.force)
-        if args.verbose:
-            print(f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
+    def work(src: str, dst: str) -> None:
+        data = sys.stdin.buffer.read() if src == "-" else _read_bytes(Path(src))
+        image = codec.decode_latent(data)
+        write_output(dst, image_bytes(image, output_format(dst)), force=args.force)
+        _say(args, f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
 
-    return _run_each(list(zip(inputs, outputs)), work, "decoding")
+    return _run_each(pairs, work, failed)
 
 
 def cmd_vae_export(args: argparse.Namespace) -> int:
@@ -204,8 +263,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 
 def _message(e: BaseException) -> str:
+    """The reason alone: the line already names the file."""
     if isinstance(e, OSError) and e.strerror:
-        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+        return e.strerror[0].lower() + e.strerror[1:]
     return str(e) or type(e).__name__
 
 
@@ -234,9 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser, outputs: bool = True, decodes: bool = False) -> None:
         if outputs:
             sp.add_argument("-o", "--output", metavar="OUT",
-                            help="output file (one input) or existing folder (several inputs)")
+                            help="output file (one input; - for standard output), or a folder (existing, or "
+                            "ending in /); decompress writes the format its extension names (.png, .jpg, .webp, "
+                            ".tif, .bmp)")
             sp.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
-            sp.add_argument("-v", "--verbose", action="store_true", help="print one line per file")
+            sp.add_argument("-v", "--verbose", action="store_true",
+                            help="more in the result line (compress: the PSNR, which costs a decode)")
+            sp.add_argument("--quiet", action="store_true", help="no result line per file (errors still show)")
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where the transforms run (default: auto = CUDA if present)")
         sp.add_argument("--weights", metavar="FILE", help="weights file (default: the shipped weights)")
@@ -249,19 +313,25 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Compress images (PNG, JPEG, WebP, TIFF, BMP) to .aec files, "
                        "written next to each input as NAME.aec unless -o is given. Grayscale stays "
                        "grayscale; an alpha channel is kept losslessly.")
-    c.add_argument("inputs", nargs="+", metavar="IMG")
+    c.add_argument("inputs", nargs="+", metavar="IMG", help="images to compress (- for standard input)")
     c.add_argument("-q", "--quality", type=int, default=75,
                    help="1-100, higher is better and bigger, like JPEG's (default: 75)")
     c.add_argument("-m", "--model", choices=[e.short for e in registry.MODELS.values()], default="hp",
                    help="hp: the rate-distortion hyperprior (default, best quality per bit); "
                    "vae: the f8 VAE's quantised latent (low rates only)")
+    c.add_argument("--strip", action="store_true",
+                   help="drop the ICC profile and EXIF (kept by default, and restored by decompress)")
+    c.add_argument("--target-size", type=int, metavar="BYTES",
+                   help="instead of -q: the highest quality whose file fits in BYTES (like cwebp -size)")
+    c.add_argument("--target-psnr", type=float, metavar="DB",
+                   help="instead of -q: the lowest quality that reaches DB of PSNR (like cwebp -psnr)")
     common(c)
     c.set_defaults(func=cmd_compress)
 
     d = sub.add_parser("decompress", help=".aec files -> PNG",
                        description="Restore .aec files to PNG images of the original size and mode, "
                        "written as NAME.png unless -o is given.")
-    d.add_argument("inputs", nargs="+", metavar="FILE.aec")
+    d.add_argument("inputs", nargs="+", metavar="FILE.aec", help=".aec files (- for standard input)")
     common(d, decodes=True)
     d.set_defaults(func=cmd_decompress)
 

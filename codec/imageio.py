@@ -12,9 +12,15 @@ import os
 import tempfile
 from pathlib import Path
 
+import stat
+import sys
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch loads only when pixels are converted (start-up stays fast)
+    import torch
 
 from . import AecodecError
 
@@ -24,10 +30,18 @@ class ImageError(AecodecError):
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file, applying its EXIF orientation. Pillow's own
-    decompression-bomb guard applies here; the codec's size limit is checked in ``Codec.compress``."""
+    """Open and fully decode an image file ("-": standard input), applying its EXIF orientation.
+    Pillow's own decompression-bomb guard applies here; the codec's size limit is checked in
+    ``Codec.compress``. 16-bit and multi-frame images are refused: aecodec codes one 8-bit image."""
+    source = io.BytesIO(sys.stdin.buffer.read()) if str(path) == "-" else path
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                raise ImageError(f"image has {im.n_frames} frames: aecodec codes still images (extract one first)")
+            rawmodes = [str(t[3][0] if isinstance(t[3], tuple) else t[3]) for t in im.tile if len(t) > 3]
+            if any(";16" in r for r in rawmodes) or im.mode in ("I", "F") or im.mode.startswith("I;16"):
+                raise ImageError(f"{im.mode} image with 16-bit or float samples: aecodec codes 8-bit images "
+                                 "(convert it to 8 bits first)")
             im.load()
             return ImageOps.exif_transpose(im)
     except FileNotFoundError:
@@ -66,6 +80,8 @@ def normalize(image: Image.Image) -> tuple[Image.Image, str]:
 
 def split(image: Image.Image, mode: str) -> tuple[torch.Tensor, bytes | None]:
     """A (1, 3, H, W) float tensor in [0, 1] of the colour part, and the raw alpha plane."""
+    import torch
+
     alpha = image.getchannel("A").tobytes() if mode in ("LA", "RGBA") else None
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous(), alpha
@@ -73,6 +89,8 @@ def split(image: Image.Image, mode: str) -> tuple[torch.Tensor, bytes | None]:
 
 def merge(x: torch.Tensor, mode: str, alpha: bytes | None) -> Image.Image:
     """Inverse of :func:`split`: 8-bit image in ``mode`` from a (1, 3, H, W) tensor."""
+    import torch
+
     a = (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     image = Image.fromarray(np.ascontiguousarray(a), "RGB")
     if mode in ("L", "LA"):
@@ -81,6 +99,77 @@ def merge(x: torch.Tensor, mode: str, alpha: bytes | None) -> Image.Image:
         image = image.convert("RGBA" if mode == "RGBA" else "LA")
         image.putalpha(Image.frombytes("L", image.size, alpha))
     return image
+
+
+# decompress -o NAME.EXT: the formats an output may be written in (Pillow's writers)
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
+                  ".tiff": "TIFF", ".bmp": "BMP", ".ppm": "PPM", ".pgm": "PPM"}
+
+
+def output_format(path: str | Path) -> str:
+    """The image format an output path asks for ("-": PNG on stdout)."""
+    if str(path) == "-":
+        return "PNG"
+    fmt = OUTPUT_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ImageError(f"unknown output format {Path(path).suffix or '(no extension)'!r} "
+                         f"(use {', '.join(sorted(set(OUTPUT_FORMATS)))})")
+    return fmt
+
+
+def image_bytes(image: Image.Image, fmt: str) -> bytes:
+    """Encode a decoded image in memory: PNG losslessly, JPEG and WebP at quality 95 (4:4:4)."""
+    if fmt == "JPEG" and image.mode in ("LA", "RGBA"):
+        raise ImageError("JPEG has no alpha channel: write .png or .webp")
+    options = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}.get(fmt, {})
+    if fmt in ("PNG", "JPEG", "WEBP", "TIFF"):  # they carry an ICC profile and EXIF
+        options.update({k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)})
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def is_special(path: Path) -> bool:
+    """A character device or pipe (/dev/stdout, /dev/null, a FIFO): written in place, never renamed over."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def check_output(path: str | Path, force: bool) -> None:
+    """Before any work: can ``path`` be written (atomically, without clobbering)?"""
+    if str(path) == "-" or is_special(Path(path)):
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"output {path} is a folder")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise ImageError(f"output {path} exists (use --force to overwrite)")
+    if not path.parent.is_dir():
+        raise ImageError(f"output folder {path.parent} does not exist")
+
+
+def write_output(path: str | Path, data: bytes, force: bool = False) -> None:
+    """Write an output: to stdout for "-", in place for devices and pipes, otherwise atomically
+    (a symlink's target is written, the link kept). Errors name ``path``, not a temporary file."""
+    if str(path) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    path = Path(path)
+    if is_special(path):
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    target = path.resolve() if path.is_symlink() else path
+    try:
+        write_atomic(target, data, force)
+    except OSError as e:
+        if isinstance(e, FileExistsError):
+            raise ImageError(f"output {path} exists (use --force to overwrite)") from None
+        raise ImageError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def write_atomic(path: str | Path, data: bytes, force: bool = False) -> None:
@@ -112,6 +201,4 @@ def _umask() -> int:
 
 def png_bytes(image: Image.Image) -> bytes:
     """Encode an image as PNG in memory (so it can be written atomically)."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+    return image_bytes(image, "PNG")

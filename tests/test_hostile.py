@@ -84,10 +84,10 @@ def test_stream_from_another_file(codec):
 
 
 def test_tiny_file_declaring_a_large_image(codec):
-    """37 bytes declaring 4096x4096: refused as corrupted data, at once (no allocation)."""
+    """38 bytes declaring 4096x4096 (37 in format version 1): refused as corrupted data, at once."""
     header = bitstream.Header(1, codec.weights_id, 75, "RGB", 4096, 4096, ())
     data = bitstream.pack(header, [b"", b""])
-    assert len(data) == 37
+    assert len(data) == 38
     with pytest.raises(FormatError, match="corrupted"):
         codec.decompress(data)
 

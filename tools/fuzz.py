@@ -8,8 +8,8 @@ values, latent-file headers rewritten. The CRC32 is then recomputed, so every ca
 the entropy decoder and the networks instead of stopping at the checksum.
 
 Cases run in a worker process under a memory cap (RLIMIT_AS), each with a timeout. Each case
-is decoded twice. Acceptable outcomes: the same pixels both times, or a FormatError /
-CodecError. Anything else is a failure: a crash (the worker dies by a signal), a hang, a
+is decoded twice. Acceptable outcomes: the same pixels both times, or one of aecodec's own
+errors (FormatError, CodecError, WeightsError: a one-line message on the command line). Anything else is a failure: a crash (the worker dies by a signal), a hang, a
 MemoryError, any other exception, or two different results from one file. The worker is
 restarted after a failure and the run goes on; the failing inputs are saved with --save.
 ``tests/test_hostile.py`` runs a few hundred cases of the same harness.
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # --- mutations ---------------------------------------------------------------------------
 
-_FIXED = struct.Struct(">4sBB8sBBIIB")
+_FIXED = struct.Struct(">4sBB8sBBBIIB")
 
 
 def _split(data: bytes) -> tuple[bytes, list[bytes]]:
@@ -82,13 +82,16 @@ def mutate_aec(data: bytes, others: list[bytes], rng: random.Random) -> bytes:
     elif kind == 4:  # another width / height, small or large
         w, h = rng.choice([(1, 1), (rng.randrange(1, 300), rng.randrange(1, 300)), (4096, 4096),
                            (8192, 8192), (65535, 1024), (rng.randrange(1, 65536), rng.randrange(1, 65536))])
-        struct.pack_into(">II", f, 16, w, h)
+        struct.pack_into(">II", f, 17, w, h)
     elif kind == 5:  # another quality
         f[14] = rng.choice([0, 1, 50, 100, 101, 255, rng.randrange(256)])
     elif kind == 6:  # another mode (stream count follows, or not)
         f[15] = rng.randrange(6)
-    elif kind == 7:  # another model id
-        f[5] = rng.randrange(4)
+    elif kind == 7:  # another model id, or other flags
+        if rng.random() < 0.5:
+            f[5] = rng.randrange(5)
+        else:
+            f[16] = rng.choice([0, 1, 2, 255])
     elif kind == 8:  # swap two streams
         j = rng.randrange(len(streams))
         streams[i], streams[j] = streams[j], streams[i]
@@ -168,7 +171,8 @@ def worker(max_pixels: int) -> None:
     warnings.filterwarnings("ignore")
     import torch
 
-    from codec.api import Codec, CodecError, FormatError, read_header
+    from codec import AecodecError  # FormatError, CodecError, WeightsError: clean refusals
+    from codec.api import Codec, read_header
 
     torch.set_num_threads(1)
     codecs: dict[str, Codec] = {}
@@ -197,7 +201,7 @@ def worker(max_pixels: int) -> None:
         for _ in range(2):
             try:
                 results.append("ok " + decode(kind, data))
-            except (FormatError, CodecError) as e:
+            except AecodecError as e:
                 results.append(f"refused {type(e).__name__}: {e}")
             except BaseException as e:  # noqa: BLE001 - the point is to see everything
                 results.append(f"FAIL {type(e).__name__}: {e}")
