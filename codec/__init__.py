@@ -15,3 +15,6 @@ __version__ = "0.2.0"  # as pyproject.toml (tests/test_packaging.py checks they 
 class AecodecError(Exception):
     """Base of every error aecodec raises on purpose: bad input (FormatError, ImageError),
     a request it cannot carry out (CodecError), bad weights (WeightsError), BenchError."""
+
+
+from . import pillow_plugin  # noqa: E402,F401 (Image.open / save of .aec files; no torch)

@@ -70,6 +70,25 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
 
 def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     """Validate and split a ``.aec`` file; raises :class:`FormatError` with a readable reason."""
+    header, offset = parse_header(data)
+    total = offset + sum(header.stream_lengths) + _CRC.size
+    if len(data) < total:
+        raise FormatError(f"truncated file ({len(data)} bytes, header says {total})")
+    if len(data) > total:
+        raise FormatError(f"trailing data ({len(data) - total} bytes after the end of the file)")
+    (crc,) = _CRC.unpack_from(data, total - _CRC.size)
+    if zlib.crc32(data[: total - _CRC.size]) != crc:
+        raise FormatError("checksum mismatch: the file is corrupted")
+    streams, pos = [], offset
+    for length in header.stream_lengths:
+        streams.append(bytes(data[pos : pos + length]))
+        pos += length
+    return header, streams
+
+
+def parse_header(data: bytes) -> tuple[Header, int]:
+    """Validate the header and the stream-length table at the start of ``data`` (the rest of the
+    file may be absent: Pillow's plugin opens lazily); returns it and where the streams start."""
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         raise FormatError("not an .aec file (wrong magic bytes)")
     if len(data) < _FIXED.size:
@@ -96,23 +115,13 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     if not 1 + (mode in ("LA", "RGBA")) + metadata <= n <= MAX_STREAMS:
         raise FormatError(f"invalid stream count {n} for mode {mode}")
     offset = _FIXED.size + 4 * n
-    if len(data) < offset + _CRC.size:
+    if len(data) < offset:
         raise FormatError("truncated file (header incomplete)")
     lengths = struct.unpack_from(f">{n}I", data, _FIXED.size)
-    total = offset + sum(lengths) + _CRC.size
-    if len(data) < total:
-        raise FormatError(f"truncated file ({len(data)} bytes, header says {total})")
-    if len(data) > total:
-        raise FormatError(f"trailing data ({len(data) - total} bytes after the end of the file)")
-    (crc,) = _CRC.unpack_from(data, total - _CRC.size)
-    if zlib.crc32(data[: total - _CRC.size]) != crc:
-        raise FormatError("checksum mismatch: the file is corrupted")
-    streams, pos = [], offset
-    for length in lengths:
-        streams.append(bytes(data[pos : pos + length]))
-        pos += length
-    header = Header(model_id, weights_id, quality, mode, w, h, tuple(lengths), metadata)
-    return header, streams
+    return Header(model_id, weights_id, quality, mode, w, h, tuple(lengths), metadata), offset
+
+
+HEADER_MAX = _FIXED.size + 4 * MAX_STREAMS  # bytes that always hold a header and its length table
 
 
 def pack_metadata(info: dict) -> bytes:

@@ -59,13 +59,11 @@ def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[str]:
     return paths
 
 
-def _preflight(pairs: list[tuple[str, str]], force: bool, check_input) -> tuple[list[tuple[str, str]], int]:
-    """Check every input and output before any work (so nothing is loaded or coded for nothing);
-    report each problem in one line. Returns the pairs that can go ahead and the failures."""
-    from .imageio import check_output
-
+def _check_inputs(inputs: list[str], check) -> tuple[list[str], int]:
+    """Before any work: every input exists, is a file, and passes ``check(path)``; each problem
+    is reported in one line. Returns the inputs that can go ahead, and the failures."""
     known, ok, failed = _known_errors(), [], 0
-    for src, dst in pairs:
+    for src in inputs:
         try:
             if src != "-":
                 path = Path(src)
@@ -73,13 +71,29 @@ def _preflight(pairs: list[tuple[str, str]], force: bool, check_input) -> tuple[
                     raise ValueError("is a folder, not a file")
                 if not path.exists():
                     raise ValueError("no such file")
-                check_input(path)
-            check_output(dst, force)
-            ok.append((src, dst))
+                check(path)
+            ok.append(src)
         except known as e:
             print(f"aecodec: error: {src}: {_message(e)}", file=sys.stderr)
             failed += 1
     return ok, failed
+
+
+def _plan(args: argparse.Namespace, suffix: str, check=lambda path: None) -> tuple[list[tuple[str, str]], int]:
+    """Inputs, then outputs, all checked before any work (nothing is loaded or coded for an
+    output that cannot be written). Returns the (input, output) pairs to do, and the failures."""
+    from .imageio import check_output
+
+    inputs, failed = _check_inputs(args.inputs, check)
+    known, pairs = _known_errors(), []
+    for src, dst in zip(inputs, _outputs(inputs, args.output, suffix)):
+        try:
+            check_output(dst, args.force)
+            pairs.append((src, dst))
+        except known as e:
+            print(f"aecodec: error: {src}: {_message(e)}", file=sys.stderr)
+            failed += 1
+    return pairs, failed
 
 
 def _codec(args: argparse.Namespace, model: str | None = None):
@@ -115,8 +129,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise UsageError(f"quality must be from 1 to 100, got {args.quality}")
     if args.target_size is not None and args.target_psnr is not None:
         raise UsageError("give --target-size or --target-psnr, not both")
-    pairs = list(zip(args.inputs, _outputs(args.inputs, args.output, ".aec")))
-    pairs, failed = _preflight(pairs, args.force, lambda path: None)
+    pairs, failed = _plan(args, ".aec")
     if not pairs:
         return 1
     from .imageio import read_image, write_output
@@ -140,6 +153,17 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return _run_each(pairs, work, failed)
 
 
+def _check_format(out: str | None) -> None:
+    """An output extension with no image writer is a usage error, found before any work."""
+    from .imageio import ImageError, output_format
+
+    if out and not out.endswith("/") and not Path(out).is_dir():
+        try:
+            output_format(out)
+        except ImageError as e:
+            raise UsageError(str(e)) from None
+
+
 def _check_aec(path: Path) -> None:
     from .bitstream import MAGIC
 
@@ -151,10 +175,8 @@ def _check_aec(path: Path) -> None:
 def cmd_decompress(args: argparse.Namespace) -> int:
     from .imageio import output_format
 
-    pairs = list(zip(args.inputs, _outputs(args.inputs, args.output, ".png")))
-    for _, dst in pairs:
-        output_format(dst)  # an unknown extension is refused before any work
-    pairs, failed = _preflight(pairs, args.force, _check_aec)
+    _check_format(args.output)
+    pairs, failed = _plan(args, ".png", _check_aec)
     if not pairs:
         return 1
     from .bitstream import unpack
@@ -193,8 +215,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_vae_encode(args: argparse.Namespace) -> int:
-    pairs = list(zip(args.inputs, _outputs(args.inputs, args.output, ".safetensors")))
-    pairs, failed = _preflight(pairs, args.force, lambda path: None)
+    pairs, failed = _plan(args, ".safetensors")
     if not pairs:
         return 1
     from .imageio import read_image, write_output
@@ -211,10 +232,8 @@ def cmd_vae_encode(args: argparse.Namespace) -> int:
 def cmd_vae_decode(args: argparse.Namespace) -> int:
     from .imageio import output_format
 
-    pairs = list(zip(args.inputs, _outputs(args.inputs, args.output, ".png")))
-    for _, dst in pairs:
-        output_format(dst)
-    pairs, failed = _preflight(pairs, args.force, lambda path: None)
+    _check_format(args.output)
+    pairs, failed = _plan(args, ".png")
     if not pairs:
         return 1
     from .imageio import image_bytes, write_output

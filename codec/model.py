@@ -18,12 +18,17 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import warnings
+
 import torch
 import torch.nn as nn
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.layers import GDN
-from compressai.models import CompressionModel
-from compressai.models.utils import conv, deconv
+
+with warnings.catch_warnings():  # compressai's import trips a torch deprecation that says nothing to users
+    warnings.simplefilter("ignore", FutureWarning)
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    from compressai.layers import GDN
+    from compressai.models import CompressionModel
+    from compressai.models.utils import conv, deconv
 
 from . import entropy, tiles
 from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round

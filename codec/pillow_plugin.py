@@ -1,0 +1,82 @@
+"""A Pillow plugin for .aec files, registered by ``import codec``.
+
+    import codec
+    from PIL import Image
+
+    im = Image.open("photo.aec")        # reads the header only: size, mode, quality, model
+    im.load()                           # decodes (torch and the weights load here, once)
+    im.save("copy.aec", quality=60)     # encodes; icc_profile= and exif= as Pillow's own plugins
+
+Opening is lazy, as in Pillow's own plugins (``WebPImagePlugin`` and friends): ``_open`` parses
+the header and the metadata stream, and the pixels are decoded by a Python decoder on ``load()``.
+The whole file is checked (CRC, streams) when it is decoded.
+"""
+
+from __future__ import annotations
+
+from PIL import Image, ImageFile
+
+from . import bitstream
+
+FORMAT = "AEC"
+
+
+def _accept(prefix: bytes) -> bool:
+    return prefix[: len(bitstream.MAGIC)] == bitstream.MAGIC
+
+
+class AecImageFile(ImageFile.ImageFile):
+    format = FORMAT
+    format_description = "aecodec learned image codec"
+
+    def _open(self) -> None:
+        head = self.fp.read(bitstream.HEADER_MAX)
+        try:
+            header, offset = bitstream.parse_header(head)
+        except bitstream.FormatError as e:
+            raise SyntaxError(str(e)) from None  # Pillow's signal for "not this format"
+        self._size = (header.width, header.height)
+        self._mode = header.mode
+        self.info.update(quality=header.quality, model=header.model)
+        if header.metadata:  # the last stream: read it now, as PNG and WebP expose their chunks
+            self.fp.seek(offset + sum(header.stream_lengths[:-1]))
+            stream = self.fp.read(header.stream_lengths[-1])
+            self.info.update(bitstream.unpack_metadata(stream))
+        self.tile = [ImageFile._Tile("aec", (0, 0, *self.size), 0, None)]
+
+
+class AecDecoder(ImageFile.PyDecoder):
+    """Decodes the whole file at once (the codec's own tiles keep memory bounded)."""
+
+    _pulls_fd = True
+
+    def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
+        from .api import decompress
+
+        self.fd.seek(0)
+        image = decompress(self.fd.read())
+        self.set_as_raw(image.tobytes())
+        return -1, 0
+
+
+def _save(im: Image.Image, fp, filename: str | bytes) -> None:
+    from .api import DEFAULT_QUALITY, compress
+
+    quality = im.encoderinfo.get("quality", DEFAULT_QUALITY)
+    image = im.copy()
+    for key in ("icc_profile", "exif"):  # as Pillow's plugins: the argument, else im.info
+        value = im.encoderinfo.get(key, im.info.get(key))
+        if isinstance(value, Image.Exif):
+            value = value.tobytes()
+        if value:
+            image.info[key] = value
+        else:
+            image.info.pop(key, None)
+    fp.write(compress(image, int(quality)))
+
+
+Image.register_open(FORMAT, AecImageFile, _accept)
+Image.register_save(FORMAT, _save)
+Image.register_extension(FORMAT, ".aec")
+Image.register_mime(FORMAT, "image/x-aec")
+Image.register_decoder("aec", AecDecoder)

@@ -1,0 +1,158 @@
+"""aecodec among the tools people already use: Pillow's Image.open / save, pipes, metadata,
+outputs checked before any work, a result line per file, target size and PSNR."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from codec import cli  # importing the package registers the Pillow plugin
+from codec.api import Codec, read_header
+from codec.cli import main
+from conftest import make_image, psnr
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_image(50, 30).save("a.png")
+    return tmp_path
+
+
+ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # made once: it holds a time
+
+
+def _icc() -> bytes:
+    return ICC
+
+
+# --- Pillow ---
+
+def test_pillow_opens_lazily_and_decodes_on_load(codec, tmp_path):
+    path = tmp_path / "x.aec"
+    path.write_bytes(codec.compress(make_image(40, 24, "RGBA"), 60))
+    script = ("import sys, codec; from PIL import Image; im = Image.open(sys.argv[1]); "
+              "print(im.format, im.size, im.mode, 'torch' in sys.modules); im.load(); print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["AEC (40, 24) RGBA False", "True"]
+    im = Image.open(path)
+    assert np.array_equal(np.asarray(im), np.asarray(codec.decompress(path.read_bytes())))
+
+
+def test_pillow_saves_with_quality_and_metadata(tmp_path):
+    image = make_image(64, 48)
+    exif = Image.Exif()
+    exif[0x010E] = "a description"
+    image.save(tmp_path / "y.aec", quality=30, icc_profile=_icc(), exif=exif)
+    back = Image.open(tmp_path / "y.aec")
+    assert back.info["quality"] == 30 and back.info["icc_profile"] == _icc()
+    assert back.getexif()[0x010E] == "a description"
+    assert psnr(image, back.convert("RGB")) > 20
+
+
+# --- metadata through the command line ---
+
+def test_icc_and_exif_survive_compress_and_decompress(folder):
+    exif = Image.Exif()
+    exif[0x010E] = "kept"
+    make_image(40, 40).save("m.png", icc_profile=_icc(), exif=exif)
+    assert main(["compress", "m.png", "--quiet"]) == 0
+    assert read_header((folder / "m.aec").read_bytes()).metadata
+    assert main(["decompress", "m.aec", "-o", "m2.png", "--quiet"]) == 0
+    out = Image.open("m2.png")
+    assert out.info["icc_profile"] == _icc() and out.getexif()[0x010E] == "kept"
+    assert main(["compress", "m.png", "-o", "s.aec", "--strip", "--quiet"]) == 0
+    assert not read_header((folder / "s.aec").read_bytes()).metadata
+
+
+def test_api_applies_exif_orientation(codec):
+    image = make_image(40, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: a viewer shows it 20x40
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", exif=exif)
+    assert codec.decompress(codec.compress(Image.open(buf), 50)).size == (20, 40)
+
+
+def test_16_bit_and_animated_inputs_are_refused(folder, capsys):
+    Image.new("I;16", (8, 8), 1000).save("deep.png")
+    frames = [Image.new("RGB", (8, 8), (i * 50, 0, 0)) for i in range(3)]
+    frames[0].save("anim.gif", save_all=True, append_images=frames[1:])
+    assert main(["compress", "deep.png", "anim.gif"]) == 1
+    err = capsys.readouterr().err
+    assert "16-bit" in err and "3 frames" in err
+
+
+# --- pipes and paths ---
+
+def test_pipe_round_trip_through_the_installed_command(folder):
+    src = (folder / "a.png").read_bytes()
+    enc = subprocess.run([sys.executable, "-m", "codec.cli", "compress", "-", "-o", "-", "--quiet"], input=src,
+                         capture_output=True, cwd=ROOT, timeout=300)
+    assert enc.returncode == 0 and enc.stdout[:4] == b"\x89AEC", enc.stderr
+    dec = subprocess.run([sys.executable, "-m", "codec.cli", "decompress", "-", "-o", "-"], input=enc.stdout,
+                         capture_output=True, cwd=ROOT, timeout=300)
+    assert dec.returncode == 0 and Image.open(io.BytesIO(dec.stdout)).size == (50, 30)
+    assert b"-> -" in dec.stderr  # the result line goes to stderr, the image to stdout
+
+
+def test_outputs_are_checked_before_any_work(folder, monkeypatch, capsys):
+    (folder / "a.aec").write_bytes(b"already here")
+    monkeypatch.setattr(cli, "_codec", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["compress", "a.png"]) == 1
+    assert "a.png: output a.aec exists" in capsys.readouterr().err
+    assert main(["decompress", "a.png"]) == 1
+    assert "not an .aec file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # usage error: before anything
+        main(["decompress", "a.aec", "-o", "x.gif2"])
+
+
+def test_special_files_and_links_are_written_in_place(folder):
+    os.symlink("/dev/null", "null.aec")
+    assert main(["compress", "a.png", "-o", "null.aec", "--quiet"]) == 0
+    assert os.path.islink("null.aec")  # not replaced by a regular file
+    (folder / "real.aec").write_bytes(b"")
+    os.symlink("real.aec", "link.aec")
+    assert main(["compress", "a.png", "-o", "link.aec", "--force", "--quiet"]) == 0
+    assert os.path.islink("link.aec") and (folder / "real.aec").read_bytes()[:4] == b"\x89AEC"
+
+
+def test_trailing_slash_is_a_folder_and_extension_picks_the_format(folder):
+    assert main(["compress", "a.png", "-o", "new/", "--quiet"]) == 0
+    assert (folder / "new" / "a.aec").is_file()
+    assert main(["decompress", "new/a.aec", "-o", "a.jpg", "--quiet"]) == 0
+    assert Image.open("a.jpg").format == "JPEG"
+    assert main(["decompress", "new/a.aec", "-o", "a.webp", "--quiet"]) == 0
+    assert Image.open("a.webp").format == "WEBP"
+
+
+def test_result_line_per_file(folder, capsys):
+    assert main(["compress", "a.png", "-v"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("a.png -> a.aec: ") and " bytes, " in err and " bpp" in err and "PSNR" in err
+    assert main(["decompress", "a.aec", "-o", "b.png", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_target_size_and_psnr(codec):
+    image = make_image(96, 64, seed=2)
+    sizes = {q: len(codec.compress(image, q)) for q in (1, 100)}
+    target = (sizes[1] + sizes[100]) // 2
+    data, q = codec.compress_to(image, max_bytes=target)
+    assert len(data) <= target < len(codec.compress(image, q + 1))
+    lo, hi = (psnr(image, codec.decompress(codec.compress(image, q))) for q in (1, 100))
+    goal = (lo + hi) / 2
+    data, q = codec.compress_to(image, min_psnr=goal)
+    assert psnr(image, codec.decompress(data)) >= goal > psnr(image, codec.decompress(codec.compress(image, q - 1)))
+    with pytest.raises(Exception, match="exactly one"):
+        Codec.compress_to(codec, image)
