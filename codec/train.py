@@ -43,9 +43,11 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def list_images(folder: str | Path) -> list[Path]:
+    if not Path(folder).is_dir():
+        raise SystemExit(f"error: {folder}: no such folder")
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not files:
-        raise SystemExit(f"error: no images in {folder}")
+        raise SystemExit(f"error: {folder}: no images (PNG, JPEG, WebP, BMP, TIFF) in it")
     return files
 
 
@@ -74,9 +76,10 @@ def random_batch(images: list[torch.Tensor], batch: int, size: int, gen: random.
     return out
 
 
-def rd_loss(model: GainHyperprior, x: torch.Tensor, pos: torch.Tensor) -> dict:
-    """Per-image bpp + lambda * 255^2 * MSE, averaged; also returns bpp and PSNR for logging."""
-    out = model(x, pos)
+def rd_loss(model: GainHyperprior, x: torch.Tensor, pos: torch.Tensor, net=None) -> dict:
+    """Per-image bpp + lambda * 255^2 * MSE, averaged; also returns bpp and PSNR for logging.
+    ``net``: what runs the forward pass (the DistributedDataParallel wrapper), default ``model``."""
+    out = (net or model)(x, pos)
     n_px = x.shape[-2] * x.shape[-1]
     bpp = bpp_of(out["likelihoods"], n_px)
     mse = ((out["x_hat"].float() - x) ** 2).flatten(1).mean(1)
@@ -85,10 +88,11 @@ def rd_loss(model: GainHyperprior, x: torch.Tensor, pos: torch.Tensor) -> dict:
     return {"loss": loss, "bpp": bpp.mean(), "psnr": psnr_from_mse(mse).mean()}
 
 
-def vae_loss(model: KLAutoencoder, x: torch.Tensor, kl_weight: float, rec: str = "mse", sample: bool = True) -> dict:
+def vae_loss(model: KLAutoencoder, x: torch.Tensor, kl_weight: float, rec: str = "mse", sample: bool = True,
+             net=None) -> dict:
     """Reconstruction + kl_weight * KL. Latent diffusion sums both per image; dividing both by
     the number of pixel values gives the same optimum with losses of a readable size."""
-    out = model(x, sample=sample)
+    out = (net or model)(x, sample=sample)
     err = out["x_hat"].float() - x
     per_px = err.abs() if rec == "l1" else err.pow(2)
     kl = kl_divergence(out["mean"].float(), out["logvar"].float()) / x[0].numel()
@@ -166,13 +170,28 @@ def parse_lambdas(text: str) -> tuple[float, ...]:
 
 
 def fit(args: argparse.Namespace) -> None:
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    """Train. Under ``torchrun --nproc_per_node=N`` this is data-parallel (PyTorch's
+    DistributedDataParallel: gloo on CPU, NCCL on CUDA): every rank draws its own crops, gradients
+    are averaged, rank 0 alone validates, logs and writes checkpoints; resume with any N."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    device = torch.device("cuda" if cuda else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    gen = random.Random(args.seed)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP checks them too)
+    gen = random.Random(args.seed + 1000 * rank)  # but each rank its own crops
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    for path in (args.resume, args.init):
+        if path and not Path(path).is_file():
+            raise SystemExit(f"error: {path}: no such file")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
 
     ckpt = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
     model, retargeted = build_model(args, ckpt)
@@ -202,9 +221,12 @@ def fit(args: argparse.Namespace) -> None:
     val_images = load_images(list_images(args.val), 64)[: args.val_images]
     if not train_images or not val_images:
         raise SystemExit(f"error: need images of at least {args.patch_size} px (training) and 64 px (validation)")
-    print(f"{count_parameters(model)/1e6:.2f}M parameters, {len(train_images)} training images, "
-          f"{len(val_images)} validation images, device {device}, "
-          + (f"kl weight {args.kl_weight}" if vae else f"lambdas {config.lambdas}"), flush=True)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    log(f"{count_parameters(model)/1e6:.2f}M parameters, {len(train_images)} training images, "
+        f"{len(val_images)} validation images, device {device}"
+        + (f", {world} ranks" if world > 1 else "") + ", "
+        + (f"kl weight {args.kl_weight}" if vae else f"lambdas {config.lambdas}"), flush=True)
+    net = None  # the DDP wrapper when distributed; losses call it for the forward pass
 
     K = None if vae else len(config.lambdas)
 
@@ -212,28 +234,44 @@ def fit(args: argparse.Namespace) -> None:
         """Forward and backward of one batch (the optimiser steps are the caller's)."""
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             if vae:
-                r = vae_loss(model, x, args.kl_weight, args.rec_loss)
+                r = vae_loss(model, x, args.kl_weight, args.rec_loss, net=net)
             else:  # each image its own position on the quality axis
                 pos = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(gen.getrandbits(32)))
-                r = rd_loss(model, x, pos * (K - 1))
+                r = rd_loss(model, x, pos * (K - 1), net=net)
         opt.zero_grad(set_to_none=True)
         r["loss"].backward()
         return r
 
     model.train()
     precision = args.precision
-    if precision == "auto":
+    if precision == "auto":  # timed before DDP wraps the model; rank 0's choice holds for all
         precision = pick_precision(model, device, train_step,
-                                   random_batch(train_images, args.batch_size, args.patch_size, gen))
+                                   random_batch(train_images, args.batch_size, args.patch_size, gen), log=log)
+        if world > 1:
+            choice = [precision]
+            dist.broadcast_object_list(choice, src=0)
+            precision = choice[0]
     bf16 = precision == "bf16"
     if bf16:  # channels_last is what makes bf16 convolutions fast (oneDNN / cuDNN)
         model = model.to(memory_format=torch.channels_last)
-    print(f"precision {precision}" + (" (bf16 autocast, channels_last)" if bf16 else " (float32)"), flush=True)
+    log(f"precision {precision}" + (" (bf16 autocast, channels_last)" if bf16 else " (float32)"), flush=True)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # The quantiles follow their own aux loss, which depends on the (synchronised) weights
+        # alone, so every rank computes the same update: DDP leaves them out.
+        skip = [n for n, _ in model.named_parameters() if n.endswith(".quantiles")]
+        skip += [n for n, _ in model.named_buffers()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, skip)
+        net = DistributedDataParallel(model, broadcast_buffers=False,
+                                      find_unused_parameters=vae)  # the VAE's priors train at export
     t0 = time.time() - elapsed
     bar = tqdm(total=args.steps, initial=step, desc="training", dynamic_ncols=True, file=sys.stdout,
-               mininterval=args.log_interval)
+               mininterval=args.log_interval, disable=rank != 0)
 
     def save(name: str) -> None:
+        if rank != 0:
+            return
         state = {"model": model.state_dict(), "opt": opt.state_dict(),
                  "aux_opt": aux_opt.state_dict() if aux_opt else None, "kind": kind,
                  "config": config.to_dict(), "step": step, "best": best, "elapsed": time.time() - t0,
@@ -242,39 +280,60 @@ def fit(args: argparse.Namespace) -> None:
         torch.save(state, tmp)
         os.replace(tmp, out / name)
 
-    while step < args.steps:
-        dropped = args.lr_drop and step >= int(args.steps * args.lr_drop)  # also right after a resume
-        for g in opt.param_groups:
-            g["lr"] = args.lr / 10 if dropped else args.lr
-        x = random_batch(train_images, args.batch_size, args.patch_size, gen).to(device)
-        if bf16:
-            x = x.to(memory_format=torch.channels_last)
-        r = train_step(x, bf16)
-        torch.nn.utils.clip_grad_norm_(main_params, 1.0)
-        opt.step()
-        if aux_opt:
-            aux_loss = model.aux_loss()
-            aux_opt.zero_grad(set_to_none=True)
-            aux_loss.backward()
-            aux_opt.step()
-            r["aux"] = aux_loss
-        step += 1
-        bar.update(1)
-        bar.set_postfix({k: f"{v.item():.3f}" for k, v in r.items()}, refresh=False)
-        if step % args.val_every == 0 or step == args.steps:
-            v = validate(model, val_images, device, args)
-            is_best = v["loss"] < best
-            best = min(best, v["loss"])
-            print(f"\nstep {step} [{(time.time()-t0)/60:.1f} min] val "
-                  + " ".join(f"{k} {x:.4f}" for k, x in v.items()) + (" (best)" if is_best else ""), flush=True)
-            save("last.pt")
-            if is_best:
-                save("best.pt")
+    try:
+        while step < args.steps:
+            dropped = args.lr_drop and step >= int(args.steps * args.lr_drop)  # also right after a resume
+            for g in opt.param_groups:
+                g["lr"] = args.lr / 10 if dropped else args.lr
+            x = random_batch(train_images, args.batch_size, args.patch_size, gen).to(device)
+            if bf16:
+                x = x.to(memory_format=torch.channels_last)
+            r = train_step(x, bf16)
+            torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+            opt.step()
+            if aux_opt:
+                aux_loss = model.aux_loss()
+                aux_opt.zero_grad(set_to_none=True)
+                aux_loss.backward()
+                aux_opt.step()
+                r["aux"] = aux_loss
+            step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v.item():.3f}" for k, v in r.items()}, refresh=False)
+            if rank == 0 and (step % args.val_every == 0 or step == args.steps):
+                v = validate(model, val_images, device, args)
+                is_best = v["loss"] < best
+                best = min(best, v["loss"])
+                log(f"\nstep {step} [{(time.time()-t0)/60:.1f} min] val "
+                    + " ".join(f"{k} {x:.4f}" for k, x in v.items()) + (" (best)" if is_best else ""), flush=True)
+                save("last.pt")
+                if is_best:
+                    save("best.pt")
+    except KeyboardInterrupt:
+        save("last.pt")
+        bar.close()
+        raise SystemExit(f"interrupted at step {step}" + (f": saved {out / 'last.pt'} (continue with "
+                         f"--resume {out / 'last.pt'})" if rank == 0 else ""))
     bar.close()
+    if world > 1:
+        _check_ranks_agree(model, log)
+        dist.destroy_process_group()
+
+
+def _check_ranks_agree(model: torch.nn.Module, log) -> None:
+    """Every rank must hold the same weights after training (what DDP promises; tested)."""
+    import torch.distributed as dist
+
+    total = torch.tensor([sum(float(p.detach().double().sum()) for p in model.parameters())], dtype=torch.float64)
+    sums = [torch.zeros_like(total) for _ in range(dist.get_world_size())]
+    dist.all_gather(sums, total)
+    if any(not torch.equal(s, sums[0]) for s in sums):
+        raise RuntimeError(f"ranks disagree on the weights: {[float(s) for s in sums]}")
+    log(f"{len(sums)} ranks hold identical weights (checksum {float(sums[0]):.10g})", flush=True)
 
 
 def pick_precision(model: torch.nn.Module, device: torch.device, train_step, x: torch.Tensor,
-                   repeats: int = 2) -> str:
+                   repeats: int = 2, log=print) -> str:
     """--precision auto: bf16 on CUDA; on CPU, time a training step both ways and keep the
     faster. CPUs differ: bf16 + channels_last ran 3.7x faster than float32 on a Xeon with AMX,
     while CPUs without bf16 units emulate it and are slower."""
@@ -294,7 +353,7 @@ def pick_precision(model: torch.nn.Module, device: torch.device, train_step, x: 
     model.to(memory_format=torch.contiguous_format)
     model.zero_grad(set_to_none=True)
     choice = min(times, key=times.get)
-    print("precision auto: " + ", ".join(f"{k} {v:.2f} s/step" for k, v in times.items()) + f" -> {choice}", flush=True)
+    log("precision auto: " + ", ".join(f"{k} {v:.2f} s/step" for k, v in times.items()) + f" -> {choice}", flush=True)
     return choice
 
 
@@ -383,11 +442,22 @@ def export(args: argparse.Namespace) -> None:
     print(f"wrote {args.output} ({Path(args.output).stat().st_size/1e6:.1f} MB, sha256 {digest[:16]})")
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and each option's default after its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> None:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=_Formatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fit", help="train (or resume) the variable-rate model or the VAE")
+    f = sub.add_parser("fit", help="train (or resume) the variable-rate model or the VAE", formatter_class=_Formatter,
+                       description="Train, or resume. Ctrl-C writes last.pt and stops. Data-parallel on "
+                       "several processes or GPUs: torchrun --nproc_per_node=N -m codec.train fit ...")
     f.add_argument("--model", choices=["hp", "cc", "vae"], default="hp",
                    help="hp: the rate-distortion hyperprior (default); cc: the channel-conditional model "
                    "(from --init/--resume of an hp model, its transforms carry over); vae: the KL-regularised "
@@ -399,41 +469,41 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--init", help="start from a weights file (e.g. weights/aecodec-hp.safetensors)")
     f.add_argument("--fresh-optimizer", action="store_true", help="on resume, reset Adam's state")
     f.add_argument("--steps", type=int, default=100_000, help="total steps (counting resumed ones)")
-    f.add_argument("--batch-size", type=int, default=8)
-    f.add_argument("--patch-size", type=int, default=256)
-    f.add_argument("--lr", type=float, default=1e-4)
+    f.add_argument("--batch-size", type=int, default=8, help="crops per step (per rank under torchrun)")
+    f.add_argument("--patch-size", type=int, default=256, help="side of the random training crops, pixels")
+    f.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
     f.add_argument("--lr-drop", type=float, default=0.0, help="fraction of --steps after which lr /= 10 (0: never)")
     f.add_argument("--lambdas", type=parse_lambdas, help="comma-separated anchor lambdas, low to high (default: the model's; "
                    "on --resume/--init, retargets the gain tables to them)")
-    f.add_argument("--N", type=int, default=128, help="transform channels")
-    f.add_argument("--M", type=int, default=192, help="latent channels")
+    f.add_argument("--N", type=int, default=128, help="transform channels (new models only)")
+    f.add_argument("--M", type=int, default=192, help="latent channels (new models only)")
     f.add_argument("--slices", type=int, default=4, help="cc: channel slices of the latent (default: 4)")
     f.add_argument("--cc-width", type=int, default=128, help="cc: channels of the slice networks (default: 128)")
     f.add_argument("--channels", default="32,64,128,128", help="VAE block widths (4 blocks: f8)")
     f.add_argument("--layers-per-block", type=int, default=1, help="VAE resnet blocks per scale")
     f.add_argument("--kl-weight", type=float, default=1e-6, help="VAE KL weight (latent diffusion: 1e-6)")
     f.add_argument("--rec-loss", choices=["mse", "l1"], default="mse", help="VAE reconstruction loss")
-    f.add_argument("--val-every", type=int, default=1000)
-    f.add_argument("--val-images", type=int, default=60)
-    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    f.add_argument("--val-every", type=int, default=1000, help="steps between validations (and checkpoints)")
+    f.add_argument("--val-images", type=int, default=60, help="how many --val images to validate on")
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA if present")
     f.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16: bf16 autocast with channels_last for the transforms (entropy models and the "
                    "fixed-point parts stay float32/64); auto (default): bf16 on CUDA, on CPU whichever of "
                    "the two a timed step finds faster")
     f.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=int, default=0, help="random seed (crops, quality positions)")
     f.add_argument("--log-interval", type=float, default=10.0, help="seconds between progress updates")
     f.set_defaults(func=fit)
-    e = sub.add_parser("export", help="write shipped safetensors weights from a checkpoint")
-    e.add_argument("checkpoint")
-    e.add_argument("output")
+    e = sub.add_parser("export", help="write shipped safetensors weights from a checkpoint", formatter_class=_Formatter)
+    e.add_argument("checkpoint", help="a checkpoint of train fit (best.pt, last.pt)")
+    e.add_argument("output", help="the weights file to write (.safetensors)")
     e.add_argument("--data", help="VAE only: training images to measure the latent scale and fit the priors on")
     e.add_argument("--calib-crops", type=int, default=256, help="VAE only: random crops for calibration")
     e.add_argument("--calib-size", type=int, default=256, help="VAE only: crop size for calibration")
     e.add_argument("--prior-iters", type=int, default=1500, help="VAE only: Adam steps per prior")
     e.add_argument("--codec-steps", help="VAE only: anchor quantisation steps of the scaled latent, "
                    "coarse to fine (default: the model's, 1,0.5,0.25,0.125)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=0, help="random seed (VAE calibration crops)")
     e.set_defaults(func=export)
     args = p.parse_args(argv)
     args.func(args)

@@ -67,3 +67,32 @@ def test_retarget_lambdas_keeps_shared_anchors_and_extrapolates(tmp_path):
     with pytest.raises(SystemExit):  # argparse: a clear usage error, not a traceback
         main(["fit", "--data", str(data), "--val", str(data), "--out", str(tmp_path / "run"),
               "--lambdas", "0.02,0.01"])
+
+
+def test_torchrun_two_processes_train_identical_weights_and_resume_with_one(tmp_path):
+    """torchrun --nproc_per_node=2 on CPU (gloo): each rank its own crops, averaged gradients,
+    rank 0 writes the checkpoint; the ranks end with the same weights; one process resumes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        make_image(80, 72, seed=i).save(data / f"{i}.png")
+    run = tmp_path / "run"
+    common = ["--data", str(data), "--val", str(data), "--out", str(run), "--patch-size", "64", "--batch-size", "2",
+              "--val-every", "3", "--N", "16", "--M", "24", "--device", "cpu", "--precision", "fp32", "--threads", "1"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "codec.train", "fit", *common, "--steps", "3"],
+                       capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 ranks hold identical weights" in r.stdout and "2 ranks" in r.stdout
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 3
+    main(["fit", *common, "--steps", "4", "--resume", str(run / "last.pt")])
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 4
+
+
+def test_missing_data_folder_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="no such folder"):
+        main(["fit", "--data", str(tmp_path / "nope"), "--val", str(tmp_path), "--out", str(tmp_path / "r")])
