@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image, features
 
 from .bench_codecs import (  # noqa: F401 (the adapters, re-exported)
+    JxlCodec,
     AECODEC_MODELS,
     AECODEC_QUALITIES,
     AECODEC_QUICK,
@@ -68,7 +69,7 @@ from .bench_report import (  # noqa: F401
 from .metrics import MSSSIM_MIN_SIDE, PSNR_CAP, ms_ssim_rgb, psnr  # noqa: F401 (re-exported)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
-ALL_CODECS = ("aecodec", "aecodec-vae", "jpeg420", "jpeg444", "webp", "avif", "jpeg2000")
+ALL_CODECS = ("aecodec", "aecodec-vae", "aecodec-cc", "jpeg420", "jpeg444", "webp", "avif", "jpeg2000", "jpegxl")
 QUICK_IMAGES = 3
 QUICK_CROP = 256  # centre crop: small enough for CI, big enough for 5-scale MS-SSIM
 
@@ -179,6 +180,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where aecodec runs (default: auto)")
     p.add_argument("--weights", metavar="FILE", help="aecodec weights (default: the shipped weights)")
     p.add_argument("--vae-weights", metavar="FILE", help="aecodec-vae weights (default: the shipped weights)")
+    p.add_argument("--cc-weights", metavar="FILE", help="aecodec-cc weights (default: the shipped weights)")
     p.add_argument("--out", default="bench-out", metavar="DIR", help="output folder (default: bench-out)")
     p.add_argument("--reference", nargs="+", action="extend", default=[], metavar="FILE.json",
                    help="CompressAI-style result JSONs to compare and plot against")
@@ -227,16 +229,15 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as e:
         raise BenchError(f"{out}: cannot create output folder ({e.strerror or e})") from None
 
-    classical = pillow_codecs()
+    classical = {**pillow_codecs(), "jpegxl": JxlCodec()}
+    weights = {"aecodec": args.weights, "aecodec-vae": args.vae_weights, "aecodec-cc": args.cc_weights}
     codecs: list = []
     for n in names:
-        if n in AECODEC_MODELS:
-            codecs.append(_load_aecodec(args.device, args.vae_weights if n == "aecodec-vae" else args.weights, n))
-        else:
-            codecs.append(classical[n])
+        codecs.append(_load_aecodec(args.device, weights[n], n) if n in AECODEC_MODELS else classical[n])
     qualities = {c.key: (c.quick if args.quick else c.qualities) for c in codecs}
     if aecodec_qs is not None:
-        qualities["aecodec"] = aecodec_qs
+        for key in ("aecodec", "aecodec-cc"):
+            qualities[key] = aecodec_qs
 
     try:
         rows = sweep(codecs, paths, qualities, QUICK_CROP if args.quick else None)
@@ -251,8 +252,10 @@ def _run(args: argparse.Namespace) -> int:
     for c in codecs:
         write_json(out / f"{c.key}.json", c.key, descriptions[c.key], results[c.key])
     write_csv(out / "per_image.csv", rows)
-    plot_rd(out / "rd-psnr.png", list(ours.values()), refs, "psnr")
-    plot_rd(out / "rd-ms-ssim.png", list(ours.values()), refs, "ms-ssim")
+    title = f"{Path(args.dir).resolve().name}: {len(paths)} image{'s' if len(paths) != 1 else ''}" + (
+        f", {QUICK_CROP}x{QUICK_CROP} centre crops" if args.quick else "")
+    plot_rd(out / "rd-psnr.png", list(ours.values()), refs, "psnr", title)
+    plot_rd(out / "rd-ms-ssim.png", list(ours.values()), refs, "ms-ssim", title)
 
     device_lines = [
         f"classical codecs: CPU {cpu_name()} ({os.cpu_count()} logical cores), Pillow {Image.__version__}",

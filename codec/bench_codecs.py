@@ -8,6 +8,7 @@ import platform
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 from PIL import Image, features
 
 from . import AecodecError
@@ -97,10 +98,38 @@ def pillow_codecs() -> dict[str, PillowCodec]:
     }
 
 
+@dataclass
+class JxlCodec:
+    """JPEG XL through imagecodecs (libjxl, BSD-licensed) at cjxl's defaults: effort 7, quality
+    1-100 as ``cjxl -q`` (mapped to a Butteraugli distance by libjxl)."""
+
+    key: str = "jpegxl"
+    label: str = "JPEG XL"
+    qualities: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+    quick: tuple[int, ...] = (10, 50, 90)
+
+    def encode(self, image: Image.Image, quality: int) -> bytes:
+        import imagecodecs
+
+        return bytes(imagecodecs.jpegxl_encode(np.asarray(image.convert("RGB")), level=quality, effort=7,
+                                               numthreads=1))
+
+    def decode(self, data: bytes) -> Image.Image:
+        import imagecodecs
+
+        return Image.fromarray(imagecodecs.jpegxl_decode(data, numthreads=1)).convert("RGB")
+
+    def description(self) -> str:
+        import imagecodecs
+
+        return f"imagecodecs {imagecodecs.__version__} (libjxl {imagecodecs.jpegxl_version()}); effort 7, quality 1-100"
+
+
 # benchmark name -> (registered model, plot label, qualities, --quick qualities)
 AECODEC_MODELS = {
     "aecodec": ("hyperprior-gain", "aecodec", AECODEC_QUALITIES, AECODEC_QUICK),
     "aecodec-vae": ("vae-kl-f8", "aecodec VAE f8", VAE_QUALITIES, VAE_QUICK),
+    "aecodec-cc": ("cc-hyperprior-gain", "aecodec channel-conditional", AECODEC_QUALITIES, AECODEC_QUICK),
 }
 
 

@@ -10,8 +10,12 @@ from .bdrate import msssim_db
 from .bench_report import Curve
 
 
-def plot_rd(path: Path, ours: list[Curve], refs: list[Curve], metric: str) -> None:
-    """PSNR or MS-SSIM (dB) against bpp; references dashed. x range follows our curves."""
+MARKERS = "os^Dv<>pP*Xh"
+
+
+def plot_rd(path: Path, ours: list[Curve], refs: list[Curve], metric: str, title: str = "") -> None:
+    """PSNR or MS-SSIM (dB) against bpp; references dashed. x range follows our curves. Every
+    curve has its own colour and marker (ten colours, twelve markers), aecodec's drawn thickest."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,14 +27,19 @@ def plot_rd(path: Path, ours: list[Curve], refs: list[Curve], metric: str) -> No
     xmax = 1.05 * max(float(np.nanmax(c.bpp)) for c in ours)
     fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
     visible = []
-    for c in ours + refs:
+    colours = plt.get_cmap("tab10").colors
+    for i, c in enumerate(ours + refs):
         x, y = c.bpp, y_of(c)
         ok = np.isfinite(x) & np.isfinite(y)
         if ok.sum() == 0:
             continue
         o = np.argsort(x[ok])
         x, y = x[ok][o], y[ok][o]
-        style = dict(linestyle="--", linewidth=1, marker=".") if c.reference else dict(linewidth=1.8, marker="o", markersize=4)
+        style = dict(color=colours[i % 10], marker=MARKERS[i % len(MARKERS)], markersize=4)
+        if c.reference:
+            style.update(linestyle="--", linewidth=1, markerfacecolor="none")
+        else:
+            style.update(linewidth=2.6 if c.label.startswith("aecodec") else 1.6)
         ax.plot(x, y, label=c.label, **style)
         visible.extend(y[x <= xmax])
     ax.set_xlim(0, xmax)
@@ -41,6 +50,8 @@ def plot_rd(path: Path, ours: list[Curve], refs: list[Curve], metric: str) -> No
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel("PSNR RGB (dB)" if metric == "psnr" else "MS-SSIM RGB (dB, -10 log10(1 - MS-SSIM))")
     ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower right")
     else:  # e.g. MS-SSIM when every image is too small for it

@@ -172,3 +172,30 @@ def test_quick_with_real_aecodec(tmp_path, capsys):
     assert all(math.isfinite(p) for p in res["psnr-rgb"])
     assert (out / "jpeg420.json").exists()  # the BD anchor always runs
     assert "aecodec: cpu" in (out / "summary.md").read_text()
+
+
+def test_jpeg_xl_through_imagecodecs(image_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = bench.main([str(image_dir), "--quick", "--codecs", "jpegxl", "--limit", "1", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((out / "jpegxl.json").read_text())
+    assert "libjxl" in data["description"] and "effort 7" in data["description"]
+    res = data["results"]
+    assert len(res["bpp"]) == len(bench.JxlCodec().quick)
+    assert res["bpp"] == sorted(res["bpp"]) and res["psnr-rgb"] == sorted(res["psnr-rgb"])
+    assert "| JPEG XL |" in (out / "summary.md").read_text()
+
+
+def test_plot_has_a_title_and_a_distinct_style_per_curve(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    styles, titles = [], []
+    real_plot, real_title = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, *a, **k: styles.append(
+        (k["color"], k["marker"], k.get("linestyle", "-"))) or real_plot(self, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, t, *a, **k: titles.append(t)
+                        or real_title(self, t, *a, **k))
+    curves = [bench.Curve(f"c{i}", np.array([0.2, 0.5, 1.0]), np.array([25.0, 28, 31]) + i,
+                          np.full(3, np.nan), i >= 6) for i in range(12)]
+    bench.plot_rd(tmp_path / "rd.png", curves[:6], curves[6:], "psnr", "kodak: 24 images")
+    assert titles == ["kodak: 24 images"] and len(set(styles)) == 12
