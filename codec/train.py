@@ -437,6 +437,13 @@ def export(args: argparse.Namespace) -> None:
         cls = registry.by_short(ckpt.get("kind", "hp")).cls
         model = cls(cls.CONFIG.from_dict(ckpt["config"]))
         model.load_state_dict(ckpt["model"])
+        if args.as_hyperprior and isinstance(model, ChannelConditional):
+            # the same transforms and hyperprior without the slice corrections: what the
+            # channel-conditional entropy model alone is worth, measured on equal transforms
+            c = model.config
+            hp = GainHyperprior(ModelConfig(c.N, c.M, tuple(c.lambdas)))
+            hp.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("slice_nets.")})
+            model, info["from"] = hp, "channel-conditional checkpoint, slice networks dropped"
     model.update(force=True)
     digest = save_weights(model, args.output, info)
     print(f"wrote {args.output} ({Path(args.output).stat().st_size/1e6:.1f} MB, sha256 {digest[:16]})")
@@ -504,6 +511,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     e.add_argument("--codec-steps", help="VAE only: anchor quantisation steps of the scaled latent, "
                    "coarse to fine (default: the model's, 1,0.5,0.25,0.125)")
     e.add_argument("--seed", type=int, default=0, help="random seed (VAE calibration crops)")
+    e.add_argument("--as-hyperprior", action="store_true",
+                   help="cc only: write the hyperprior model with the checkpoint's transforms (no slice networks)")
     e.set_defaults(func=export)
     args = p.parse_args(argv)
     args.func(args)

@@ -90,4 +90,11 @@ def test_train_cc_from_a_hyperprior_run(tmp_path):
     assert ckpt["kind"] == "cc" and ckpt["step"] == 4 and ckpt["config"]["slices"] == 3
     main(["export", str(tmp_path / "cc" / "last.pt"), str(tmp_path / "cc.safetensors")])
     codec = Codec(tmp_path / "cc.safetensors", device="cpu")
-    assert codec.decompress(codec.compress(make_image(40, 30), 50)).size == (40, 30)
+    image = make_image(40, 30)
+    assert codec.decompress(codec.compress(image, 50)).size == (40, 30)
+    # the ablation: the same transforms and hyperprior, without the slice corrections
+    main(["export", str(tmp_path / "cc" / "last.pt"), str(tmp_path / "hp.safetensors"), "--as-hyperprior"])
+    hp = Codec(tmp_path / "hp.safetensors", device="cpu")
+    assert hp.model.NAME == "hyperprior-gain" and hp.decompress(hp.compress(image, 50)).size == (40, 30)
+    for name, t in hp.model.state_dict().items():
+        assert torch.equal(t, codec.model.state_dict()[name]), name
