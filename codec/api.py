@@ -86,7 +86,10 @@ class Codec:
         if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
             raise CodecError(f"quality must be an integer from 1 to 100, got {quality!r}")
         image = ImageOps.exif_transpose(image)  # the orientation a viewer shows (EXIF's tag reset)
-        metadata = b"" if strip else bitstream.pack_metadata(image.info)
+        info = dict(image.info)
+        if image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):  # converted to RGB below: its profile no longer fits
+            info.pop("icc_profile", None)
+        metadata = b"" if strip else bitstream.pack_metadata(info)
         image, mode = normalize(image)
         w, h = image.size
         if w > bitstream.MAX_SIDE or h > bitstream.MAX_SIDE or w * h > bitstream.MAX_PIXELS:

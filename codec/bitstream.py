@@ -24,6 +24,7 @@ MODE_IDS = {v: k for k, v in MODES.items()}
 MAX_METADATA = 16 << 20  # bytes of ICC profile + EXIF a file may carry
 FLAG_METADATA = 1  # flags bit 0: the last stream is metadata (ICC profile, EXIF)
 _METADATA_TAGS = {b"ICCP": "icc_profile", b"EXIF": "exif"}  # stream tag -> Pillow's im.info key
+EXIF_PREFIX = b"Exif\x00\x00"
 
 # magic, version, model id, weights id (8 bytes of SHA-256), quality, mode, flags, width, height, n streams
 _FIXED = struct.Struct(">4sBB8sBBBIIB")
@@ -126,12 +127,15 @@ HEADER_MAX = _FIXED.size + 4 * MAX_STREAMS  # bytes that always hold a header an
 
 def pack_metadata(info: dict) -> bytes:
     """The metadata stream: for each of the ICC profile and the EXIF block that ``info``
-    (Pillow's ``im.info``) holds, a 4-byte tag, a u32 length and the bytes, as Pillow gave them."""
+    (Pillow's ``im.info``) holds, a 4-byte tag, a u32 length and the bytes (EXIF with the
+    "Exif" prefix JPEG stores it with; Pillow's PNG and WebP writers take it either way)."""
     out = b""
     for tag, key in _METADATA_TAGS.items():
-        value = info.get(key)
+        value = bytes(info.get(key) or b"")
+        if key == "exif" and value and not value.startswith(EXIF_PREFIX):
+            value = EXIF_PREFIX + value  # WebP and PNG give it bare; JPEG's APP1 needs the prefix
         if value:
-            out += tag + struct.pack(">I", len(value)) + bytes(value)
+            out += tag + struct.pack(">I", len(value)) + value
     if len(out) > MAX_METADATA:
         raise ValueError(f"metadata of {len(out)} bytes is over the limit of {MAX_METADATA}")
     return out

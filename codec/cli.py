@@ -136,6 +136,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from .metrics import psnr
 
     codec = _codec(args)
+    codec.max_pixels = None  # -v and --target-psnr decode what this command itself wrote
 
     def work(src: str, dst: str) -> None:
         image = read_image(src)
@@ -165,8 +166,11 @@ def _check_format(out: str | None) -> None:
 
 
 def _check_aec(path: Path) -> None:
+    """A regular file must start like an .aec file (a pipe is checked when it is read)."""
     from .bitstream import MAGIC
 
+    if not path.is_file():
+        return
     with open(path, "rb") as f:
         if f.read(len(MAGIC)) != MAGIC:
             raise ValueError("not an .aec file (wrong magic bytes)")
@@ -185,7 +189,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     codecs: dict = {}  # model name -> Codec: each file names the model that wrote it
 
     def work(src: str, dst: str) -> None:
-        data = sys.stdin.buffer.read() if src == "-" else _read_bytes(Path(src))
+        data = _read_bytes(src)
         model = unpack(data)[0].model
         if model not in codecs:
             codecs[model] = _codec(args, model)
@@ -200,7 +204,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .bitstream import unpack  # the container alone: no torch, answers at once
 
     def work(src: str, _dst: None) -> None:
-        data = sys.stdin.buffer.read() if src == "-" else _read_bytes(Path(src))
+        data = _read_bytes(src)
         h = unpack(data)[0]
         px = h.width * h.height
         print(f"{src}:")
@@ -241,7 +245,7 @@ def cmd_vae_decode(args: argparse.Namespace) -> int:
     codec = _codec(args, "vae-kl-f8")
 
     def work(src: str, dst: str) -> None:
-        data = sys.stdin.buffer.read() if src == "-" else _read_bytes(Path(src))
+        data = _read_bytes(src)
         image = codec.decode_latent(data)
         write_output(dst, image_bytes(image, output_format(dst)), force=args.force)
         _say(args, f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
@@ -263,14 +267,22 @@ def cmd_vae_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(src: str | Path) -> bytes:
+    """A file, device, pipe or "-" (stdin), read up to a bound: no .aec or latent file this codec
+    writes is larger, and /dev/zero or an endless pipe must not fill the memory."""
     from .bitstream import MAX_PIXELS
 
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory")
-    if path.stat().st_size > 8 * MAX_PIXELS:  # beyond any file this codec writes
-        raise ValueError(f"{path} is too large to be an .aec file")
-    return path.read_bytes()
+    limit = 8 * MAX_PIXELS
+    if str(src) == "-":
+        data = sys.stdin.buffer.read(limit + 1)
+    else:
+        if Path(src).is_dir():
+            raise IsADirectoryError(21, "is a folder, not a file")
+        with open(src, "rb") as f:
+            data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"too large to be an .aec or latent file (over {limit:,} bytes)")
+    return data
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

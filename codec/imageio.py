@@ -33,7 +33,13 @@ def read_image(path: str | Path) -> Image.Image:
     """Open and fully decode an image file ("-": standard input), applying its EXIF orientation.
     Pillow's own decompression-bomb guard applies here; the codec's size limit is checked in
     ``Codec.compress``. 16-bit and multi-frame images are refused: aecodec codes one 8-bit image."""
-    source = io.BytesIO(sys.stdin.buffer.read()) if str(path) == "-" else path
+    if str(path) == "-":
+        source = io.BytesIO(sys.stdin.buffer.read())
+    elif Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
+        with open(path, "rb") as f:  # a pipe or device: Pillow needs to seek
+            source = io.BytesIO(f.read())
+    else:
+        source = path
     try:
         with Image.open(source) as im:
             if getattr(im, "n_frames", 1) > 1:
@@ -145,6 +151,8 @@ def check_output(path: str | Path, force: bool) -> None:
     path = Path(path)
     if path.is_dir():
         raise ImageError(f"output {path} is a folder")
+    if path.exists() and stat.S_ISBLK(path.stat().st_mode):
+        raise ImageError(f"output {path} is a block device")
     if (path.exists() or path.is_symlink()) and not force:
         raise ImageError(f"output {path} exists (use --force to overwrite)")
     if not path.parent.is_dir():
@@ -184,7 +192,8 @@ def write_atomic(path: str | Path, data: bytes, force: bool = False) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        # mkstemp makes 0600: give a new file the usual permissions, a replaced one its own
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask())
         if not force and path.exists():  # appeared while we were writing
             raise FileExistsError(f"{path} exists (use --force to overwrite)")
         os.replace(tmp, path)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from PIL import Image, ImageFile
 
-from . import bitstream
+from . import AecodecError, bitstream
 
 FORMAT = "AEC"
 
@@ -33,15 +33,18 @@ class AecImageFile(ImageFile.ImageFile):
         head = self.fp.read(bitstream.HEADER_MAX)
         try:
             header, offset = bitstream.parse_header(head)
-        except bitstream.FormatError as e:
-            raise SyntaxError(str(e)) from None  # Pillow's signal for "not this format"
+            info = {"quality": header.quality, "model": header.model}
+            if header.metadata:  # the last stream: read it now, as PNG and WebP expose their chunks
+                self.fp.seek(offset + sum(header.stream_lengths[:-1]))
+                stream = self.fp.read(header.stream_lengths[-1])
+                if len(stream) != header.stream_lengths[-1]:
+                    raise bitstream.FormatError("truncated file")
+                info.update(bitstream.unpack_metadata(stream))
+        except AecodecError as e:
+            raise SyntaxError(str(e)) from None  # Pillow's signal for "not a valid file of this format"
         self._size = (header.width, header.height)
         self._mode = header.mode
-        self.info.update(quality=header.quality, model=header.model)
-        if header.metadata:  # the last stream: read it now, as PNG and WebP expose their chunks
-            self.fp.seek(offset + sum(header.stream_lengths[:-1]))
-            stream = self.fp.read(header.stream_lengths[-1])
-            self.info.update(bitstream.unpack_metadata(stream))
+        self.info.update(info)
         self.tile = [ImageFile._Tile("aec", (0, 0, *self.size), 0, None)]
 
 

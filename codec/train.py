@@ -149,13 +149,19 @@ def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperp
         return ChannelConditional(CCConfig(args.N, args.M, lambdas, args.slices, args.cc_width)), False
     else:
         return GainHyperprior(ModelConfig(N=args.N, M=args.M, lambdas=args.lambdas or default_lambdas())), False
+    kind = registry.MODELS[model.NAME].short
+    if args.model != kind and not (args.model == "cc" and kind == "hp") and args.model != "hp":
+        raise SystemExit(f"error: --model {args.model}, but the checkpoint or weights hold a {kind} model")
+    if args.lambdas and type(model) is not GainHyperprior and args.lambdas != getattr(model.config, "lambdas", None):
+        raise SystemExit("error: --lambdas retargets hp models only (retarget first, then convert with --model cc)")
+    retargeted = False
     if args.lambdas and type(model) is GainHyperprior and args.lambdas != model.config.lambdas:
-        return model.with_lambdas(args.lambdas), True
+        model, retargeted = model.with_lambdas(args.lambdas), True
     if args.model == "cc" and type(model) is GainHyperprior:
         # the transforms and hyperprior carry over; the slice networks start as "no correction",
         # so the new model codes exactly as the old one did. New parameters: fresh Adam state.
-        return ChannelConditional.from_hyperprior(model, args.slices, args.cc_width), True
-    return model, False
+        model, retargeted = ChannelConditional.from_hyperprior(model, args.slices, args.cc_width), True
+    return model, retargeted
 
 
 def parse_lambdas(text: str) -> tuple[float, ...]:
@@ -195,6 +201,7 @@ def fit(args: argparse.Namespace) -> None:
 
     ckpt = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
     model, retargeted = build_model(args, ckpt)
+    torch.manual_seed(args.seed + 1000 * rank)  # noise and sampling differ by rank (DDP syncs the weights)
     vae = isinstance(model, KLAutoencoder)
     kind = registry.MODELS[model.NAME].short
     config = model.config
@@ -316,15 +323,19 @@ def fit(args: argparse.Namespace) -> None:
                          f"--resume {out / 'last.pt'})" if rank == 0 else ""))
     bar.close()
     if world > 1:
-        _check_ranks_agree(model, log)
-        dist.destroy_process_group()
+        try:
+            _check_ranks_agree(model, log)
+        finally:
+            dist.destroy_process_group()
 
 
 def _check_ranks_agree(model: torch.nn.Module, log) -> None:
     """Every rank must hold the same weights after training (what DDP promises; tested)."""
     import torch.distributed as dist
 
-    total = torch.tensor([sum(float(p.detach().double().sum()) for p in model.parameters())], dtype=torch.float64)
+    device = next(model.parameters()).device  # NCCL gathers CUDA tensors, gloo CPU ones
+    total = torch.tensor([sum(float(p.detach().double().sum()) for p in model.parameters())],
+                         dtype=torch.float64, device=device)
     sums = [torch.zeros_like(total) for _ in range(dist.get_world_size())]
     dist.all_gather(sums, total)
     if any(not torch.equal(s, sums[0]) for s in sums):

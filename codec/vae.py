@@ -259,7 +259,7 @@ class KLAutoencoder(CompressionModel):
     def encode_scaled(self, x: torch.Tensor) -> torch.Tensor:
         """Padded image -> the scaled posterior mean (what latent files and the codec hold)."""
         with plain_cpu_kernels():  # same latents whatever the thread count
-            mean = tiles.blended(lambda t: self.encode(t)[0], x, self.TILE, self.OVERLAP, down=8)
+            mean = tiles.blended(lambda t: self.encode(t)[0], x, self.TILE, self.OVERLAP, down=self.stride)
         return self.scale(mean)
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -118,7 +119,7 @@ def load_weights(path: str | Path | None = None) -> tuple[Model, str]:
     path = Path(path) if path else default_weights()
     try:
         data = path.read_bytes()
-        meta = read_metadata(data)
+        meta = read_metadata(data, max_depth=64)
         if meta.get("format") != FORMAT:
             raise WeightsError(f"{path} is not an aecodec weights file")
         entry = registry.MODELS.get(meta.get("model", DEFAULT_MODEL))
@@ -129,17 +130,20 @@ def load_weights(path: str | Path | None = None) -> tuple[Model, str]:
         tensors = st_load(data)
     except OSError as e:
         raise WeightsError(f"cannot read weights {path}: {e.strerror or e}") from None
-    except (ValueError, KeyError, json.JSONDecodeError) as e:
+    except (ValueError, KeyError, TypeError, SafetensorError) as e:
         raise WeightsError(f"{path} is not a valid weights file ({e})") from None
-    model = cls(config)
-    exact = integer_scales(model)
-    state = {}
-    for name, t in tensors.items():
-        scale = exact.get(name)
-        if scale is not None:
-            t = t.double() / scale  # exact: the stored integers are the fixed-point grid
-        state[name] = t.float() if t.is_floating_point() else t
-    model.load_state_dict(state)
+    try:
+        model = cls(config)
+        exact = integer_scales(model)
+        state = {}
+        for name, t in tensors.items():
+            scale = exact.get(name)
+            if scale is not None:
+                t = t.double() / scale  # exact: the stored integers are the fixed-point grid
+            state[name] = t.float() if t.is_floating_point() else t
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:  # tensors that do not fit the config
+        raise WeightsError(f"{path} does not fit its own config ({str(e).splitlines()[0]})") from None
     model.eval()
     return model, hashlib.sha256(data).hexdigest()
 
