@@ -110,7 +110,11 @@ def _json_depth(text: bytes) -> int:
 
 def default_weights(model: str = DEFAULT_MODEL) -> Path:
     """The shipped weights file of a registered model ("hyperprior-gain", "vae-kl-f8", ...)."""
-    return weights_dir() / registry.MODELS[model].weights_file
+    entry = registry.MODELS[model]
+    if entry.weights_file is None:
+        raise WeightsError(f"no weights ship for model {model} yet: pass a weights file (--weights FILE), "
+                           f"or train one with python -m codec.train fit --model {entry.short}")
+    return weights_dir() / entry.weights_file
 
 
 def load_weights(path: str | Path | None = None) -> tuple[Model, str]:

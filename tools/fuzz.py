@@ -132,6 +132,7 @@ def seeds() -> tuple[list[bytes], list[bytes]]:
     from PIL import Image
 
     from codec.api import Codec
+    from codec import registry
     from codec.weights import default_weights
 
     rng = np.random.default_rng(0)
@@ -147,11 +148,13 @@ def seeds() -> tuple[list[bytes], list[bytes]]:
 
     hp, vae = Codec(device="cpu"), Codec(device="cpu", model="vae-kl-f8")
     with_metadata = image(40, 24, "RGB")
-    with_metadata.info.update(icc_profile=bytes(range(256)) * 2, exif=b"Exif\0\0MM\0*\0\0\0\x08\0\0")
+    exif = Image.Exif()
+    exif[0x010E] = "fuzz seed"
+    with_metadata.info.update(icc_profile=bytes(range(256)) * 2, exif=exif.tobytes())
     aec = [hp.compress(image(48, 40, "RGB"), 75), hp.compress(image(70, 33, "RGBA"), 20),
            hp.compress(image(30, 64, "L"), 95), hp.compress(with_metadata, 50),
            vae.compress(image(48, 40, "RGB"), 60), vae.compress(image(33, 17, "RGBA"), 90)]
-    if default_weights("cc-hyperprior-gain").exists():  # the channel-conditional model, when shipped
+    if registry.MODELS["cc-hyperprior-gain"].weights_file and default_weights("cc-hyperprior-gain").exists():
         cc = Codec(device="cpu", model="cc-hyperprior-gain")
         aec += [cc.compress(image(48, 40, "RGB"), 60), cc.compress(image(70, 33, "LA"), 30)]
     latents = [vae.encode_latent(image(40, 24, "RGB")), vae.encode_latent(image(17, 9, "L"))]
