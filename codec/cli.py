@@ -84,6 +84,7 @@ def _plan(args: argparse.Namespace, suffix: str, check=lambda path: None) -> tup
     output that cannot be written). Returns the (input, output) pairs to do, and the failures."""
     from .imageio import check_output
 
+    _outputs(args.inputs, args.output, suffix)  # usage errors (-o a file for several inputs...) first
     inputs, failed = _check_inputs(args.inputs, check)
     known, pairs = _known_errors(), []
     for src, dst in zip(inputs, _outputs(inputs, args.output, suffix)):
