@@ -84,7 +84,9 @@ def _plan(args: argparse.Namespace, suffix: str, check=lambda path: None) -> tup
     output that cannot be written). Returns the (input, output) pairs to do, and the failures."""
     from .imageio import check_output
 
-    _outputs(args.inputs, args.output, suffix)  # usage errors (-o a file for several inputs...) first
+    out = args.output
+    if out and out != "-" and len(args.inputs) > 1 and not (out.endswith(("/", os.sep)) or Path(out).is_dir()):
+        raise UsageError("-o must be a folder (existing, or ending in /) when there are several inputs")
     inputs, failed = _check_inputs(args.inputs, check)
     known, pairs = _known_errors(), []
     for src, dst in zip(inputs, _outputs(inputs, args.output, suffix)):
