@@ -351,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-q", "--quality", type=int, default=75,
                    help="1-100, higher is better and bigger, like JPEG's (default: 75)")
     c.add_argument("-m", "--model", choices=[e.short for e in registry.MODELS.values()], default="hp",
-                   help="hp: the rate-distortion hyperprior (default, best quality per bit); "
-                   "vae: the f8 VAE's quantised latent (low rates only)")
+                   help="hp: the rate-distortion hyperprior (default); cc: the channel-conditional model "
+                   "(no weights ship yet: give --weights); vae: the f8 VAE's quantised latent (low rates only)")
     c.add_argument("--strip", action="store_true",
                    help="drop the ICC profile and EXIF (kept by default, and restored by decompress)")
     c.add_argument("--target-size", type=int, metavar="BYTES",
