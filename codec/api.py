@@ -1,6 +1,6 @@
 """The Python API: ``Codec(...).compress(image) -> bytes`` and ``.decompress(bytes) -> Image``.
 
-    from PIL import Image, ImageOps
+    from PIL import Image
     from codec.api import Codec
 
     codec = Codec()                                   # shipped weights, CUDA if present

@@ -119,9 +119,6 @@ class ChannelConditional(GainHyperprior):
     def _exact_net(self, i: int):
         return lambda t: tiles.exact(self.slice_nets[i].exact, t, self.TILE // 16, 4)
 
-    def _hyper(self, z_hat: torch.Tensor) -> torch.Tensor:
-        return tiles.exact(self.h_s.exact, z_hat, self.TILE // 64, 2, up=4)
-
     @torch.no_grad()
     def encode_streams(self, y: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
         with plain_cpu_kernels():

@@ -176,8 +176,12 @@ class GainHyperprior(CompressionModel):
     def _h_a(self, y: torch.Tensor) -> torch.Tensor:
         return tiles.exact(self.h_a, y, self.TILE // 16, 8, down=4)
 
+    def _hyper(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """h_s, exactly (float64 on CPU), in tiles: scales and means, concatenated."""
+        return tiles.exact(self.h_s.exact, z_hat, self.TILE // 64, 2, up=4)
+
     def _h_s(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return tiles.exact(self.h_s.exact, z_hat, self.TILE // 64, 2, up=4).chunk(2, dim=1)
+        return self._hyper(z_hat).chunk(2, dim=1)
 
     def _g_s(self, y_hat: torch.Tensor) -> torch.Tensor:
         return tiles.exact(self.g_s, y_hat, self.TILE // 16, 4, up=16)
