@@ -191,7 +191,6 @@ def fit(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP checks them too)
-    gen = random.Random(args.seed + 1000 * rank)  # but each rank its own crops
     out = Path(args.out)
     for path in (args.resume, args.init):
         if path and not Path(path).is_file():
@@ -201,7 +200,11 @@ def fit(args: argparse.Namespace) -> None:
 
     ckpt = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
     model, retargeted = build_model(args, ckpt)
-    torch.manual_seed(args.seed + 1000 * rank)  # noise and sampling differ by rank (DDP syncs the weights)
+    # Each rank draws its own crops, noise and quality positions (DDP syncs the weights), and a
+    # resumed run draws new ones rather than repeating those its first steps saw.
+    seed = args.seed + 1000 * rank + 1_000_003 * (ckpt["step"] if ckpt else 0)
+    gen = random.Random(seed)
+    torch.manual_seed(seed)
     vae = isinstance(model, KLAutoencoder)
     kind = registry.MODELS[model.NAME].short
     config = model.config
