@@ -79,7 +79,7 @@ def random_batch(images: list[torch.Tensor], batch: int, size: int, gen: random.
 def rd_loss(model: GainHyperprior, x: torch.Tensor, pos: torch.Tensor, net=None) -> dict:
     """Per-image bpp + lambda * 255^2 * MSE, averaged; also returns bpp and PSNR for logging.
     ``net``: what runs the forward pass (the DistributedDataParallel wrapper), default ``model``."""
-    out = (net or model)(x, pos)
+    out = (model if net is None else net)(x, pos)
     n_px = x.shape[-2] * x.shape[-1]
     bpp = bpp_of(out["likelihoods"], n_px)
     mse = ((out["x_hat"].float() - x) ** 2).flatten(1).mean(1)
@@ -92,7 +92,7 @@ def vae_loss(model: KLAutoencoder, x: torch.Tensor, kl_weight: float, rec: str =
              net=None) -> dict:
     """Reconstruction + kl_weight * KL. Latent diffusion sums both per image; dividing both by
     the number of pixel values gives the same optimum with losses of a readable size."""
-    out = (net or model)(x, sample=sample)
+    out = (model if net is None else net)(x, sample=sample)
     err = out["x_hat"].float() - x
     per_px = err.abs() if rec == "l1" else err.pow(2)
     kl = kl_divergence(out["mean"].float(), out["logvar"].float()) / x[0].numel()
@@ -214,13 +214,20 @@ def fit(args: argparse.Namespace) -> None:
     frozen = "priors." if vae else None
     main_params = [p for n, p in model.named_parameters()
                    if not n.endswith(".quantiles") and not (frozen and n.startswith(frozen))]
+    main_params_set = set(main_params)
     aux_params = [] if vae else [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
-    opt = torch.optim.Adam(main_params, lr=args.lr)
+    # The channel-conditional model's slice networks start from zero on trained transforms: they
+    # may learn at their own rate (--slice-lr) while the transforms keep theirs.
+    groups = [{"params": [p for n, p in model.named_parameters() if p in main_params_set and
+                          n.startswith("slice_nets.") == new], "lr": lr}
+              for new, lr in ((False, args.lr), (True, args.slice_lr or args.lr))]
+    opt = torch.optim.Adam([g for g in groups if g["params"]])
+    base_lrs = [g["lr"] for g in opt.param_groups]
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3) if aux_params else None
     step, best, elapsed = 0, math.inf, 0.0
     if ckpt:
         if not (args.fresh_optimizer or retargeted):
-            opt.load_state_dict(ckpt["opt"])
+            opt.load_state_dict(_regroup(ckpt["opt"], opt))
             if aux_opt:
                 aux_opt.load_state_dict(ckpt["aux_opt"])
         step, best, elapsed = ckpt["step"], ckpt["best"], ckpt.get("elapsed", 0.0)
@@ -275,6 +282,8 @@ def fit(args: argparse.Namespace) -> None:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, skip)
         net = DistributedDataParallel(model, broadcast_buffers=False,
                                       find_unused_parameters=vae)  # the VAE's priors train at export
+    if args.compile:  # TorchInductor: 1.48x the steps per second on a 2-core Xeon (bf16), after ~2 min of compiling
+        net = torch.compile(model if net is None else net)
     t0 = time.time() - elapsed
     bar = tqdm(total=args.steps, initial=step, desc="training", dynamic_ncols=True, file=sys.stdout,
                mininterval=args.log_interval, disable=rank != 0)
@@ -293,8 +302,8 @@ def fit(args: argparse.Namespace) -> None:
     try:
         while step < args.steps:
             dropped = args.lr_drop and step >= int(args.steps * args.lr_drop)  # also right after a resume
-            for g in opt.param_groups:
-                g["lr"] = args.lr / 10 if dropped else args.lr
+            for g, lr in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr / 10 if dropped else lr
             x = random_batch(train_images, args.batch_size, args.patch_size, gen).to(device)
             if bf16:
                 x = x.to(memory_format=torch.channels_last)
@@ -330,6 +339,20 @@ def fit(args: argparse.Namespace) -> None:
             _check_ranks_agree(model, log)
         finally:
             dist.destroy_process_group()
+
+
+def _regroup(saved: dict, opt: torch.optim.Optimizer) -> dict:
+    """A saved optimiser state laid out in ``opt``'s parameter groups: checkpoints written before
+    the slice networks had a group of their own hold one group of the same parameters in the same
+    order (the slice networks are the model's last parameters)."""
+    ids = [i for g in saved["param_groups"] for i in g["params"]]
+    sizes = [len(g["params"]) for g in opt.param_groups]
+    if len(saved["param_groups"]) == len(sizes) or len(ids) != sum(sizes):
+        return saved  # as saved (a real mismatch is reported by load_state_dict)
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    groups = [{**saved["param_groups"][0], "lr": g["lr"], "params": ids[a : a + n]}
+              for g, a, n in zip(opt.param_groups, starts, sizes)]
+    return {"state": saved["state"], "param_groups": groups}
 
 
 def _check_ranks_agree(model: torch.nn.Module, log) -> None:
@@ -493,6 +516,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--batch-size", type=int, default=8, help="crops per step (per rank under torchrun)")
     f.add_argument("--patch-size", type=int, default=256, help="side of the random training crops, pixels")
     f.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    f.add_argument("--slice-lr", type=float, help="cc: learning rate of the slice networks (default: --lr)")
     f.add_argument("--lr-drop", type=float, default=0.0, help="fraction of --steps after which lr /= 10 (0: never)")
     f.add_argument("--lambdas", type=parse_lambdas, help="comma-separated anchor lambdas, low to high (default: the model's; "
                    "on --resume/--init, retargets the gain tables to them)")
@@ -511,6 +535,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
                    help="bf16: bf16 autocast with channels_last for the transforms (entropy models and the "
                    "fixed-point parts stay float32/64); auto (default): bf16 on CUDA, on CPU whichever of "
                    "the two a timed step finds faster")
+    f.add_argument("--compile", action="store_true",
+                   help="compile the training step with torch.compile (faster after ~2 minutes of compiling)")
     f.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     f.add_argument("--seed", type=int, default=0, help="random seed (crops, quality positions)")
     f.add_argument("--log-interval", type=float, default=10.0, help="seconds between progress updates")

@@ -96,3 +96,22 @@ def test_torchrun_two_processes_train_identical_weights_and_resume_with_one(tmp_
 def test_missing_data_folder_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no such folder"):
         main(["fit", "--data", str(tmp_path / "nope"), "--val", str(tmp_path), "--out", str(tmp_path / "r")])
+
+
+def test_single_group_optimizer_state_resumes_with_slice_networks_in_their_own_group():
+    """Checkpoints from before --slice-lr hold one Adam group; it splits without losing state."""
+    from codec.ccmodel import CCConfig, ChannelConditional
+    from codec.train import _regroup
+
+    model = ChannelConditional(CCConfig(N=8, M=16, slices=2, width=8))
+    params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
+    one = torch.optim.Adam(params, lr=1e-3)
+    sum(p.sum() * (i + 1) for i, p in enumerate(params)).backward()
+    one.step()
+    nets = [p for n, p in model.named_parameters() if n.startswith("slice_nets.")]
+    rest = [p for p in params if all(p is not q for q in nets)]
+    two = torch.optim.Adam([{"params": rest, "lr": 1e-3}, {"params": nets, "lr": 1e-2}])
+    two.load_state_dict(_regroup(one.state_dict(), two))
+    assert [g["lr"] for g in two.param_groups] == [1e-3, 1e-2]
+    for p in params:
+        assert torch.equal(two.state[p]["exp_avg"], one.state[p]["exp_avg"])
