@@ -166,8 +166,8 @@ class Codec:
                              f"model {self.model.NAME}")
         if header.weights_id != self.weights_id:
             raise CodecError(
-                f"file was written with weights {header.weights_id.hex()}, "
-                f"but the loaded weights are {self.weights_id.hex()}"
+                f"file was written by other {header.model} weights ({header.weights_id.hex()}) than "
+                f"the loaded ones ({self.weights_id.hex()}): decode it with the aecodec that wrote it"
             )
 
 

@@ -3,6 +3,7 @@ memory that does not grow with the image (tiles)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -90,6 +91,14 @@ def test_tiny_file_declaring_a_large_image(codec):
     assert len(data) == 38
     with pytest.raises(FormatError, match="corrupted"):
         codec.decompress(data)
+
+
+def test_file_of_other_weights_is_refused_naming_the_model(codec):
+    """Weights change between releases; a file decodes only with the weights that wrote it."""
+    header, streams = bitstream.unpack(codec.compress(make_image(48, 40), 50))
+    other = bitstream.pack(dataclasses.replace(header, weights_id=bytes(8)), streams)
+    with pytest.raises(CodecError, match="written by other hyperprior-gain weights .0000000000000000"):
+        codec.decompress(other)
 
 
 def test_pixel_limit_is_checked_before_any_work(codec):
