@@ -32,7 +32,7 @@ from . import AecodecError, bitstream, registry
 from .bitstream import FormatError, Header
 from .imageio import merge, normalize, split
 from .registry import DEFAULT_MODEL
-from .weights import default_weights, load_weights, read_metadata
+from .weights import PAST_WEIGHTS, default_weights, load_weights, read_metadata
 
 DEFAULT_QUALITY = 75
 LATENT_FORMAT = "aecodec-latent-1"
@@ -165,9 +165,10 @@ class Codec:
             raise CodecError(f"file was written by model {header.model}, but the loaded weights are "
                              f"model {self.model.NAME}")
         if header.weights_id != self.weights_id:
+            wrote = PAST_WEIGHTS.get(header.weights_id.hex(), "the aecodec that wrote it")
             raise CodecError(
                 f"file was written by other {header.model} weights ({header.weights_id.hex()}) than "
-                f"the loaded ones ({self.weights_id.hex()}): decode it with the aecodec that wrote it"
+                f"the loaded ones ({self.weights_id.hex()}): decode it with {wrote}"
             )
 
 

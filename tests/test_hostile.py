@@ -16,7 +16,7 @@ from safetensors.torch import save as st_save
 from codec import api, bitstream, entropy, tiles
 from codec.api import Codec, CodecError, FormatError
 from codec.cli import main
-from codec.weights import read_metadata
+from codec.weights import PAST_WEIGHTS, read_metadata
 from conftest import make_image, psnr
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,11 +93,17 @@ def test_tiny_file_declaring_a_large_image(codec):
         codec.decompress(data)
 
 
-def test_file_of_other_weights_is_refused_naming_the_model(codec):
+def test_file_of_other_weights_is_refused_naming_the_model(codec, monkeypatch):
     """Weights change between releases; a file decodes only with the weights that wrote it."""
     header, streams = bitstream.unpack(codec.compress(make_image(48, 40), 50))
     other = bitstream.pack(dataclasses.replace(header, weights_id=bytes(8)), streams)
-    with pytest.raises(CodecError, match="written by other hyperprior-gain weights .0000000000000000"):
+    with pytest.raises(CodecError, match="written by other hyperprior-gain weights .0000000000000000.*"
+                                          "with the aecodec that wrote it"):
+        codec.decompress(other)
+    # weights an earlier release shipped: the message names that release
+    assert codec.weights_id.hex() not in PAST_WEIGHTS
+    monkeypatch.setitem(PAST_WEIGHTS, "00" * 8, "aecodec 0.0.1")
+    with pytest.raises(CodecError, match="decode it with aecodec 0.0.1$"):
         codec.decompress(other)
 
 
