@@ -28,9 +28,7 @@ FORMAT = "aecodec-weights-1"
 
 # Weights that earlier releases shipped (the 8-byte id every .aec header holds), so that a file
 # this release cannot decode names the release that can. Add the outgoing weights at each release.
-PAST_WEIGHTS = {
-    "71cc861f10712727": "aecodec 0.2.0",
-}
+PAST_WEIGHTS: dict[str, str] = {}
 Model = torch.nn.Module  # a registered codec model (codec/registry.py)
 
 
