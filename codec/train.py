@@ -221,8 +221,12 @@ def fit(args: argparse.Namespace) -> None:
     groups = [{"params": [p for n, p in model.named_parameters() if p in main_params_set and
                           n.startswith("slice_nets.") == new], "lr": lr}
               for new, lr in ((False, args.lr), (True, args.slice_lr or args.lr))]
+    if args.slice_lr and not groups[1]["params"]:
+        raise SystemExit("error: --slice-lr is for the channel-conditional model (--model cc)")
     opt = torch.optim.Adam([g for g in groups if g["params"]])
     base_lrs = [g["lr"] for g in opt.param_groups]
+    if len(base_lrs) > 1 and rank == 0:
+        print(f"learning rates: transforms {base_lrs[0]:g}, slice networks {base_lrs[1]:g}", flush=True)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3) if aux_params else None
     step, best, elapsed = 0, math.inf, 0.0
     if ckpt:
@@ -349,6 +353,9 @@ def _regroup(saved: dict, opt: torch.optim.Optimizer) -> dict:
     sizes = [len(g["params"]) for g in opt.param_groups]
     if len(saved["param_groups"]) == len(sizes) or len(ids) != sum(sizes):
         return saved  # as saved (a real mismatch is reported by load_state_dict)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if any(saved["state"].get(i, {}).get("exp_avg", p).shape != p.shape for i, p in zip(ids, params)):
+        raise ValueError("the checkpoint's optimiser state does not match the model's parameters")
     starts = [sum(sizes[:k]) for k in range(len(sizes))]
     groups = [{**saved["param_groups"][0], "lr": g["lr"], "params": ids[a : a + n]}
               for g, a, n in zip(opt.param_groups, starts, sizes)]
@@ -441,6 +448,8 @@ def export(args: argparse.Namespace) -> None:
     info = {"steps": ckpt["step"], "train_minutes": round(ckpt.get("elapsed", 0) / 60, 1),
             "batch_size": a.get("batch_size"), "patch_size": a.get("patch_size"), "lr": a.get("lr"),
             "data": a.get("data"), "best_val_loss": ckpt.get("best")}
+    if a.get("slice_lr"):
+        info["slice_lr"] = a["slice_lr"]
     if ckpt.get("kind") == "vae":
         if not args.data:
             raise SystemExit("error: exporting a VAE needs --data (training images to calibrate on)")

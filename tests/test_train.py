@@ -115,3 +115,6 @@ def test_single_group_optimizer_state_resumes_with_slice_networks_in_their_own_g
     assert [g["lr"] for g in two.param_groups] == [1e-3, 1e-2]
     for p in params:
         assert torch.equal(two.state[p]["exp_avg"], one.state[p]["exp_avg"])
+    swapped = torch.optim.Adam([{"params": nets}, {"params": rest}])  # not the saved order
+    with pytest.raises(ValueError, match="does not match"):
+        _regroup(one.state_dict(), swapped)
