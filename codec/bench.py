@@ -70,7 +70,6 @@ from .metrics import MSSSIM_MIN_SIDE, PSNR_CAP, ms_ssim_rgb, psnr  # noqa: F401 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 ALL_CODECS = ("aecodec", "aecodec-vae", "aecodec-cc", "jpeg420", "jpeg444", "webp", "avif", "jpeg2000", "jpegxl")
-DEFAULT_CODECS = tuple(c for c in ALL_CODECS if c != "aecodec-cc")  # cc weights do not ship yet: --cc-weights
 QUICK_IMAGES = 3
 QUICK_CROP = 256  # centre crop: small enough for CI, big enough for 5-scale MS-SSIM
 
@@ -146,7 +145,7 @@ def sweep(codecs: list, paths: list[Path], qualities: dict[str, Sequence[int]], 
 
 
 def _parse_codecs(text: str | None) -> list[str]:
-    names = [n.strip().lower() for n in (text or ",".join(DEFAULT_CODECS)).split(",") if n.strip()]
+    names = [n.strip().lower() for n in (text or ",".join(ALL_CODECS)).split(",") if n.strip()]
     for n in names:
         if n not in ALL_CODECS:
             raise BenchError(f"unknown codec {n!r} (choose from {', '.join(ALL_CODECS)})")
@@ -173,8 +172,8 @@ def _parse_qualities(text: str) -> tuple[int, ...]:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", help="folder of images (PNG, JPEG, ...), e.g. the 24 Kodak images")
     p.add_argument("--codecs", metavar="LIST",
-                   help=f"comma list from {','.join(ALL_CODECS)} (default: all but aecodec-cc, whose "
-                   f"weights need --cc-weights; {ANCHOR} always runs, as the BD-rate anchor)")
+                   help=f"comma list from {','.join(ALL_CODECS)} (default: all; {ANCHOR} always runs, "
+                   "as the BD-rate anchor)")
     p.add_argument("--qualities", metavar="LIST",
                    help="aecodec qualities, comma list of 1-100 "
                    f"(default: {','.join(map(str, AECODEC_QUALITIES))}; --quick: {','.join(map(str, AECODEC_QUICK))})")

@@ -53,7 +53,7 @@ class ModelEntry:
     name: str
     short: str  # the command line's --model choice
     target: str  # "module:Class", imported on first use
-    weights_file: str | None  # shipped file name in the weights folder (None: none shipped yet)
+    weights_file: str  # shipped file name in the weights folder
 
     @property
     def cls(self) -> type:
@@ -89,7 +89,5 @@ def by_short(short: str) -> ModelEntry:
 
 register(ModelEntry(1, "hyperprior-gain", "hp", "codec.model:GainHyperprior", "aecodec-hp.safetensors"))
 register(ModelEntry(2, "vae-kl-f8", "vae", "codec.vae:KLAutoencoder", "aecodec-vae-f8.safetensors"))
-# trained and measured, not shipped yet: at equal transforms its slices gave only -0.4% BD-rate after
-# 1400 CPU steps, for a 21 MB file (weights/README.md); use it with --weights
-register(ModelEntry(3, "cc-hyperprior-gain", "cc", "codec.ccmodel:ChannelConditional", None))
-DEFAULT_MODEL = "hyperprior-gain"
+register(ModelEntry(3, "cc-hyperprior-gain", "cc", "codec.ccmodel:ChannelConditional", "aecodec-cc.safetensors"))
+DEFAULT_MODEL = "cc-hyperprior-gain"  # the best rate-distortion (weights/README.md)

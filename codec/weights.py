@@ -28,7 +28,9 @@ FORMAT = "aecodec-weights-1"
 
 # Weights that earlier releases shipped (the 8-byte id every .aec header holds), so that a file
 # this release cannot decode names the release that can. Add the outgoing weights at each release.
-PAST_WEIGHTS: dict[str, str] = {}
+PAST_WEIGHTS: dict[str, str] = {
+    "71cc861f10712727": "aecodec 0.2.0",  # hyperprior-gain
+}
 Model = torch.nn.Module  # a registered codec model (codec/registry.py)
 
 

@@ -40,9 +40,10 @@ def make_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Ima
 
 @pytest.fixture(scope="session")
 def codec():
+    """The plain hyperprior: the container and hostile-input tests count its two streams."""
     from codec.api import Codec
 
-    return Codec(device="cpu")
+    return Codec(device="cpu", model="hyperprior-gain")
 
 
 @pytest.fixture(autouse=True)

@@ -99,13 +99,3 @@ def test_train_cc_from_a_hyperprior_run(tmp_path):
     for name, t in hp.model.state_dict().items():
         assert torch.equal(t, codec.model.state_dict()[name]), name
 
-
-def test_no_weights_ship_yet_and_the_message_says_what_to_do(tmp_path, capsys):
-    from codec.cli import main
-    from codec.weights import WeightsError
-
-    with pytest.raises(WeightsError, match="--weights FILE"):
-        Codec(device="cpu", model="cc-hyperprior-gain")
-    make_image(16, 16).save(tmp_path / "a.png")
-    assert main(["compress", str(tmp_path / "a.png"), "--model", "cc", "--device", "cpu"]) == 1
-    assert "no weights ship for model cc-hyperprior-gain" in capsys.readouterr().err

@@ -39,6 +39,8 @@ CASES = {
     "hp-100x30-l-q95.aec": ("hyperprior-gain", 100, 30, "L", 95),
     "hp-17x9-la-q1.aec": ("hyperprior-gain", 17, 9, "LA", 1),
     "hp-130x70-rgb-q50.aec": ("hyperprior-gain", 130, 70, "RGB", 50),
+    "cc-64x48-rgb-q75.aec": ("cc-hyperprior-gain", 64, 48, "RGB", 75),
+    "cc-130x70-la-q10.aec": ("cc-hyperprior-gain", 130, 70, "LA", 10),
     "vae-64x48-rgb-q60.aec": ("vae-kl-f8", 64, 48, "RGB", 60),
     "vae-40x24-l-q100.aec": ("vae-kl-f8", 40, 24, "L", 100),
     "vae-25x30-rgba-q1.aec": ("vae-kl-f8", 25, 30, "RGBA", 1),

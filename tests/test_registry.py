@@ -124,6 +124,20 @@ def test_tiny_model_round_trips_through_the_command_line(tiny_weights, tmp_path,
     assert Image.open(tmp_path / "b.png").size == (40, 28)
 
 
+def test_a_model_without_shipped_weights_says_what_to_do(tmp_path, capsys):
+    from codec.weights import WeightsError
+
+    registry.register(ModelEntry(201, "untrained-test", "untrained", f"{__name__}:TinyCodec", None))
+    try:
+        with pytest.raises(WeightsError, match="no weights ship for model untrained-test yet.*--weights FILE"):
+            Codec(device="cpu", model="untrained-test")
+        make_image(16, 16).save(tmp_path / "a.png")
+        assert main(["compress", str(tmp_path / "a.png"), "--model", "untrained", "--device", "cpu"]) == 1
+        assert "no weights ship for model untrained-test" in capsys.readouterr().err
+    finally:
+        registry.unregister("untrained-test")
+
+
 def test_registry_refuses_clashes():
     with pytest.raises(ValueError, match="clashes"):
         registry.register(ModelEntry(1, "other", "other", "x:y", "x.safetensors"))
