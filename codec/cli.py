@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-m", "--model", choices=[e.short for e in registry.MODELS.values()],
                    default=registry.MODELS[registry.DEFAULT_MODEL].short,
                    help="cc: the channel-conditional model (default: the smallest files); hp: the plain "
-                   "hyperprior (1.3x faster, files about 5%% larger); vae: the f8 VAE's quantised latent (low rates only)")
+                   "hyperprior (1.3x faster, files about 10%% larger); vae: the f8 VAE's quantised latent (low rates only)")
     c.add_argument("--strip", action="store_true",
                    help="drop the ICC profile and EXIF (kept by default, and restored by decompress)")
     c.add_argument("--target-size", type=int, metavar="BYTES",
