@@ -32,7 +32,7 @@ from . import AecodecError, bitstream, registry
 from .bitstream import FormatError, Header
 from .imageio import merge, normalize, split
 from .registry import DEFAULT_MODEL
-from .weights import PAST_WEIGHTS, default_weights, load_weights, read_metadata
+from .weights import PAST_WEIGHTS, load_weights, read_metadata
 
 DEFAULT_QUALITY = 75
 LATENT_FORMAT = "aecodec-latent-1"
@@ -64,16 +64,17 @@ class Codec:
     """A loaded model, ready to code many images (load once, reuse)."""
 
     def __init__(self, weights: str | Path | None = None, device: str | torch.device = "auto",
-                 model: str = DEFAULT_MODEL, max_pixels: int | None = -1):
-        """``weights``: a weights file (its metadata names the model), else the shipped
-        weights of ``model`` ("hyperprior-gain" or "vae-kl-f8"). ``max_pixels``: the largest
-        image this codec decodes (default ``MAX_DECODE_PIXELS`` as it is when decoding; None:
-        the format's limit)."""
+                 model: str | None = None, max_pixels: int | None = -1):
+        """``weights``: a weights file, else the shipped file of ``model``. ``model``: the model
+        to load, the file's own (default; without ``weights``, the default model) or one it
+        contains ("hyperprior-gain" from a channel-conditional file). ``max_pixels``: the
+        largest image this codec decodes (default ``MAX_DECODE_PIXELS`` as it is when decoding;
+        None: the format's limit)."""
         self.device = resolve_device(device)
         self.max_pixels = max_pixels
-        if model not in registry.MODELS:
+        if model is not None and model not in registry.MODELS:
             raise CodecError(f"unknown model {model!r} (choose from {', '.join(registry.MODELS)})")
-        self.model, digest = load_weights(weights or default_weights(model))
+        self.model, digest = load_weights(weights, model)
         self.weights_sha256 = digest
         self.weights_id = bytes.fromhex(digest[:16])
         # Only the heavy transforms move; entropy models, h_s and gains stay on CPU.

@@ -27,7 +27,7 @@ from compressai.models.utils import conv
 
 from . import entropy, tiles
 from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round
-from .model import GainHyperprior, default_lambdas
+from .model import GainHyperprior, ModelConfig, default_lambdas
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,16 @@ class ChannelConditional(GainHyperprior):
         if unexpected or any(not k.startswith("slice_nets.") for k in missing):
             raise ValueError(f"not a hyperprior of this shape ({unexpected or missing})")
         return model
+
+    def submodel(self, name: str) -> GainHyperprior | None:
+        """The hyperprior inside: the same transforms, hyperprior and tables without the slice
+        corrections, so one shipped file serves ``--model cc`` and ``--model hp``."""
+        if name != GainHyperprior.NAME:
+            return None
+        c = self.config
+        hp = GainHyperprior(ModelConfig(c.N, c.M, tuple(c.lambdas)))
+        hp.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("slice_nets.")})
+        return hp
 
     def _slice_params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor], net) -> tuple[torch.Tensor, torch.Tensor]:
         """Scales and means of slice ``i`` from the hyperprior output and the slices before it."""

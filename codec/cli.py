@@ -103,7 +103,7 @@ def _codec(args: argparse.Namespace, model: str | None = None):
     """The Codec for ``--weights`` if given, else the shipped weights of ``model``."""
     from .api import Codec
 
-    model = model or (registry.by_short(args.model).name if getattr(args, "model", None) else registry.DEFAULT_MODEL)
+    model = model or (registry.by_short(args.model).name if getattr(args, "model", None) else None)
     limit = getattr(args, "max_pixels", None)
     return Codec(weights=args.weights, device=args.device, model=model,
                  max_pixels=-1 if limit is None else (limit or None))
@@ -258,9 +258,9 @@ def cmd_vae_decode(args: argparse.Namespace) -> int:
 
 def cmd_vae_export(args: argparse.Namespace) -> int:
     from .vae import export_diffusers
-    from .weights import default_weights, load_weights
+    from .weights import load_weights
 
-    model, digest = load_weights(args.weights or default_weights("vae-kl-f8"))
+    model, digest = load_weights(args.weights, "vae-kl-f8")
     out = Path(args.folder)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} exists and is not empty (use --force to overwrite)")
@@ -351,9 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-q", "--quality", type=int, default=75,
                    help="1-100, higher is better and bigger, like JPEG's (default: 75)")
     c.add_argument("-m", "--model", choices=[e.short for e in registry.MODELS.values()],
-                   default=registry.MODELS[registry.DEFAULT_MODEL].short,
-                   help="cc: the channel-conditional model (default: the smallest files); hp: the plain "
-                   "hyperprior (1.3x faster, files about 10%% larger); vae: the f8 VAE's quantised latent (low rates only)")
+                   help="cc: the channel-conditional model (the default: the smallest files); hp: the plain "
+                   "hyperprior inside the same weights (1.3x faster, files about 10%% larger); vae: the f8 VAE's "
+                   "quantised latent (low rates only). With --weights: the file's own model unless given")
     c.add_argument("--strip", action="store_true",
                    help="drop the ICC profile and EXIF (kept by default, and restored by decompress)")
     c.add_argument("--target-size", type=int, metavar="BYTES",

@@ -63,7 +63,8 @@ class GainHyperprior(CompressionModel):
     MODEL_ID = 1
     NAME = "hyperprior-gain"
     CONFIG = ModelConfig
-    FP16_PREFIXES = ("g_a.", "g_s.", "h_a.")  # h_s is stored as exact integers, entropy models float32
+    FP16_PREFIXES = ("g_a.", "g_s.")  # h_s is stored as exact integers, entropy models float32
+    INT8_PREFIXES = ("h_a.",)  # encoder-only: picks z, never changes how a file decodes
     device_parts = ("g_a", "h_a", "g_s")  # what runs on the chosen device; the rest stays on CPU
     padding = 64  # the image passes through g_a (x16) and h_a (x4)
     num_streams = 2  # z and y

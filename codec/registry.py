@@ -23,6 +23,8 @@ class CodecModel(Protocol):
     NAME: ClassVar[str]  # in the API and weights files
     CONFIG: ClassVar[type]  # dataclass with to_dict() / from_dict(), stored in the weights file
     FP16_PREFIXES: ClassVar[tuple[str, ...]]  # state-dict prefixes stored as float16 (the big transforms)
+    # optional: INT8_PREFIXES, encoder-only weights stored as int8 (codec/weights.py);
+    # optional: submodel(name), a registered model this one contains, so one file ships both
     device_parts: ClassVar[tuple[str, ...]]  # submodules that run on the chosen device; the rest stays on CPU
     config: Any
 
@@ -53,7 +55,7 @@ class ModelEntry:
     name: str
     short: str  # the command line's --model choice
     target: str  # "module:Class", imported on first use
-    weights_file: str  # shipped file name in the weights folder
+    weights_file: str  # shipped file name in the weights folder (may hold a model containing this one)
 
     @property
     def cls(self) -> type:
@@ -87,7 +89,8 @@ def by_short(short: str) -> ModelEntry:
     return next(e for e in MODELS.values() if e.short == short)
 
 
-register(ModelEntry(1, "hyperprior-gain", "hp", "codec.model:GainHyperprior", "aecodec-hp.safetensors"))
+# The hyperprior ships inside the channel-conditional file (ChannelConditional.submodel).
+register(ModelEntry(1, "hyperprior-gain", "hp", "codec.model:GainHyperprior", "aecodec-cc.safetensors"))
 register(ModelEntry(2, "vae-kl-f8", "vae", "codec.vae:KLAutoencoder", "aecodec-vae-f8.safetensors"))
 register(ModelEntry(3, "cc-hyperprior-gain", "cc", "codec.ccmodel:ChannelConditional", "aecodec-cc.safetensors"))
 DEFAULT_MODEL = "cc-hyperprior-gain"  # the best rate-distortion (weights/README.md)

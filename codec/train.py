@@ -486,10 +486,7 @@ def export(args: argparse.Namespace) -> None:
         if args.as_hyperprior and isinstance(model, ChannelConditional):
             # the same transforms and hyperprior without the slice corrections: what the
             # channel-conditional entropy model alone is worth, measured on equal transforms
-            c = model.config
-            hp = GainHyperprior(ModelConfig(c.N, c.M, tuple(c.lambdas)))
-            hp.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("slice_nets.")})
-            model, info["from"] = hp, "channel-conditional checkpoint, slice networks dropped"
+            model, info["from"] = model.submodel(GainHyperprior.NAME), "channel-conditional checkpoint, slice networks dropped"
     model.update(force=True)
     digest = save_weights(model, args.output, info)
     print(f"wrote {args.output} ({Path(args.output).stat().st_size/1e6:.1f} MB, sha256 {digest[:16]})")

@@ -2,8 +2,10 @@
 
 A weights file holds everything the decoder needs, the rANS CDF tables included, so no
 decoder ever recomputes a probability table (which could differ by machine). The fixed-point
-hyper synthesis is stored as its exact integers. The analysis/synthesis transforms are stored in
-float16 to keep the file small; the file's SHA-256 identifies the exact weights in every
+hyper synthesis is stored as its exact integers. To keep the file small, the analysis/synthesis
+transforms are stored in float16, encoder-only layers a model names in ``INT8_PREFIXES`` as int8
+with a scale per output channel (they only choose what is coded, never how it decodes), and the
+CDF tables without their zero padding. The file's SHA-256 identifies the exact weights in every
 ``.aec`` header.
 """
 
@@ -25,11 +27,15 @@ from .exact import integer_scales
 from .registry import DEFAULT_MODEL
 
 FORMAT = "aecodec-weights-1"
+INT8_SCALE = ".int8_scale"  # key suffix: per-output-channel scale of an int8-stored weight
+CDF = "._quantized_cdf"  # CompressAI's CDF table: rows zero-padded to the longest, lengths in ._cdf_length
 
 # Weights that earlier releases shipped (the 8-byte id every .aec header holds), so that a file
 # this release cannot decode names the release that can. Add the outgoing weights at each release.
 PAST_WEIGHTS: dict[str, str] = {
     "71cc861f10712727": "aecodec 0.2.0",  # hyperprior-gain
+    "7f0d3914ba2f67a5": "aecodec 0.3.0",  # hyperprior-gain (aecodec-hp.safetensors)
+    "2f9db684f2495987": "aecodec 0.3.0",  # cc-hyperprior-gain
 }
 Model = torch.nn.Module  # a registered codec model (codec/registry.py)
 
@@ -53,14 +59,23 @@ def save_weights(model: Model, path: str | Path, info: dict | None = None) -> st
     """Write ``model`` (after ``model.update()``) to ``path`` atomically; returns its hash."""
     tensors = {}
     exact = integer_scales(model)  # fixed-point tensors: stored as their exact integers
-    for name, t in model.state_dict().items():
+    cls = type(model)
+    state = model.state_dict()
+    for name, t in state.items():
         t = t.detach().cpu()
         scale = exact.get(name)
         if scale is not None:
             q = torch.round(t.double() * scale)
             t = q.to(torch.int16 if name.endswith(".weight") else torch.int32)
-        elif name.startswith(type(model).FP16_PREFIXES) and t.is_floating_point():
+        elif name.startswith(getattr(cls, "INT8_PREFIXES", ())) and name.endswith(".weight"):
+            s = t.float().abs().amax(dim=tuple(range(1, t.dim())), keepdim=True).clamp_min(1e-30) / 127
+            tensors[name + INT8_SCALE] = s.contiguous()
+            t = torch.round(t.float() / s).to(torch.int8)
+        elif name.startswith(cls.FP16_PREFIXES) and t.is_floating_point():
             t = t.half()
+        elif name.endswith(CDF):  # the rows without their padding, one after another
+            lengths = state[name[: -len(CDF)] + "._cdf_length"].tolist()
+            t = torch.cat([row[:n] for row, n in zip(t, lengths)])
         tensors[name] = t.contiguous()
     meta = {"format": FORMAT, "model": model.NAME, "config": json.dumps(model.config.to_dict())}
     meta["info"] = json.dumps(info or {})
@@ -71,6 +86,31 @@ def save_weights(model: Model, path: str | Path, info: dict | None = None) -> st
     tmp.write_bytes(data)
     os.replace(tmp, path)
     return hashlib.sha256(data).hexdigest()
+
+
+def _unpack(tensors: dict[str, torch.Tensor], exact: dict[str, float]) -> dict[str, torch.Tensor]:
+    """The state dict that :func:`save_weights` stored (raises ValueError/KeyError if the
+    tensors do not fit together)."""
+    state = {}
+    for name, t in tensors.items():
+        if name.endswith(INT8_SCALE):
+            continue
+        scale = exact.get(name)
+        if scale is not None:
+            t = t.double() / scale  # exact: the stored integers are the fixed-point grid
+        elif t.dtype == torch.int8:
+            s = tensors[name + INT8_SCALE].float()
+            if s.dim() != t.dim() or s.shape[0] != t.shape[0] or s.numel() != t.shape[0]:
+                raise ValueError(f"{name}{INT8_SCALE} does not fit {name}")
+            t = t.float() * s
+        elif name.endswith(CDF) and t.dim() == 1:
+            lengths = tensors[name[: -len(CDF)] + "._cdf_length"].tolist()
+            if not lengths or min(lengths) < 1 or sum(lengths) != t.numel():
+                raise ValueError(f"{name} does not fit its lengths")
+            t = torch.stack([torch.nn.functional.pad(r, (0, max(lengths) - len(r)))
+                             for r in t.split(lengths)])
+        state[name] = t.float() if t.is_floating_point() else t
+    return state
 
 
 def read_metadata(data: bytes, max_header: int | None = None, max_depth: int | None = None) -> dict:
@@ -123,10 +163,11 @@ def default_weights(model: str = DEFAULT_MODEL) -> Path:
     return weights_dir() / entry.weights_file
 
 
-def load_weights(path: str | Path | None = None) -> tuple[Model, str]:
-    """Load a model for coding (eval mode, CPU) and the SHA-256 of its file; the file's
-    metadata says which model it is."""
-    path = Path(path) if path else default_weights()
+def load_weights(path: str | Path | None = None, model: str | None = None) -> tuple[Model, str]:
+    """Load a model for coding (eval mode, CPU) and the SHA-256 of its file. The file's metadata
+    says which model it holds; ``model`` asks for that one or for a model it contains (the
+    channel-conditional file holds the hyperprior: same transforms, no slice networks)."""
+    path = Path(path) if path else default_weights(model or DEFAULT_MODEL)
     try:
         data = path.read_bytes()
         meta = read_metadata(data, max_depth=64)
@@ -143,19 +184,17 @@ def load_weights(path: str | Path | None = None) -> tuple[Model, str]:
     except (ValueError, KeyError, TypeError, SafetensorError) as e:
         raise WeightsError(f"{path} is not a valid weights file ({e})") from None
     try:
-        model = cls(config)
-        exact = integer_scales(model)
-        state = {}
-        for name, t in tensors.items():
-            scale = exact.get(name)
-            if scale is not None:
-                t = t.double() / scale  # exact: the stored integers are the fixed-point grid
-            state[name] = t.float() if t.is_floating_point() else t
-        model.load_state_dict(state)
+        loaded = cls(config)
+        loaded.load_state_dict(_unpack(tensors, integer_scales(loaded)))
     except (RuntimeError, ValueError, TypeError, KeyError) as e:  # tensors that do not fit the config
         raise WeightsError(f"{path} does not fit its own config ({str(e).splitlines()[0]})") from None
-    model.eval()
-    return model, hashlib.sha256(data).hexdigest()
+    if model is not None and model != loaded.NAME:
+        inner = getattr(loaded, "submodel", lambda name: None)(model)
+        if inner is None:
+            raise WeightsError(f"{path} holds model {loaded.NAME}, not {model}")
+        loaded = inner
+    loaded.eval()
+    return loaded, hashlib.sha256(data).hexdigest()
 
 
 def weights_info(path: str | Path) -> dict:

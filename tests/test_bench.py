@@ -15,7 +15,7 @@ from PIL import Image
 
 from codec import bench
 
-WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "aecodec-hp.safetensors"
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "aecodec-cc.safetensors"
 CURVE_KEYS = {"q", "bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"}
 
 

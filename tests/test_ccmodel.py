@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from codec.api import Codec, pad_to_stride
+from codec.api import Codec, CodecError, pad_to_stride, read_header
 from codec.ccmodel import CCConfig, ChannelConditional
 from codec.exact import integer_scales
 from codec.imageio import normalize, split
 from codec.train import main
-from codec.weights import load_weights, save_weights
+from codec.weights import WeightsError, load_weights, save_weights
 from conftest import make_image, psnr
 
 
@@ -29,7 +29,7 @@ def _nudge(model: ChannelConditional, seed: int = 0) -> ChannelConditional:
 
 @pytest.fixture(scope="module")
 def cc_weights(tmp_path_factory):
-    hp, _ = load_weights()
+    hp, _ = load_weights(model="hyperprior-gain")
     model = _nudge(ChannelConditional.from_hyperprior(hp))
     model.update(force=True)
     path = tmp_path_factory.mktemp("cc") / "cc.safetensors"
@@ -99,3 +99,23 @@ def test_train_cc_from_a_hyperprior_run(tmp_path):
     for name, t in hp.model.state_dict().items():
         assert torch.equal(t, codec.model.state_dict()[name]), name
 
+
+
+def test_one_file_holds_both_models(cc_weights, tmp_path):
+    """The hyperprior ships inside the channel-conditional file: ``--model hp`` reads it
+    without the slice networks, and its files name the same weights."""
+    cc = Codec(cc_weights, device="cpu")
+    hp = Codec(cc_weights, device="cpu", model="hyperprior-gain")
+    assert hp.model.NAME == "hyperprior-gain" and hp.weights_id == cc.weights_id
+    for name, t in hp.model.state_dict().items():
+        assert torch.equal(t, cc.model.state_dict()[name]), name
+    image = make_image(64, 40)
+    data = hp.compress(image, 50)
+    assert read_header(data).model == "hyperprior-gain"
+    assert psnr(image, hp.decompress(data)) > 22
+    with pytest.raises(CodecError, match="written by model hyperprior-gain"):
+        cc.decompress(data)
+    hp_only = tmp_path / "hp.safetensors"
+    save_weights(hp.model, hp_only)
+    with pytest.raises(WeightsError, match="holds model hyperprior-gain, not cc-hyperprior-gain"):
+        load_weights(hp_only, "cc-hyperprior-gain")

@@ -36,6 +36,12 @@ def test_every_built_in_model_ships_its_weights():
         assert entry.weights_file is None or f"weights/{entry.weights_file}" in shipped
 
 
+def test_shipped_weights_files_are_at_most_20_mb():
+    """One download for every quality (issue 13's bound); the hyperprior lives inside the cc file."""
+    for name in {e.weights_file for e in registry.MODELS.values() if e.weights_file}:
+        assert (ROOT / "weights" / name).stat().st_size <= 20_000_000, name
+
+
 def test_wheel_carries_every_weights_file(tmp_path):
     """Build the wheel as pip would (no network: the installed setuptools) and look inside."""
     pytest.importorskip("setuptools")
