@@ -178,7 +178,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="aecodec qualities, comma list of 1-100 "
                    f"(default: {','.join(map(str, AECODEC_QUALITIES))}; --quick: {','.join(map(str, AECODEC_QUICK))})")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where aecodec runs (default: auto)")
-    p.add_argument("--weights", metavar="FILE", help="aecodec weights (default: the shipped weights)")
+    p.add_argument("--weights", metavar="FILE", help="aecodec (the hyperprior) weights: a file of that model, or a "
+                   "channel-conditional file, whose hyperprior it is (default: --cc-weights, else the shipped file)")
     p.add_argument("--vae-weights", metavar="FILE", help="aecodec-vae weights (default: the shipped weights)")
     p.add_argument("--cc-weights", metavar="FILE", help="aecodec-cc weights (default: the shipped weights)")
     p.add_argument("--out", default="bench-out", metavar="DIR", help="output folder (default: bench-out)")
@@ -230,7 +231,8 @@ def _run(args: argparse.Namespace) -> int:
         raise BenchError(f"{out}: cannot create output folder ({e.strerror or e})") from None
 
     classical = {**pillow_codecs(), "jpegxl": JxlCodec()}
-    weights = {"aecodec": args.weights, "aecodec-vae": args.vae_weights, "aecodec-cc": args.cc_weights}
+    # the hyperprior ships inside the channel-conditional file: by default aecodec measures that one
+    weights = {"aecodec": args.weights or args.cc_weights, "aecodec-vae": args.vae_weights, "aecodec-cc": args.cc_weights}
     codecs: list = []
     for n in names:
         codecs.append(_load_aecodec(args.device, weights[n], n) if n in AECODEC_MODELS else classical[n])

@@ -27,7 +27,7 @@ from compressai.models.utils import conv
 
 from . import entropy, tiles
 from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round
-from .model import GainHyperprior, ModelConfig, default_lambdas
+from .model import MAX_CHANNELS, GainHyperprior, ModelConfig, check_rd_config, default_lambdas
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,11 @@ class CCConfig:
     lambdas: tuple[float, ...] = field(default_factory=default_lambdas)
     slices: int = 4  # M must be a multiple
     width: int = 128  # channels of the slice networks
+
+    def __post_init__(self) -> None:
+        check_rd_config(self)
+        if not (1 <= self.slices <= self.M and 1 <= self.width <= MAX_CHANNELS):
+            raise ValueError(f"slices={self.slices}, width={self.width}: slices 1..M, width 1..{MAX_CHANNELS}")
 
     def to_dict(self) -> dict:
         return asdict(self)

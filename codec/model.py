@@ -40,6 +40,18 @@ def default_lambdas(k: int = 7, lo: float = 0.00065, hi: float = 0.1) -> tuple[f
     return tuple(float(lo * (hi / lo) ** (i / (k - 1))) for i in range(k))
 
 
+MAX_CHANNELS = 1024  # bounds on sizes read from a weights file, so a crafted config cannot
+MAX_ANCHORS = 64  # make the model allocate gigabytes before its tensors are even compared
+
+
+def check_rd_config(c) -> None:
+    """Refuse sizes no trained model has (ValueError): a config may come from a hostile file."""
+    if not (1 <= c.N <= MAX_CHANNELS and 1 <= c.M <= MAX_CHANNELS):
+        raise ValueError(f"N={c.N}, M={c.M}: channel counts must be 1..{MAX_CHANNELS}")
+    if not 2 <= len(c.lambdas) <= MAX_ANCHORS or not all(0 < x < 1e3 for x in c.lambdas):
+        raise ValueError(f"lambdas: 2..{MAX_ANCHORS} positive numbers below 1000")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild the network; stored in the weights file."""
@@ -47,6 +59,9 @@ class ModelConfig:
     N: int = 128
     M: int = 192
     lambdas: tuple[float, ...] = field(default_factory=default_lambdas)
+
+    def __post_init__(self) -> None:
+        check_rd_config(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

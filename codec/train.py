@@ -1,7 +1,7 @@
 """Train the variable-rate model on rate + lambda * distortion, or the f8 VAE, and export weights.
 
-    python -m codec.train fit --data ../shared/data/train --val ../shared/data/val --out runs/hp
-    python -m codec.train export runs/hp/best.pt weights/aecodec-hp.safetensors
+    python -m codec.train fit --model cc --data ../shared/data/train --val ../shared/data/val --out runs/cc
+    python -m codec.train export runs/cc/best.pt weights/aecodec-cc.safetensors
 
     python -m codec.train fit --model vae --data ../shared/data/train --val ../shared/data/val --out runs/vae
     python -m codec.train export runs/vae/best.pt weights/aecodec-vae-f8.safetensors --data ../shared/data/train
@@ -138,7 +138,8 @@ def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperp
         model = cls(cls.CONFIG.from_dict(ckpt["config"]))
         model.load_state_dict(ckpt["model"])
     elif args.init:  # continue from shipped weights (fresh optimiser state)
-        init_model, _ = load_weights(args.init)
+        # --model hp from a cc file: the hyperprior inside it (load_weights' submodel)
+        init_model, _ = load_weights(args.init, GainHyperprior.NAME if args.model == "hp" else None)
         model = type(init_model)(init_model.config)
         model.load_state_dict(init_model.state_dict())
     elif args.model == "vae":
@@ -150,7 +151,7 @@ def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperp
     else:
         return GainHyperprior(ModelConfig(N=args.N, M=args.M, lambdas=args.lambdas or default_lambdas())), False
     kind = registry.MODELS[model.NAME].short
-    if args.model != kind and not (args.model == "cc" and kind == "hp") and args.model != "hp":
+    if args.model is not None and args.model != kind and not (args.model == "cc" and kind == "hp"):
         raise SystemExit(f"error: --model {args.model}, but the checkpoint or weights hold a {kind} model")
     if args.lambdas and type(model) is not GainHyperprior and args.lambdas != getattr(model.config, "lambdas", None):
         raise SystemExit("error: --lambdas retargets hp models only (retarget first, then convert with --model cc)")
@@ -508,15 +509,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f = sub.add_parser("fit", help="train (or resume) the variable-rate model or the VAE", formatter_class=_Formatter,
                        description="Train, or resume. Ctrl-C writes last.pt and stops. Data-parallel on "
                        "several processes or GPUs: torchrun --nproc_per_node=N -m codec.train fit ...")
-    f.add_argument("--model", choices=["hp", "cc", "vae"], default="hp",
-                   help="hp: the rate-distortion hyperprior (default); cc: the channel-conditional model "
-                   "(from --init/--resume of an hp model, its transforms carry over); vae: the KL-regularised "
-                   "f8 autoencoder")
+    f.add_argument("--model", choices=["hp", "cc", "vae"],
+                   help="hp: the rate-distortion hyperprior (new runs: the default; from --init of a cc file: "
+                   "the hyperprior inside it); cc: the channel-conditional model (from --init/--resume of an hp "
+                   "model, its transforms carry over); vae: the KL-regularised f8 autoencoder. "
+                   "Default: the model of --resume/--init")
     f.add_argument("--data", required=True, help="folder of training images")
     f.add_argument("--val", required=True, help="folder of held-out validation images")
     f.add_argument("--out", required=True, help="folder for last.pt / best.pt checkpoints")
     f.add_argument("--resume", help="checkpoint to continue from")
-    f.add_argument("--init", help="start from a weights file (e.g. weights/aecodec-hp.safetensors)")
+    f.add_argument("--init", help="start from a weights file (e.g. weights/aecodec-cc.safetensors)")
     f.add_argument("--fresh-optimizer", action="store_true", help="on resume, reset Adam's state")
     f.add_argument("--steps", type=int, default=100_000, help="total steps (counting resumed ones)")
     f.add_argument("--batch-size", type=int, default=8, help="crops per step (per rank under torchrun)")

@@ -53,6 +53,18 @@ class VAEConfig:
     latents_std: tuple[float, ...] | None = None
     codec_steps: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)  # anchor quantisation steps, coarse to fine
 
+    def __post_init__(self) -> None:
+        """Refuse sizes no trained model has (ValueError): a config may come from a hostile file."""
+        def ok(xs, lo, hi, n=8):
+            return 1 <= len(xs) <= n and all(lo <= x <= hi for x in xs)
+        if not (ok(self.block_out_channels, 1, 1024) and 1 <= self.layers_per_block <= 8
+                and 1 <= self.latent_channels <= 64 and 1 <= self.norm_num_groups <= 1024
+                and ok(self.codec_steps, 1e-6, 1e6, 64)):
+            raise ValueError("VAE config sizes out of range")
+        for stats in (self.latents_mean, self.latents_std):
+            if stats is not None and len(stats) != self.latent_channels:
+                raise ValueError("latents_mean/std need one value per latent channel")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

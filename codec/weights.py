@@ -29,6 +29,7 @@ from .registry import DEFAULT_MODEL
 FORMAT = "aecodec-weights-1"
 INT8_SCALE = ".int8_scale"  # key suffix: per-output-channel scale of an int8-stored weight
 CDF = "._quantized_cdf"  # CompressAI's CDF table: rows zero-padded to the longest, lengths in ._cdf_length
+MAX_CDF_TABLE = 2**24  # entries of a padded CDF table (the shipped ones: 128 x 77 and 64 x 3133)
 
 # Weights that earlier releases shipped (the 8-byte id every .aec header holds), so that a file
 # this release cannot decode names the release that can. Add the outgoing weights at each release.
@@ -100,17 +101,27 @@ def _unpack(tensors: dict[str, torch.Tensor], exact: dict[str, float]) -> dict[s
             t = t.double() / scale  # exact: the stored integers are the fixed-point grid
         elif t.dtype == torch.int8:
             s = tensors[name + INT8_SCALE].float()
-            if s.dim() != t.dim() or s.shape[0] != t.shape[0] or s.numel() != t.shape[0]:
+            if t.dim() < 1 or s.shape != (t.shape[0],) + (1,) * (t.dim() - 1) or not s.isfinite().all():
                 raise ValueError(f"{name}{INT8_SCALE} does not fit {name}")
             t = t.float() * s
         elif name.endswith(CDF) and t.dim() == 1:
-            lengths = tensors[name[: -len(CDF)] + "._cdf_length"].tolist()
-            if not lengths or min(lengths) < 1 or sum(lengths) != t.numel():
-                raise ValueError(f"{name} does not fit its lengths")
-            t = torch.stack([torch.nn.functional.pad(r, (0, max(lengths) - len(r)))
-                             for r in t.split(lengths)])
+            owner = name[: -len(CDF)]
+            t = _padded_cdf(name, t, tensors[owner + "._cdf_length"], tensors[owner + "._offset"])
         state[name] = t.float() if t.is_floating_point() else t
     return state
+
+
+def _padded_cdf(name: str, flat: torch.Tensor, lengths: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """CompressAI's padded CDF table from its rows stored one after another. The lengths come
+    from the file: bounded before the table (rows x longest) is allocated."""
+    n = lengths.tolist()
+    if (lengths.dim() != 1 or not n or len(n) != offsets.numel() or min(n) < 1
+            or len(n) * max(n) > MAX_CDF_TABLE or sum(n) != flat.numel()):
+        raise ValueError(f"{name} does not fit its lengths")
+    table = torch.zeros(len(n), max(n), dtype=flat.dtype)
+    mask = torch.arange(max(n)) < lengths.unsqueeze(1)  # row-major, as the rows were stored
+    table[mask] = flat
+    return table
 
 
 def read_metadata(data: bytes, max_header: int | None = None, max_depth: int | None = None) -> dict:
@@ -167,6 +178,8 @@ def load_weights(path: str | Path | None = None, model: str | None = None) -> tu
     """Load a model for coding (eval mode, CPU) and the SHA-256 of its file. The file's metadata
     says which model it holds; ``model`` asks for that one or for a model it contains (the
     channel-conditional file holds the hyperprior: same transforms, no slice networks)."""
+    if model is not None and model not in registry.MODELS:
+        raise WeightsError(f"unknown model {model!r} (known: {', '.join(registry.MODELS)})")
     path = Path(path) if path else default_weights(model or DEFAULT_MODEL)
     try:
         data = path.read_bytes()
@@ -186,7 +199,7 @@ def load_weights(path: str | Path | None = None, model: str | None = None) -> tu
     try:
         loaded = cls(config)
         loaded.load_state_dict(_unpack(tensors, integer_scales(loaded)))
-    except (RuntimeError, ValueError, TypeError, KeyError) as e:  # tensors that do not fit the config
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:  # tensors that do not fit the config
         raise WeightsError(f"{path} does not fit its own config ({str(e).splitlines()[0]})") from None
     if model is not None and model != loaded.NAME:
         inner = getattr(loaded, "submodel", lambda name: None)(model)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from codec.cli import main
+from codec.weights import default_weights, load_weights, save_weights
 from conftest import make_image
+
+RELEASED = Path(__file__).parent / "released"  # files written by earlier releases, as they shipped
 
 
 @pytest.fixture
@@ -90,3 +95,34 @@ def test_no_traceback_from_the_installed_command(folder):
                        capture_output=True, text=True)
     assert r.returncode == 1
     assert r.stderr.strip() == "aecodec: error: bad.aec: not an .aec file (wrong magic bytes)"
+
+
+@pytest.mark.parametrize("name", ["aecodec-0.3.0-hp-64x48-q75.aec", "aecodec-0.3.0-cc-64x48-q75.aec"])
+def test_a_file_of_an_earlier_release_is_refused_naming_it(folder, capsys, name):
+    shutil.copy(RELEASED / name, "old.aec")
+    assert main(["decompress", "old.aec", "--device", "cpu"]) == 1
+    assert capsys.readouterr().err.strip().endswith("decode it with aecodec 0.3.0")
+    assert not (folder / "old.png").exists()
+
+
+def test_the_hyperprior_inside_the_default_weights_file(folder, capsys):
+    """--model hp codes with the hyperprior the channel-conditional file holds; any decompress
+    reads the model from the file, the default weights or that file named with --weights."""
+    assert main(["compress", "a.png", "--model", "hp", "-o", "hp.aec", "--device", "cpu"]) == 0
+    assert main(["info", "hp.aec"]) == 0 and "hyperprior-gain" in capsys.readouterr().out
+    assert main(["decompress", "hp.aec", "-o", "hp.png", "--device", "cpu"]) == 0
+    assert main(["decompress", "hp.aec", "-o", "hp2.png", "--weights", str(default_weights()),
+                 "--device", "cpu"]) == 0
+    assert Image.open("hp.png").tobytes() == Image.open("hp2.png").tobytes()
+
+
+def test_a_weights_file_codes_with_its_own_model(folder, capsys):
+    hp, _ = load_weights(model="hyperprior-gain")
+    save_weights(hp, "hp-only.safetensors")  # a file holding just the hyperprior
+    assert main(["compress", "a.png", "--weights", "hp-only.safetensors", "-o", "x.aec", "--device", "cpu"]) == 0
+    assert main(["info", "x.aec"]) == 0 and "hyperprior-gain" in capsys.readouterr().out
+    assert main(["decompress", "x.aec", "--weights", "hp-only.safetensors", "--device", "cpu"]) == 0
+    # the shipped file holds the same hyperprior, but a file names its exact weights
+    assert main(["decompress", "x.aec", "-o", "y.png", "--device", "cpu"]) == 1
+    assert "written by other hyperprior-gain weights" in capsys.readouterr().err
+    assert not (folder / "y.png").exists()

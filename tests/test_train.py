@@ -118,3 +118,25 @@ def test_single_group_optimizer_state_resumes_with_slice_networks_in_their_own_g
     swapped = torch.optim.Adam([{"params": nets}, {"params": rest}])  # not the saved order
     with pytest.raises(ValueError, match="does not match"):
         _regroup(one.state_dict(), swapped)
+
+
+def test_init_from_a_cc_file_trains_the_model_asked_for(tmp_path):
+    """--init of a channel-conditional file continues that model; --model hp trains the hyperprior
+    inside it (one file ships both)."""
+    from codec.ccmodel import CCConfig, ChannelConditional
+
+    cc = ChannelConditional(CCConfig(N=16, M=24, slices=2, width=8))
+    cc.update(force=True)
+    weights = tmp_path / "cc.safetensors"
+    save_weights(cc, weights)
+    data = tmp_path / "data"
+    data.mkdir()
+    make_image(80, 72).save(data / "0.png")
+    for model, kind in ((None, "cc"), ("hp", "hp")):
+        run = tmp_path / f"run-{kind}"
+        main(["fit", "--data", str(data), "--val", str(data), "--out", str(run), "--patch-size", "64",
+              "--batch-size", "2", "--steps", "1", "--device", "cpu", "--init", str(weights),
+              *(["--model", model] if model else [])])
+        ckpt = torch.load(run / "last.pt", weights_only=False)
+        assert ckpt["kind"] == kind
+        assert any(k.startswith("slice_nets.") for k in ckpt["model"]) == (kind == "cc")

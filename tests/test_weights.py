@@ -52,19 +52,48 @@ def test_load_gives_back_the_model(small):
             assert torch.equal(t, want[name]), name
 
 
-@pytest.mark.parametrize("damage", ["cdf-short", "cdf-length-zero", "int8-scale-missing", "int8-scale-shape"])
+DAMAGE = ["cdf-short", "cdf-length-zero", "cdf-rows-mismatch", "cdf-table-huge", "int8-scale-missing",
+          "int8-scale-shape", "int8-scale-nan", "int8-scalar", "config-huge", "config-no-lambdas"]
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
 def test_tensors_that_do_not_fit_together_are_refused(small, tmp_path, damage):
+    """Every one of these loads without a check (or allocates gigabytes, or raises a traceback)."""
     _, path = small
     raw = load_file(path)
+    meta = read_metadata(path.read_bytes())
+    cdf, lengths = "entropy_bottleneck._quantized_cdf", "entropy_bottleneck._cdf_length"
     if damage == "cdf-short":
-        raw["gaussian_conditional._quantized_cdf"] = raw["gaussian_conditional._quantized_cdf"][:-1]
-    elif damage == "cdf-length-zero":
-        raw["entropy_bottleneck._cdf_length"][0] = 0
+        raw[cdf] = raw[cdf][:-1]
+    elif damage == "cdf-length-zero":  # same total: only the row check sees it
+        raw[lengths][1] += raw[lengths][0]
+        raw[lengths][0] = 0
+    elif damage == "cdf-rows-mismatch":  # a row more than there are offsets
+        raw[lengths] = torch.cat([raw[lengths], torch.ones(1, dtype=raw[lengths].dtype)])
+        raw[cdf] = torch.cat([raw[cdf], torch.zeros(1, dtype=raw[cdf].dtype)])
+    elif damage == "cdf-table-huge":  # a 4 MB row makes a 16 rows x 4 MB padded table
+        raw[lengths][0] += 2**20
+        raw[cdf] = torch.cat([raw[cdf], torch.zeros(2**20, dtype=raw[cdf].dtype)])
     elif damage == "int8-scale-missing":
         del raw["h_a.0.weight.int8_scale"]
+    elif damage == "int8-scale-shape":  # would broadcast: one scale for every channel
+        raw["h_a.0.weight.int8_scale"] = raw["h_a.0.weight.int8_scale"][:1]
+    elif damage == "int8-scale-nan":
+        raw["h_a.0.weight.int8_scale"][0] = float("nan")
+    elif damage == "int8-scalar":
+        raw["h_a.0.weight"], raw["h_a.0.weight.int8_scale"] = torch.tensor(3, dtype=torch.int8), torch.tensor(1.0)
+    elif damage == "config-huge":  # a 10^5-channel model would take tens of GB before any tensor is compared
+        meta["config"] = meta["config"].replace('"N": 16', '"N": 100000')
     else:
-        raw["h_a.0.weight.int8_scale"] = raw["h_a.0.weight.int8_scale"][:3]
+        meta["config"] = meta["config"].replace('"lambdas": [', '"lambdas": [], "x": [')
     bad = tmp_path / "bad.safetensors"
-    save_file(raw, bad, metadata=read_metadata(path.read_bytes()))
-    with pytest.raises(WeightsError, match="does not fit|not a valid"):
+    save_file(raw, bad, metadata=meta)
+    # a config is refused for what it says, before a model of its size is built
+    reason = {"config-huge": "N=100000", "config-no-lambdas": "lambdas: 2..64"}.get(damage, "")
+    with pytest.raises(WeightsError, match=f"(does not fit|not a valid).*{reason}"):
         load_weights(bad)
+
+
+def test_an_unknown_model_name_is_a_weights_error():
+    with pytest.raises(WeightsError, match="unknown model 'bogus'"):
+        load_weights(None, "bogus")

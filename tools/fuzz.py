@@ -146,7 +146,7 @@ def seeds() -> tuple[list[bytes], list[bytes]]:
             im.putalpha(Image.fromarray((xx * 255 // w).astype(np.uint8), "L"))
         return im.convert(mode) if mode == "L" else im
 
-    hp, vae = Codec(device="cpu"), Codec(device="cpu", model="vae-kl-f8")
+    hp, vae = Codec(device="cpu", model="hyperprior-gain"), Codec(device="cpu", model="vae-kl-f8")
     with_metadata = image(40, 24, "RGB")
     exif = Image.Exif()
     exif[0x010E] = "fuzz seed"

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from codec import registry
+    from codec import AecodecError
     from codec.api import Codec
 
     shorts = args.models.split(",")
@@ -53,13 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown model {unknown[0]!r} (choose from {', '.join(e.short for e in registry.MODELS.values())})")
     torch.set_num_threads(args.threads)
-    image = Image.open(args.image)
-    image.load()
+    try:
+        image = Image.open(args.image)
+        image.load()
+    except OSError as e:
+        p.error(f"{args.image}: cannot read the image ({e})")
     print(f"{Path(args.image).name} {image.size[0]}x{image.size[1]}, q {args.quality}, {args.threads} threads, "
           f"median (min-max) of {args.runs} calls")
     print("| model | weights | bytes | encode s | decode s |\n|---|---|---:|---:|---:|")
     for short in shorts:
-        codec = Codec(args.weights, device="cpu", model=registry.by_short(short).name)
+        try:
+            codec = Codec(args.weights, device="cpu", model=registry.by_short(short).name)
+        except AecodecError as e:  # e.g. --weights of a model that is not the one asked for
+            print(f"speed.py: error: {e}", file=sys.stderr)
+            return 1
         data = codec.compress(image, args.quality)
         cells = [f"{statistics.median(t):.3f} ({min(t):.3f}-{max(t):.3f})"
                  for t in (timed(lambda: codec.compress(image, args.quality), args.runs),
