@@ -91,12 +91,13 @@ def curve_from_results(label: str, results: dict, reference: bool = False) -> Cu
 
 
 def load_reference(path: str) -> Curve:
-    """A --reference JSON; labelled "NAME (published)" for published-*.json, else by file stem."""
+    """A --reference JSON; labelled "NAME (published)" for published-*.json, else "STEM (reference)",
+    so that an earlier run's aecodec.json never reads as this run's aecodec."""
     p = Path(path)
     try:
         data = json.loads(p.read_text())
         stem = p.stem
-        label = f"{data.get('name', stem)} (published)" if stem.startswith("published") else stem
+        label = f"{data.get('name', stem)} (published)" if stem.startswith("published") else f"{stem} (reference)"
         return curve_from_results(label, data.get("results", data), reference=True)
     except OSError as e:
         raise BenchError(f"{path}: cannot read reference ({e.strerror or e})") from None

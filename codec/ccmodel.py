@@ -30,6 +30,9 @@ from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round
 from .model import MAX_CHANNELS, GainHyperprior, ModelConfig, check_rd_config, default_lambdas
 
 
+MAX_SLICES = 16  # published models use 5 (ELIC) or 10 (Minnen & Singh)
+
+
 @dataclass(frozen=True)
 class CCConfig:
     N: int = 128
@@ -40,8 +43,9 @@ class CCConfig:
 
     def __post_init__(self) -> None:
         check_rd_config(self)
-        if not (1 <= self.slices <= self.M and 1 <= self.width <= MAX_CHANNELS):
-            raise ValueError(f"slices={self.slices}, width={self.width}: slices 1..M, width 1..{MAX_CHANNELS}")
+        if not (1 <= self.slices <= MAX_SLICES and self.M % self.slices == 0 and 1 <= self.width <= MAX_CHANNELS):
+            raise ValueError(f"slices={self.slices}, width={self.width}: slices 1..{MAX_SLICES} dividing M, "
+                             f"width 1..{MAX_CHANNELS}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -40,8 +40,8 @@ def default_lambdas(k: int = 7, lo: float = 0.00065, hi: float = 0.1) -> tuple[f
     return tuple(float(lo * (hi / lo) ** (i / (k - 1))) for i in range(k))
 
 
-MAX_CHANNELS = 1024  # bounds on sizes read from a weights file, so a crafted config cannot
-MAX_ANCHORS = 64  # make the model allocate gigabytes before its tensors are even compared
+MAX_CHANNELS = 512  # bounds on sizes read from a weights file (a crafted config must not make the
+MAX_ANCHORS = 64  # model allocate gigabytes before its tensors are compared); published: N, M <= 320
 
 
 def check_rd_config(c) -> None:

@@ -37,7 +37,7 @@ from .ccmodel import CCConfig, ChannelConditional
 from .metrics import psnr_from_mse
 from .model import GainHyperprior, ModelConfig, bpp_of, count_parameters, default_lambdas
 from .vae import KLAutoencoder, VAEConfig, kl_divergence
-from .weights import load_weights, save_weights
+from .weights import WeightsError, load_weights, save_weights
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -139,7 +139,10 @@ def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperp
         model.load_state_dict(ckpt["model"])
     elif args.init:  # continue from shipped weights (fresh optimiser state)
         # --model hp from a cc file: the hyperprior inside it (load_weights' submodel)
-        init_model, _ = load_weights(args.init, GainHyperprior.NAME if args.model == "hp" else None)
+        try:
+            init_model, _ = load_weights(args.init, GainHyperprior.NAME if args.model == "hp" else None)
+        except WeightsError as e:
+            raise SystemExit(f"error: {e}") from None
         model = type(init_model)(init_model.config)
         model.load_state_dict(init_model.state_dict())
     elif args.model == "vae":

@@ -54,27 +54,38 @@ class VAEConfig:
     codec_steps: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)  # anchor quantisation steps, coarse to fine
 
     def __post_init__(self) -> None:
-        """Refuse sizes no trained model has (ValueError): a config may come from a hostile file."""
-        def ok(xs, lo, hi, n=8):
+        """Refuse what no trained model has (ValueError): a config may come from a hostile file.
+        The bounds keep the largest model near half a GB."""
+        def ok(xs, lo, hi, n):
             return 1 <= len(xs) <= n and all(lo <= x <= hi for x in xs)
-        if not (ok(self.block_out_channels, 1, 1024) and 1 <= self.layers_per_block <= 8
-                and 1 <= self.latent_channels <= 64 and 1 <= self.norm_num_groups <= 1024
-                and ok(self.codec_steps, 1e-6, 1e6, 64)):
-            raise ValueError("VAE config sizes out of range")
+        if not (ok(self.block_out_channels, 1, 512, 6) and 1 <= self.layers_per_block <= 4
+                and 1 <= self.latent_channels <= 64 and 1 <= self.norm_num_groups <= 512
+                and ok(self.codec_steps, 1e-6, 1e6, 16) and math.isfinite(self.scaling_factor)
+                and self.scaling_factor > 0 and math.isfinite(self.shift_factor)):
+            raise ValueError("VAE config out of range")
         for stats in (self.latents_mean, self.latents_std):
-            if stats is not None and len(stats) != self.latent_channels:
-                raise ValueError("latents_mean/std need one value per latent channel")
+            if stats is not None and (len(stats) != self.latent_channels or not ok(stats, -1e6, 1e6, 64)):
+                raise ValueError("latents_mean/std need one finite value per latent channel")
+        if self.latents_std is not None and min(self.latents_std) <= 0:
+            raise ValueError("latents_std must be positive")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "VAEConfig":
-        d = dict(d)
-        for k in ("block_out_channels", "codec_steps", "latents_mean", "latents_std"):
-            if d.get(k) is not None:
-                d[k] = tuple(d[k])
-        return cls(**d)
+        """From a file's JSON: each field converted to its type (TypeError/ValueError if it is not
+        one); a missing field takes its default."""
+        d = {**asdict(cls()), **d}
+
+        def floats(xs):
+            return None if xs is None else tuple(float(x) for x in xs)
+
+        return cls(block_out_channels=tuple(int(c) for c in d["block_out_channels"]),
+                   layers_per_block=int(d["layers_per_block"]), latent_channels=int(d["latent_channels"]),
+                   norm_num_groups=int(d["norm_num_groups"]), scaling_factor=float(d["scaling_factor"]),
+                   shift_factor=float(d["shift_factor"]), latents_mean=floats(d["latents_mean"]),
+                   latents_std=floats(d["latents_std"]), codec_steps=floats(d["codec_steps"]))
 
 
 def _norm(groups: int, channels: int) -> nn.GroupNorm:

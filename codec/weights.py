@@ -29,7 +29,7 @@ from .registry import DEFAULT_MODEL
 FORMAT = "aecodec-weights-1"
 INT8_SCALE = ".int8_scale"  # key suffix: per-output-channel scale of an int8-stored weight
 CDF = "._quantized_cdf"  # CompressAI's CDF table: rows zero-padded to the longest, lengths in ._cdf_length
-MAX_CDF_TABLE = 2**24  # entries of a padded CDF table (the shipped ones: 128 x 77 and 64 x 3133)
+MAX_CDF_ENTRIES = 2**23  # of all padded CDF tables of a file together (shipped: 128 x 77 + 64 x 3133)
 
 # Weights that earlier releases shipped (the 8-byte id every .aec header holds), so that a file
 # this release cannot decode names the release that can. Add the outgoing weights at each release.
@@ -89,16 +89,25 @@ def save_weights(model: Model, path: str | Path, info: dict | None = None) -> st
     return hashlib.sha256(data).hexdigest()
 
 
-def _unpack(tensors: dict[str, torch.Tensor], exact: dict[str, float]) -> dict[str, torch.Tensor]:
-    """The state dict that :func:`save_weights` stored (raises ValueError/KeyError if the
-    tensors do not fit together)."""
+def _unpack(tensors: dict[str, torch.Tensor], model: Model) -> dict[str, torch.Tensor]:
+    """The state dict that :func:`save_weights` stored, for ``model``: names are checked against
+    the model's own before anything is expanded (raises ValueError/KeyError if the tensors do not
+    fit together)."""
+    names = set(model.state_dict())
+    unknown = set(tensors) - names - {n + INT8_SCALE for n in names}
+    if unknown:
+        raise ValueError(f"unexpected tensor {sorted(unknown)[0]}")
+    exact = integer_scales(model)
+    cdf_budget = MAX_CDF_ENTRIES
     state = {}
     for name, t in tensors.items():
         if name.endswith(INT8_SCALE):
             continue
         scale = exact.get(name)
         if scale is not None:
-            t = t.double() / scale  # exact: the stored integers are the fixed-point grid
+            if t.is_floating_point():  # the fixed-point grid is what makes decoding exact
+                raise ValueError(f"{name} is not stored as exact integers")
+            t = t.double() / scale
         elif t.dtype == torch.int8:
             s = tensors[name + INT8_SCALE].float()
             if t.dim() < 1 or s.shape != (t.shape[0],) + (1,) * (t.dim() - 1) or not s.isfinite().all():
@@ -106,17 +115,20 @@ def _unpack(tensors: dict[str, torch.Tensor], exact: dict[str, float]) -> dict[s
             t = t.float() * s
         elif name.endswith(CDF) and t.dim() == 1:
             owner = name[: -len(CDF)]
-            t = _padded_cdf(name, t, tensors[owner + "._cdf_length"], tensors[owner + "._offset"])
+            t = _padded_cdf(name, t, tensors[owner + "._cdf_length"], tensors[owner + "._offset"], cdf_budget)
+            cdf_budget -= t.numel()
         state[name] = t.float() if t.is_floating_point() else t
     return state
 
 
-def _padded_cdf(name: str, flat: torch.Tensor, lengths: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def _padded_cdf(name: str, flat: torch.Tensor, lengths: torch.Tensor, offsets: torch.Tensor,
+                budget: int) -> torch.Tensor:
     """CompressAI's padded CDF table from its rows stored one after another. The lengths come
-    from the file: bounded before the table (rows x longest) is allocated."""
+    from the file: checked, and the table (rows x longest) held to ``budget`` entries, before
+    it is allocated."""
     n = lengths.tolist()
-    if (lengths.dim() != 1 or not n or len(n) != offsets.numel() or min(n) < 1
-            or len(n) * max(n) > MAX_CDF_TABLE or sum(n) != flat.numel()):
+    if (lengths.dim() != 1 or not n or len(n) != offsets.numel() or min(n) < 3  # 3: the coder's least
+            or len(n) * max(n) > budget or sum(n) != flat.numel()):
         raise ValueError(f"{name} does not fit its lengths")
     table = torch.zeros(len(n), max(n), dtype=flat.dtype)
     mask = torch.arange(max(n)) < lengths.unsqueeze(1)  # row-major, as the rows were stored
@@ -194,12 +206,12 @@ def load_weights(path: str | Path | None = None, model: str | None = None) -> tu
         tensors = st_load(data)
     except OSError as e:
         raise WeightsError(f"cannot read weights {path}: {e.strerror or e}") from None
-    except (ValueError, KeyError, TypeError, SafetensorError) as e:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, SafetensorError) as e:
         raise WeightsError(f"{path} is not a valid weights file ({e})") from None
     try:
         loaded = cls(config)
-        loaded.load_state_dict(_unpack(tensors, integer_scales(loaded)))
-    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:  # tensors that do not fit the config
+        loaded.load_state_dict(_unpack(tensors, loaded))
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:  # tensors that do not fit the config
         raise WeightsError(f"{path} does not fit its own config ({str(e).splitlines()[0]})") from None
     if model is not None and model != loaded.NAME:
         inner = getattr(loaded, "submodel", lambda name: None)(model)

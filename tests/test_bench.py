@@ -108,8 +108,10 @@ def test_cli_quick_classical(image_dir, tmp_path, capsys):
     out = tmp_path / "out"
     ref = tmp_path / "published-thing.json"
     ref.write_text(json.dumps({"name": "Thing", "results": {"bpp": [0.5, 1, 2, 4], "psnr-rgb": [24, 26, 29, 33]}}))
+    earlier = tmp_path / "webp.json"  # an earlier run's curve: a reference, not this run's WebP
+    earlier.write_text(ref.read_text())
     rc = bench.main([str(image_dir), "--quick", "--codecs", "jpeg420,jpeg444,webp,avif,jpeg2000",
-                     "--out", str(out), "--reference", str(ref)])
+                     "--out", str(out), "--reference", str(ref), str(earlier)])
     assert rc == 0, capsys.readouterr().err
     for key in ("jpeg420", "jpeg444", "webp", "avif", "jpeg2000"):
         data = json.loads((out / f"{key}.json").read_text())
@@ -121,6 +123,7 @@ def test_cli_quick_classical(image_dir, tmp_path, capsys):
         assert all(b > 0 for b in res["bpp"]) and all(10 < p < 101 for p in res["psnr-rgb"])
     summary = (out / "summary.md").read_text()
     assert "BD-rate" in summary and "| WebP |" in summary and "Thing (published)" in summary
+    assert "## Against webp (reference)" in summary
     assert "python -m codec.bench" in summary and "CPU" in summary
     for png in ("rd-psnr.png", "rd-ms-ssim.png"):
         with Image.open(out / png) as im:

@@ -3,6 +3,8 @@ without padding), and that a file whose tensors do not fit together is refused i
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -52,13 +54,15 @@ def test_load_gives_back_the_model(small):
             assert torch.equal(t, want[name]), name
 
 
-DAMAGE = ["cdf-short", "cdf-length-zero", "cdf-rows-mismatch", "cdf-table-huge", "int8-scale-missing",
-          "int8-scale-shape", "int8-scale-nan", "int8-scalar", "config-huge", "config-no-lambdas"]
+DAMAGE = ["cdf-short", "cdf-length-zero", "cdf-rows-mismatch", "cdf-table-huge", "cdf-junk-tables",
+          "exact-as-float", "int8-scale-missing", "int8-scale-shape", "int8-scale-nan", "int8-scalar",
+          "config-huge", "config-slices", "config-no-lambdas", "config-nested", "config-overflow"]
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_tensors_that_do_not_fit_together_are_refused(small, tmp_path, damage):
-    """Every one of these loads without a check (or allocates gigabytes, or raises a traceback)."""
+    """Each is refused with one WeightsError: without the checks some load silently wrong, some
+    allocate far more than the file holds, some end in a traceback."""
     _, path = small
     raw = load_file(path)
     meta = read_metadata(path.read_bytes())
@@ -74,6 +78,13 @@ def test_tensors_that_do_not_fit_together_are_refused(small, tmp_path, damage):
     elif damage == "cdf-table-huge":  # a 4 MB row makes a 16 rows x 4 MB padded table
         raw[lengths][0] += 2**20
         raw[cdf] = torch.cat([raw[cdf], torch.zeros(2**20, dtype=raw[cdf].dtype)])
+    elif damage == "cdf-junk-tables":  # names the model has not: refused before they are expanded
+        for i in range(4):
+            raw[f"junk{i}._quantized_cdf"] = raw[cdf].clone()
+            raw[f"junk{i}._offset"] = raw["entropy_bottleneck._offset"].clone()
+            raw[f"junk{i}._cdf_length"] = raw[lengths].clone()
+    elif damage == "exact-as-float":  # the fixed-point grid is what makes decoding exact
+        raw["h_s.layers.0.weight"] = raw["h_s.layers.0.weight"].float()
     elif damage == "int8-scale-missing":
         del raw["h_a.0.weight.int8_scale"]
     elif damage == "int8-scale-shape":  # would broadcast: one scale for every channel
@@ -84,14 +95,40 @@ def test_tensors_that_do_not_fit_together_are_refused(small, tmp_path, damage):
         raw["h_a.0.weight"], raw["h_a.0.weight.int8_scale"] = torch.tensor(3, dtype=torch.int8), torch.tensor(1.0)
     elif damage == "config-huge":  # a 10^5-channel model would take tens of GB before any tensor is compared
         meta["config"] = meta["config"].replace('"N": 16', '"N": 100000')
-    else:
+    elif damage == "config-slices":  # 100 slice networks, each wider than the last
+        meta["config"] = meta["config"].replace('"M": 24', '"M": 400').replace('"slices": 3', '"slices": 100')
+    elif damage == "config-no-lambdas":
         meta["config"] = meta["config"].replace('"lambdas": [', '"lambdas": [], "x": [')
+    elif damage == "config-nested":  # a JSON string inside the metadata: deeper than Python's recursion
+        meta["config"] = "[" * 100_000
+    else:
+        meta["config"] = meta["config"].replace('"N": 16', '"N": 1e400')
     bad = tmp_path / "bad.safetensors"
     save_file(raw, bad, metadata=meta)
     # a config is refused for what it says, before a model of its size is built
-    reason = {"config-huge": "N=100000", "config-no-lambdas": "lambdas: 2..64"}.get(damage, "")
+    reason = {"config-huge": "N=100000", "config-slices": "slices=100", "config-no-lambdas": "lambdas: 2..64",
+              "cdf-junk-tables": "unexpected tensor junk0", "exact-as-float": "not stored as exact"}.get(damage, "")
     with pytest.raises(WeightsError, match=f"(does not fit|not a valid).*{reason}"):
         load_weights(bad)
+
+
+@pytest.mark.parametrize("change", [{"latents_std": [0, 1, 1, 1]}, {"latents_std": ["x", 1, 1, 1]},
+                                    {"scaling_factor": "abc"}, {"block_out_channels": [4096] * 4}])
+def test_a_vae_config_out_of_range_is_refused(tmp_path, change):
+    """Values the VAE would only trip over while coding are refused when the file loads."""
+    from codec.vae import KLAutoencoder, VAEConfig
+
+    model = KLAutoencoder(VAEConfig(block_out_channels=(8, 8, 8, 8), norm_num_groups=4,
+                                    latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4))
+    model.update(force=True)
+    save_weights(model, tmp_path / "vae.safetensors")
+    load_weights(tmp_path / "vae.safetensors")  # as saved: fine
+    raw = load_file(tmp_path / "vae.safetensors")
+    meta = read_metadata((tmp_path / "vae.safetensors").read_bytes())
+    meta["config"] = json.dumps({**json.loads(meta["config"]), **change})
+    save_file(raw, tmp_path / "bad.safetensors", metadata=meta)
+    with pytest.raises(WeightsError, match="not a valid"):
+        load_weights(tmp_path / "bad.safetensors")
 
 
 def test_an_unknown_model_name_is_a_weights_error():

@@ -21,6 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def timed(fn, runs: int) -> list[float]:
     fn()  # warm-up: first-call allocations, kernel selection
     times = []
@@ -37,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("image", help="image to code, e.g. ../shared/data/kodak/kodim01.png")
     p.add_argument("--models", default="cc,hp", help="comma-separated --model names (default: cc,hp)")
     p.add_argument("--weights", help="weights file (default: the shipped weights of each model)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    p.add_argument("--runs", type=int, default=5, help="timed calls of each (default: 5)")
+    p.add_argument("--threads", type=positive, default=2, help="torch threads (default: 2)")
+    p.add_argument("--runs", type=positive, default=5, help="timed calls of each (default: 5)")
     p.add_argument("-q", "--quality", type=int, default=75, help="quality (default: 75)")
     args = p.parse_args(argv)
 
