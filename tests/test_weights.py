@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -134,3 +135,24 @@ def test_a_vae_config_out_of_range_is_refused(tmp_path, change):
 def test_an_unknown_model_name_is_a_weights_error():
     with pytest.raises(WeightsError, match="unknown model 'bogus'"):
         load_weights(None, "bogus")
+
+
+def test_damaged_headers_load_or_fail_with_a_weights_error(small, tmp_path):
+    """Random bytes changed in the JSON header (names, dtypes, shapes, offsets, config): every
+    file either loads or is refused with a WeightsError, never anything else."""
+    _, path = small
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    rng = np.random.default_rng(0)
+    bad = tmp_path / "bad.safetensors"
+    refused = 0
+    for _ in range(150):
+        b = bytearray(data)
+        for i in rng.integers(8, 8 + n, size=rng.integers(1, 4)):
+            b[i] = int(rng.choice([rng.integers(32, 127), ord("9"), ord("["), ord('"')]))
+        bad.write_bytes(bytes(b))
+        try:
+            load_weights(bad)
+        except WeightsError:
+            refused += 1
+    assert refused > 50  # most damage is seen
