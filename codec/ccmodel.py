@@ -19,11 +19,15 @@ A file holds the z stream, then one stream per slice.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
-from compressai.models.utils import conv
+
+with warnings.catch_warnings():  # as in model.py: compressai's import trips a torch deprecation
+    warnings.simplefilter("ignore", FutureWarning)
+    from compressai.models.utils import conv
 
 from . import entropy, tiles
 from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round

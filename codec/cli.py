@@ -88,6 +88,8 @@ def _plan(args: argparse.Namespace, suffix: str, check=lambda path: None) -> tup
     if out and out != "-" and len(args.inputs) > 1 and not (out.endswith(("/", os.sep)) or Path(out).is_dir()):
         raise UsageError("-o must be a folder (existing, or ending in /) when there are several inputs")
     inputs, failed = _check_inputs(args.inputs, check)
+    if not inputs:  # each failure is already said
+        return [], failed
     known, pairs = _known_errors(), []
     for src, dst in zip(inputs, _outputs(inputs, args.output, suffix)):
         try:
@@ -128,11 +130,18 @@ def _say(args: argparse.Namespace, line: str) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    given = [o for o, v in (("-q", args.quality), ("--target-size", args.target_size),
+                            ("--target-psnr", args.target_psnr)) if v is not None]
+    if len(given) > 1:
+        raise UsageError(f"give one of -q, --target-size and --target-psnr, not {' and '.join(given)}")
+    if args.quality is None:
+        args.quality = 75
     if not 1 <= args.quality <= 100:
         raise UsageError(f"quality must be from 1 to 100, got {args.quality}")
-    if args.target_size is not None and args.target_psnr is not None:
-        raise UsageError("give --target-size or --target-psnr, not both")
-    pairs, failed = _plan(args, ".aec")
+    if args.output and Path(args.output).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff",
+                                                            ".bmp", ".gif"):
+        raise UsageError(f"-o {args.output}: compress writes .aec files, not {Path(args.output).suffix}")
+    pairs, failed = _plan(args, ".aec", _check_not_aec)
     if not pairs:
         return 1
     from .imageio import read_image, write_output
@@ -150,8 +159,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
         write_output(dst, data, force=args.force)
         w, h = image.size
         line = f"{src} -> {dst}: {len(data):,} bytes, {8 * len(data) / (w * h):.3f} bpp, q {quality}"
-        if args.verbose:
-            line += f", PSNR {psnr(image.convert('RGB'), codec.decompress(data).convert('RGB')):.2f} dB"
+        if args.verbose or (args.target_psnr is not None and quality == 100):
+            db = psnr(image.convert("RGB"), codec.decompress(data).convert("RGB"))
+            line += f", PSNR {db:.2f} dB"
+            if args.target_psnr is not None and db < args.target_psnr:
+                line += f" (target {args.target_psnr} dB not reached: q 100 is the best)"
+        if args.target_size is not None and len(data) > args.target_size:
+            line += f" (target {args.target_size:,} bytes not met: q 1 is the smallest)"
         _say(args, line)
 
     return _run_each(pairs, work, failed)
@@ -177,6 +191,16 @@ def _check_aec(path: Path) -> None:
     with open(path, "rb") as f:
         if f.read(len(MAGIC)) != MAGIC:
             raise ValueError("not an .aec file (wrong magic bytes)")
+
+
+def _check_not_aec(path: Path) -> None:
+    """compress takes images: re-coding an .aec file would lose quality a second time, unasked."""
+    from .bitstream import MAGIC
+
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(len(MAGIC)) == MAGIC:
+                raise ValueError("is already an .aec file (decompress it first to re-code it on purpose)")
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
@@ -327,13 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser, outputs: bool = True, decodes: bool = False) -> None:
         if outputs:
+            images = decodes  # writes images: the extension picks the format
             sp.add_argument("-o", "--output", metavar="OUT",
                             help="output file (one input; - for standard output), or a folder (existing, or "
-                            "ending in /); decompress writes the format its extension names (.png, .jpg, .webp, "
-                            ".tif, .bmp)")
+                            "ending in /)" + ("; the extension picks the format (.png, .jpg, .webp, .tif, .bmp)"
+                                              if images else ""))
             sp.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
-            sp.add_argument("-v", "--verbose", action="store_true",
-                            help="more in the result line (compress: the PSNR, which costs a decode)")
+            if sp.prog.endswith(" compress"):
+                sp.add_argument("-v", "--verbose", action="store_true",
+                                help="add the PSNR to the result line (costs a decode)")
             sp.add_argument("--quiet", action="store_true", help="no result line per file (errors still show)")
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where the transforms run (default: auto = CUDA if present)")
@@ -348,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "written next to each input as NAME.aec unless -o is given. Grayscale stays "
                        "grayscale; an alpha channel is kept losslessly.")
     c.add_argument("inputs", nargs="+", metavar="IMG", help="images to compress (- for standard input)")
-    c.add_argument("-q", "--quality", type=int, default=75,
+    c.add_argument("-q", "--quality", type=int,
                    help="1-100, higher is better and bigger, like JPEG's (default: 75)")
     c.add_argument("-m", "--model", choices=[e.short for e in registry.MODELS.values()],
                    help="cc: the channel-conditional model (the default: the smallest files); hp: the plain "
@@ -357,9 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strip", action="store_true",
                    help="drop the ICC profile and EXIF (kept by default, and restored by decompress)")
     c.add_argument("--target-size", type=int, metavar="BYTES",
-                   help="instead of -q: the highest quality whose file fits in BYTES (like cwebp -size)")
+                   help="instead of -q: the highest quality whose file fits in BYTES (like cwebp -size); "
+                   "q 1 if none does, and the result line says so")
     c.add_argument("--target-psnr", type=float, metavar="DB",
-                   help="instead of -q: the lowest quality that reaches DB of PSNR (like cwebp -psnr)")
+                   help="instead of -q: the lowest quality that reaches DB of PSNR (like cwebp -psnr); "
+                   "q 100 if none does, and the result line says so")
     common(c)
     c.set_defaults(func=cmd_compress)
 
@@ -413,6 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _subparser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser | None:
+    """The (sub)command parser whose ``func`` is running, for its usage line."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if found := _subparser(sub, args):
+                    return found
+    return parser if parser.get_default("func") is args.func else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # compressai's import trips a torch deprecation warning that says nothing to a user.
@@ -434,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UsageError as e:
-        parser.error(str(e))  # exits 2 with the usage line
+        (_subparser(parser, args) or parser).error(str(e))  # exits 2 with the command's usage line
     except known as e:
         print(f"aecodec: error: {_message(e)}", file=sys.stderr)
         return 1

@@ -126,3 +126,26 @@ def test_a_weights_file_codes_with_its_own_model(folder, capsys):
     assert main(["decompress", "x.aec", "-o", "y.png", "--device", "cpu"]) == 1
     assert "written by other hyperprior-gain weights" in capsys.readouterr().err
     assert not (folder / "y.png").exists()
+
+
+def test_one_missing_input_with_an_output_file_is_one_error(folder, capsys):
+    assert main(["compress", "nothere.png", "-o", "x.aec"]) == 1
+    assert capsys.readouterr().err.strip() == "aecodec: error: nothere.png: no such file"
+
+
+def test_compress_refuses_what_would_surprise(folder, capsys):
+    with pytest.raises(SystemExit) as e:  # one way to choose the quality
+        main(["compress", "a.png", "-q", "50", "--target-size", "2000"])
+    assert e.value.code == 2
+    assert "compress: error: give one of -q, --target-size and --target-psnr" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # .aec data in a file named like an image
+        main(["compress", "a.png", "-o", "x.png"])
+    assert main(["compress", "a.png", "-q", "20"]) == 0
+    assert main(["compress", "a.aec", "-o", "again.aec"]) == 1  # re-coding loses quality twice
+    assert "already an .aec file" in capsys.readouterr().err
+    assert not (folder / "again.aec").exists()
+
+
+def test_a_target_no_quality_meets_is_said(folder, capsys):
+    assert main(["compress", "a.png", "--target-size", "10", "-o", "s.aec", "--device", "cpu"]) == 0
+    assert "q 1 (target 10 bytes not met: q 1 is the smallest)" in capsys.readouterr().err
