@@ -193,14 +193,14 @@ def _check_aec(path: Path) -> None:
             raise ValueError("not an .aec file (wrong magic bytes)")
 
 
-def _check_not_aec(path: Path) -> None:
-    """compress takes images: re-coding an .aec file would lose quality a second time, unasked."""
+def _check_not_aec(path: Path, hint: str = "decompress it first to re-code it on purpose") -> None:
+    """compress and vae decode do not take .aec files: say what does, rather than fail on its bytes."""
     from .bitstream import MAGIC
 
     if path.is_file():
         with open(path, "rb") as f:
             if f.read(len(MAGIC)) == MAGIC:
-                raise ValueError("is already an .aec file (decompress it first to re-code it on purpose)")
+                raise ValueError(f"is an .aec file ({hint})")
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
@@ -264,7 +264,7 @@ def cmd_vae_decode(args: argparse.Namespace) -> int:
     from .imageio import output_format
 
     _check_format(args.output)
-    pairs, failed = _plan(args, ".png")
+    pairs, failed = _plan(args, ".png", lambda path: _check_not_aec(path, "decode it with aecodec decompress"))
     if not pairs:
         return 1
     from .imageio import image_bytes, write_output

@@ -142,7 +142,7 @@ def test_compress_refuses_what_would_surprise(folder, capsys):
         main(["compress", "a.png", "-o", "x.png"])
     assert main(["compress", "a.png", "-q", "20"]) == 0
     assert main(["compress", "a.aec", "-o", "again.aec"]) == 1  # re-coding loses quality twice
-    assert "already an .aec file" in capsys.readouterr().err
+    assert "is an .aec file (decompress it first" in capsys.readouterr().err
     assert not (folder / "again.aec").exists()
 
 
