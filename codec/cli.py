@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1-100, higher is better and bigger, like JPEG's (default: 75)")
     c.add_argument("-m", "--model", choices=[e.short for e in registry.MODELS.values()],
                    help="cc: the channel-conditional model (the default: the smallest files); hp: the plain "
-                   "hyperprior inside the same weights (1.3x faster, files about 10%% larger); vae: the f8 VAE's "
+                   "hyperprior inside the same weights (faster to encode, files about 10%% larger); vae: the f8 VAE's "
                    "quantised latent (low rates only). With --weights: the file's own model unless given")
     c.add_argument("--strip", action="store_true",
                    help="drop the ICC profile and EXIF (kept by default, and restored by decompress)")

@@ -23,6 +23,7 @@ import argparse
 import math
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -307,6 +308,10 @@ def fit(args: argparse.Namespace) -> None:
         torch.save(state, tmp)
         os.replace(tmp, out / name)
 
+    def stop(signum, frame):  # `kill PID` saves as Ctrl-C does (a nohup'ed background run ignores SIGINT)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         while step < args.steps:
             dropped = args.lr_drop and step >= int(args.steps * args.lr_drop)  # also right after a resume
@@ -341,6 +346,8 @@ def fit(args: argparse.Namespace) -> None:
         bar.close()
         raise SystemExit(f"interrupted at step {step}" + (f": saved {out / 'last.pt'} (continue with "
                          f"--resume {out / 'last.pt'})" if rank == 0 else ""))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     bar.close()
     if world > 1:
         try:
@@ -510,7 +517,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=_Formatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fit", help="train (or resume) the variable-rate model or the VAE", formatter_class=_Formatter,
-                       description="Train, or resume. Ctrl-C writes last.pt and stops. Data-parallel on "
+                       description="Train, or resume. Ctrl-C (or kill PID) writes last.pt and stops. Data-parallel on "
                        "several processes or GPUs: torchrun --nproc_per_node=N -m codec.train fit ...")
     f.add_argument("--model", choices=["hp", "cc", "vae"],
                    help="hp: the rate-distortion hyperprior (new runs: the default; from --init of a cc file: "

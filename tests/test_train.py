@@ -140,3 +140,29 @@ def test_init_from_a_cc_file_trains_the_model_asked_for(tmp_path):
         ckpt = torch.load(run / "last.pt", weights_only=False)
         assert ckpt["kind"] == kind
         assert any(k.startswith("slice_nets.") for k in ckpt["model"]) == (kind == "cc")
+
+
+def test_kill_saves_the_run_as_ctrl_c_does(tmp_path):
+    """A background run (nohup ... &) ignores Ctrl-C's SIGINT; `kill PID` must still leave a
+    last.pt to resume from."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "data"
+    data.mkdir()
+    make_image(80, 72).save(data / "0.png")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "codec.train", "fit", "--data", str(data), "--val", str(data),
+                             "--out", str(run), "--patch-size", "64", "--batch-size", "1", "--N", "8", "--M", "8",
+                             "--device", "cpu", "--steps", "1000000", "--val-every", "1000000", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in iter(proc.stdout.readline, ""):  # the last line before the steps begin
+        if line.startswith("precision"):
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "interrupted at step" in err, err[-500:]
+    assert torch.load(run / "last.pt", weights_only=False)["step"] > 0
