@@ -48,8 +48,8 @@ class CCConfig:
     def __post_init__(self) -> None:
         check_rd_config(self)
         if not (1 <= self.slices <= MAX_SLICES and self.M % self.slices == 0 and 1 <= self.width <= MAX_CHANNELS):
-            raise ValueError(f"slices={self.slices}, width={self.width}: slices 1..{MAX_SLICES} dividing M, "
-                             f"width 1..{MAX_CHANNELS}")
+            raise ValueError(f"slices={self.slices}, width={self.width}: M must be a multiple of the slices "
+                             f"(1..{MAX_SLICES}), width 1..{MAX_CHANNELS}")
 
     def to_dict(self) -> dict:
         return asdict(self)
