@@ -130,6 +130,8 @@ def _say(args: argparse.Namespace, line: str) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    from .imageio import OUTPUT_FORMATS
+
     given = [o for o, v in (("-q", args.quality), ("--target-size", args.target_size),
                             ("--target-psnr", args.target_psnr)) if v is not None]
     if len(given) > 1:
@@ -138,8 +140,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         args.quality = 75
     if not 1 <= args.quality <= 100:
         raise UsageError(f"quality must be from 1 to 100, got {args.quality}")
-    if args.output and Path(args.output).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff",
-                                                            ".bmp", ".gif"):
+    if args.output and args.output != "-" and Path(args.output).suffix.lower() in OUTPUT_FORMATS:
         raise UsageError(f"-o {args.output}: compress writes .aec files, not {Path(args.output).suffix}")
     pairs, failed = _plan(args, ".aec", _check_not_aec)
     if not pairs:
@@ -182,25 +183,25 @@ def _check_format(out: str | None) -> None:
             raise UsageError(str(e)) from None
 
 
-def _check_aec(path: Path) -> None:
-    """A regular file must start like an .aec file (a pipe is checked when it is read)."""
+def _is_aec(path: Path) -> bool:
+    """Whether a regular file starts like an .aec file (a pipe is checked when it is read)."""
     from .bitstream import MAGIC
 
     if not path.is_file():
-        return
+        return False
     with open(path, "rb") as f:
-        if f.read(len(MAGIC)) != MAGIC:
-            raise ValueError("not an .aec file (wrong magic bytes)")
+        return f.read(len(MAGIC)) == MAGIC
+
+
+def _check_aec(path: Path) -> None:
+    if path.is_file() and not _is_aec(path):
+        raise ValueError("not an .aec file (wrong magic bytes)")
 
 
 def _check_not_aec(path: Path, hint: str = "decompress it first to re-code it on purpose") -> None:
     """compress and vae decode do not take .aec files: say what does, rather than fail on its bytes."""
-    from .bitstream import MAGIC
-
-    if path.is_file():
-        with open(path, "rb") as f:
-            if f.read(len(MAGIC)) == MAGIC:
-                raise ValueError(f"is an .aec file ({hint})")
+    if _is_aec(path):
+        raise ValueError(f"is an .aec file ({hint})")
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
@@ -349,15 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-V", "--version", action="version", version=f"aecodec {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(sp: argparse.ArgumentParser, outputs: bool = True, decodes: bool = False) -> None:
+    def common(sp: argparse.ArgumentParser, outputs: bool = True, decodes: bool = False,
+               verbose: bool = False) -> None:
         if outputs:
-            images = decodes  # writes images: the extension picks the format
             sp.add_argument("-o", "--output", metavar="OUT",
                             help="output file (one input; - for standard output), or a folder (existing, or "
                             "ending in /)" + ("; the extension picks the format (.png, .jpg, .webp, .tif, .bmp)"
-                                              if images else ""))
+                                              if decodes else ""))
             sp.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
-            if sp.prog.endswith(" compress"):
+            if verbose:
                 sp.add_argument("-v", "--verbose", action="store_true",
                                 help="add the PSNR to the result line (costs a decode)")
             sp.add_argument("--quiet", action="store_true", help="no result line per file (errors still show)")
@@ -388,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target-psnr", type=float, metavar="DB",
                    help="instead of -q: the lowest quality that reaches DB of PSNR (like cwebp -psnr); "
                    "q 100 if none does, and the result line says so")
-    common(c)
+    common(c, verbose=True)
     c.set_defaults(func=cmd_compress)
 
     d = sub.add_parser("decompress", help=".aec files -> PNG",
