@@ -199,7 +199,7 @@ def register(subparsers) -> None:
         "(CompressAI format), per-image CSV, summary.md with BD-rates, and RD plots.",
     )
     _add_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, parser=p)
 
 
 def run(args: argparse.Namespace) -> int:

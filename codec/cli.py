@@ -390,19 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of -q: the lowest quality that reaches DB of PSNR (like cwebp -psnr); "
                    "q 100 if none does, and the result line says so")
     common(c, verbose=True)
-    c.set_defaults(func=cmd_compress)
+    c.set_defaults(func=cmd_compress, parser=c)
 
     d = sub.add_parser("decompress", help=".aec files -> PNG",
                        description="Restore .aec files to PNG images of the original size and mode, "
                        "written as NAME.png unless -o is given.")
     d.add_argument("inputs", nargs="+", metavar="FILE.aec", help=".aec files (- for standard input)")
     common(d, decodes=True)
-    d.set_defaults(func=cmd_decompress)
+    d.set_defaults(func=cmd_decompress, parser=d)
 
     i = sub.add_parser("info", help="print an .aec file's header",
                        description="Print the model, weights, quality, size and bits per pixel of .aec files.")
     i.add_argument("inputs", nargs="+", metavar="FILE.aec")
-    i.set_defaults(func=cmd_info)
+    i.set_defaults(func=cmd_info, parser=i)
 
     v = sub.add_parser("vae", help="images <-> VAE latents (for latent diffusion)",
                        description="The KL-regularised f8 autoencoder: 4 latent channels at H/8 x W/8, "
@@ -414,12 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "NAME.safetensors unless -o is given.")
     ve.add_argument("inputs", nargs="+", metavar="IMG")
     common(ve)
-    ve.set_defaults(func=cmd_vae_encode)
+    ve.set_defaults(func=cmd_vae_encode, parser=ve)
     vd = vsub.add_parser("decode", help="latent files -> PNG",
                          description="Decode latent files to PNG images of the original size and mode.")
     vd.add_argument("inputs", nargs="+", metavar="LATENT")
     common(vd, decodes=True)
-    vd.set_defaults(func=cmd_vae_decode)
+    vd.set_defaults(func=cmd_vae_decode, parser=vd)
     vx = vsub.add_parser("export-diffusers", help="write the VAE as a diffusers AutoencoderKL folder",
                          description="Write config.json and diffusion_pytorch_model.safetensors, which "
                          "diffusers.AutoencoderKL.from_pretrained(FOLDER) loads (images in [-1, 1]; "
@@ -427,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     vx.add_argument("folder", metavar="FOLDER")
     vx.add_argument("-f", "--force", action="store_true", help="write into a non-empty folder")
     vx.add_argument("--weights", metavar="FILE", help="VAE weights file (default: the shipped VAE weights)")
-    vx.set_defaults(func=cmd_vae_export)
+    vx.set_defaults(func=cmd_vae_export, parser=vx)
 
     # "aecodec train ..." is handed to python -m codec.train in main(), before this parser runs;
     # listed here so that --help shows it
@@ -440,16 +440,6 @@ def build_parser() -> argparse.ArgumentParser:
     if bench is not None:
         bench.register(sub)
     return p
-
-
-def _subparser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser | None:
-    """The (sub)command parser whose ``func`` is running, for its usage line."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                if found := _subparser(sub, args):
-                    return found
-    return parser if parser.get_default("func") is args.func else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -473,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UsageError as e:
-        (_subparser(parser, args) or parser).error(str(e))  # exits 2 with the command's usage line
+        args.parser.error(str(e))  # exits 2 with the running command's usage line
     except known as e:
         print(f"aecodec: error: {_message(e)}", file=sys.stderr)
         return 1

@@ -87,6 +87,11 @@ def test_usage_errors(folder, capsys):
         main(["compress", "a.png", "b.jpg", "-o", "single.aec"])
     with pytest.raises(SystemExit):
         main(["compress", "a.png", "-o", "a.png"])
+    err = capsys.readouterr().err  # each with the running command's usage line
+    assert err.count("usage: aecodec compress") == 3 and "aecodec compress: error: " in err
+    with pytest.raises(SystemExit):
+        main(["vae", "decode", "a.safetensors", "b.safetensors", "-o", "one.png"])
+    assert capsys.readouterr().err.startswith("usage: aecodec vae decode")
 
 
 def test_no_traceback_from_the_installed_command(folder):
