@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import registry
@@ -278,6 +279,12 @@ def fit(args: argparse.Namespace) -> None:
             dist.broadcast_object_list(choice, src=0)
             precision = choice[0]
     bf16 = precision == "bf16"
+    ema = None
+    if args.ema:  # a running average of the weights, beside them: what the noisy steps agree on
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema))
+        if ckpt and "ema" in ckpt and not retargeted:
+            ema.module.load_state_dict(ckpt["ema"])
+            ema.n_averaged.fill_(ckpt["ema_n"])
     if bf16:  # channels_last is what makes bf16 convolutions fast (oneDNN / cuDNN)
         model = model.to(memory_format=torch.channels_last)
     log(f"precision {precision}" + (" (bf16 autocast, channels_last)" if bf16 else " (float32)"), flush=True)
@@ -304,6 +311,8 @@ def fit(args: argparse.Namespace) -> None:
                  "aux_opt": aux_opt.state_dict() if aux_opt else None, "kind": kind,
                  "config": config.to_dict(), "step": step, "best": best, "elapsed": time.time() - t0,
                  "args": {k: v for k, v in vars(args).items() if k != "func"}}
+        if ema is not None:
+            state.update(ema=ema.module.state_dict(), ema_n=int(ema.n_averaged))
         tmp = out / f"{name}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, out / name)
@@ -329,6 +338,8 @@ def fit(args: argparse.Namespace) -> None:
                 aux_loss.backward()
                 aux_opt.step()
                 r["aux"] = aux_loss
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             bar.update(1)
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in r.items()}, refresh=False)
@@ -338,6 +349,10 @@ def fit(args: argparse.Namespace) -> None:
                 best = min(best, v["loss"])
                 log(f"\nstep {step} [{(time.time()-t0)/60:.1f} min] val "
                     + " ".join(f"{k} {x:.4f}" for k, x in v.items()) + (" (best)" if is_best else ""), flush=True)
+                if ema is not None:
+                    log(f"step {step} ema {args.ema:g} val "
+                        + " ".join(f"{k} {x:.4f}" for k, x in validate(ema.module, val_images, device, args).items()),
+                        flush=True)
                 save("last.pt")
                 if is_best:
                     save("best.pt")
@@ -456,11 +471,17 @@ def export(args: argparse.Namespace) -> None:
     For the VAE, first measures the latent mean/std per channel and fits the priors on ``--data``."""
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     a = ckpt.get("args", {})
+    if args.ema:
+        if "ema" not in ckpt:
+            raise SystemExit(f"error: {args.checkpoint} holds no weight average (train with --ema)")
+        ckpt["model"] = ckpt["ema"]
     info = {"steps": ckpt["step"], "train_minutes": round(ckpt.get("elapsed", 0) / 60, 1),
             "batch_size": a.get("batch_size"), "patch_size": a.get("patch_size"), "lr": a.get("lr"),
             "data": a.get("data"), "best_val_loss": ckpt.get("best")}
     if a.get("slice_lr"):
         info["slice_lr"] = a["slice_lr"]
+    if args.ema:
+        info["weights"] = f"exponential moving average (decay {a.get('ema')}) over {ckpt['ema_n']} steps"
     if ckpt.get("kind") == "vae":
         if not args.data:
             raise SystemExit("error: exporting a VAE needs --data (training images to calibrate on)")
@@ -556,6 +577,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
                    "slower on an AMD EPYC without bf16 units)")
     f.add_argument("--compile", action="store_true",
                    help="compile the training step with torch.compile (faster after ~2 minutes of compiling)")
+    f.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="also keep an exponential moving average of the weights (e.g. 0.999), validated "
+                   "beside them and saved in the checkpoints (export --ema); 0: none")
     f.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     f.add_argument("--seed", type=int, default=0, help="random seed (crops, quality positions)")
     f.add_argument("--log-interval", type=float, default=10.0, help="seconds between progress updates")
@@ -570,6 +594,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     e.add_argument("--codec-steps", help="VAE only: anchor quantisation steps of the scaled latent, "
                    "coarse to fine (default: the model's, 1,0.5,0.25,0.125)")
     e.add_argument("--seed", type=int, default=0, help="random seed (VAE calibration crops)")
+    e.add_argument("--ema", action="store_true", help="export the checkpoint's weight average (fit --ema)")
     e.add_argument("--as-hyperprior", action="store_true",
                    help="cc only: write the hyperprior model with the checkpoint's transforms (no slice networks)")
     e.set_defaults(func=export)

@@ -32,6 +32,32 @@ def test_fit_resume_export_and_use(tmp_path):
     assert codec.decompress(codec.compress(image, 50)).size == (40, 30)
 
 
+def test_weight_average_is_carried_over_a_resume_and_exported(tmp_path):
+    """--ema keeps a running average of the weights beside them; a resume continues it and
+    export --ema ships it instead of the last weights."""
+    data = tmp_path / "data"
+    data.mkdir()
+    make_image(80, 72).save(data / "0.png")
+    run = tmp_path / "run"
+    common = ["--data", str(data), "--val", str(data), "--out", str(run), "--patch-size", "64",
+              "--batch-size", "1", "--val-every", "2", "--N", "16", "--M", "24", "--device", "cpu",
+              "--lr", "1e-2", "--ema", "0.5"]
+    main(["fit", *common, "--steps", "2"])
+    main(["fit", *common, "--steps", "4", "--resume", str(run / "last.pt")])
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["ema_n"] == 4  # counted on from the first run, not restarted
+    name = "g_s.0.weight"
+    assert not torch.equal(ckpt["ema"][name], ckpt["model"][name])
+    weights = tmp_path / "ema.safetensors"
+    main(["export", str(run / "last.pt"), str(weights), "--ema"])
+    shipped = Codec(weights, device="cpu").model.state_dict()[name].float()
+    assert torch.allclose(shipped, ckpt["ema"][name], atol=1e-3)  # stored in fp16
+    assert not torch.allclose(shipped, ckpt["model"][name], atol=1e-3)
+    main(["fit", *common[:-2], "--steps", "1", "--out", str(tmp_path / "plain")])
+    with pytest.raises(SystemExit, match="holds no weight average"):
+        main(["export", str(tmp_path / "plain" / "last.pt"), str(tmp_path / "x.safetensors"), "--ema"])
+
+
 def test_retarget_lambdas_keeps_shared_anchors_and_extrapolates(tmp_path):
     """--lambdas on --init widens the quality range of trained weights: anchors the old model had
     keep their gains, a new one below is extrapolated in log(lambda), and training goes on."""
