@@ -1,15 +1,17 @@
 """Train the variable-rate model on rate + lambda * distortion, or the f8 VAE, and export weights.
 
-    python -m codec.train fit --model cc --data ../shared/data/train --val ../shared/data/val --out runs/cc
-    python -m codec.train export runs/cc/best.pt weights/aecodec-cc.safetensors
+    python -m codec.train fit --model cc --data ../shared/data/train --val ../shared/data/val --out runs/cc --ema 0.995
+    python -m codec.train export runs/cc/last.pt weights/aecodec-cc.safetensors --ema
 
     python -m codec.train fit --model vae --data ../shared/data/train --val ../shared/data/val --out runs/vae
     python -m codec.train export runs/vae/best.pt weights/aecodec-vae-f8.safetensors --data ../shared/data/train
 
 Each training image gets its own random position on the quality axis, and so its own lambda,
 which is how one set of weights learns the whole rate range (gain units interpolate between
-the anchor lambdas). Images are decoded once into memory: on a 2-core CPU, JPEG decoding per
-step would cost as much as the model.
+the anchor lambdas). With ``--ema`` a running average of the weights trains beside them: at a
+constant learning rate it validated as well as a copy annealed at a tenth of it (weights/README.md,
+phase 9), so a release is exported from the average. Images are decoded once into memory: on
+a 2-core CPU, JPEG decoding per step would cost as much as the model.
 
 The VAE (``--model vae``) minimises reconstruction error + kl_weight * KL, normalised as latent
 diffusion does (both summed per image). Its export measures each latent channel's mean and
