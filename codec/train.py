@@ -482,8 +482,9 @@ def export(args: argparse.Namespace) -> None:
             "data": a.get("data"), "best_val_loss": ckpt.get("best")}
     if a.get("slice_lr"):
         info["slice_lr"] = a["slice_lr"]
-    if args.ema:
+    if args.ema:  # the checkpoint's best validation loss was the weights', not the average's
         info["weights"] = f"exponential moving average (decay {a.get('ema')}) over {ckpt['ema_n']} steps"
+        del info["best_val_loss"]
     if ckpt.get("kind") == "vae":
         if not args.data:
             raise SystemExit("error: exporting a VAE needs --data (training images to calibrate on)")

@@ -8,7 +8,7 @@ import torch
 from codec.api import Codec
 from codec.model import GainHyperprior, ModelConfig
 from codec.train import main
-from codec.weights import save_weights
+from codec.weights import save_weights, weights_info
 from conftest import make_image
 
 
@@ -50,6 +50,7 @@ def test_weight_average_is_carried_over_a_resume_and_exported(tmp_path):
     assert not torch.equal(ckpt["ema"][name], ckpt["model"][name])
     weights = tmp_path / "ema.safetensors"
     main(["export", str(run / "last.pt"), str(weights), "--ema"])
+    assert "best_val_loss" not in weights_info(weights)  # that was the weights', not the average's
     shipped = Codec(weights, device="cpu").model.state_dict()[name].float()
     assert torch.allclose(shipped, ckpt["ema"][name], atol=1e-3)  # stored in fp16
     assert not torch.allclose(shipped, ckpt["model"][name], atol=1e-3)
