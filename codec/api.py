@@ -44,8 +44,9 @@ MAX_LATENT_HEADER = 64 * 1024  # bytes of safetensors JSON header a latent file 
 MAX_JSON_DEPTH = 8  # nesting of that header: a latent file's is 3 deep
 
 
-class CodecError(AecodecError):
-    """A request the codec cannot carry out (bad quality, wrong weights, no CUDA...)."""
+class CodecError(AecodecError, ValueError):
+    """A request the codec cannot carry out (bad quality, wrong weights, no CUDA...); a
+    ValueError, as Pillow's and Python's own bad arguments are."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -58,6 +59,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise CodecError(f"unsupported device {device}")
     return device
+
+
+def _check_image(image: object) -> None:
+    """A path or an array is a common first try: say what to pass instead of failing inside Pillow."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, got {type(image).__name__} "
+                        "(open a file with PIL.Image.open, an array with PIL.Image.fromarray)")
+
+
+def _check_bytes(data: object) -> None:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected the bytes of a file, got {type(data).__name__} "
+                        "(read it first: pathlib.Path(name).read_bytes())")
 
 
 class Codec:
@@ -84,6 +98,7 @@ class Codec:
     def compress(self, image: Image.Image, quality: int = DEFAULT_QUALITY, strip: bool = False) -> bytes:
         """Code a PIL image to the bytes of a complete ``.aec`` file. Its ICC profile and EXIF
         (``image.info``) travel with it unless ``strip``; EXIF orientation is applied first."""
+        _check_image(image)
         if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
             raise CodecError(f"quality must be an integer from 1 to 100, got {quality!r}")
         image = ImageOps.exif_transpose(image)  # the orientation a viewer shows (EXIF's tag reset)
@@ -112,6 +127,7 @@ class Codec:
         file and its quality. Falls back to quality 1 (or 100) when no quality meets the target."""
         from .metrics import psnr
 
+        _check_image(image)
         if (max_bytes is None) == (min_psnr is None):
             raise CodecError("give exactly one of max_bytes and min_psnr")
         image = ImageOps.exif_transpose(image)
@@ -137,6 +153,7 @@ class Codec:
 
     def decompress(self, data: bytes) -> Image.Image:
         """Decode the bytes of an ``.aec`` file to a PIL image of the original size and mode."""
+        _check_bytes(data)
         header, streams = bitstream.unpack(data)
         self.check_weights(header)
         self.check_size(header.width, header.height)
@@ -177,6 +194,7 @@ class Codec:
     def encode_latent(self, image: Image.Image) -> bytes:
         """An image -> a safetensors file holding its scaled latent (1 x 4 x H/8 x W/8, float32)
         and what decoding needs: the original size and mode, the factors, the weights' hash."""
+        _check_image(image)
         vae = self._vae()
         image, mode = normalize(image)
         if mode in ("LA", "RGBA"):
@@ -194,6 +212,7 @@ class Codec:
 
     def decode_latent(self, data: bytes) -> Image.Image:
         """A latent file written by ``encode_latent`` (or edited: any finite values) -> an image."""
+        _check_bytes(data)
         vae = self._vae()
         try:
             meta = read_metadata(data, max_header=MAX_LATENT_HEADER, max_depth=MAX_JSON_DEPTH)

@@ -194,8 +194,16 @@ def _is_aec(path: Path) -> bool:
 
 
 def _check_aec(path: Path) -> None:
-    if path.is_file() and not _is_aec(path):
-        raise ValueError("not an .aec file (wrong magic bytes)")
+    """decompress takes .aec files: say what else a file is when that is plain from its start."""
+    if not path.is_file() or _is_aec(path):
+        return
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if not head:
+        raise ValueError("empty file, not an .aec file")
+    if len(head) == 9 and head[8:] == b"{":  # safetensors: an 8-byte header length, then JSON
+        raise ValueError("a safetensors file, not an .aec file (a VAE latent decodes with aecodec vae decode)")
+    raise ValueError("not an .aec file (wrong magic bytes)")
 
 
 def _check_not_aec(path: Path, hint: str = "decompress it first to re-code it on purpose") -> None:
@@ -212,16 +220,17 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     if not pairs:
         return 1
     from .bitstream import unpack
-    from .imageio import image_bytes, write_output
+    from .imageio import check_writable, image_bytes, write_output
 
     codecs: dict = {}  # model name -> Codec: each file names the model that wrote it
 
     def work(src: str, dst: str) -> None:
         data = _read_bytes(src)
-        model = unpack(data)[0].model
-        if model not in codecs:
-            codecs[model] = _codec(args, model)
-        image = codecs[model].decompress(data)
+        header = unpack(data)[0]
+        check_writable(dst, header.mode)  # from the header: before the model loads or anything decodes
+        if header.model not in codecs:
+            codecs[header.model] = _codec(args, header.model)
+        image = codecs[header.model].decompress(data)
         write_output(dst, image_bytes(image, output_format(dst)), force=args.force)
         _say(args, f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
 
@@ -229,11 +238,12 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .bitstream import unpack  # the container alone: no torch, answers at once
+    # the container alone: no torch, answers at once
+    from .bitstream import unpack, unpack_metadata
 
     def work(src: str, _dst: None) -> None:
         data = _read_bytes(src)
-        h = unpack(data)[0]
+        h, streams = unpack(data)
         px = h.width * h.height
         print(f"{src}:")
         print(f"  model       {h.model} (id {h.model_id})")
@@ -241,6 +251,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  quality     {h.quality}")
         print(f"  size        {h.width}x{h.height} {h.mode}")
         print(f"  bytes       {len(data)} (streams {', '.join(map(str, h.stream_lengths))})")
+        if h.metadata:  # the last stream: say what it is, since it can outweigh the pixels
+            kept = [{"icc_profile": "ICC profile", "exif": "EXIF"}[k] for k in unpack_metadata(streams[-1])]
+            print(f"  metadata    {' and '.join(kept)} ({h.stream_lengths[-1]} bytes; "
+                  "aecodec compress --strip drops it)")
         print(f"  bpp         {8 * len(data) / px:.4f}")
 
     return _run_each([(p, None) for p in args.inputs], work)
@@ -268,13 +282,14 @@ def cmd_vae_decode(args: argparse.Namespace) -> int:
     pairs, failed = _plan(args, ".png", lambda path: _check_not_aec(path, "decode it with aecodec decompress"))
     if not pairs:
         return 1
-    from .imageio import image_bytes, write_output
+    from .imageio import check_writable, image_bytes, write_output
 
     codec = _codec(args, "vae-kl-f8")
 
     def work(src: str, dst: str) -> None:
         data = _read_bytes(src)
         image = codec.decode_latent(data)
+        check_writable(dst, image.mode)
         write_output(dst, image_bytes(image, output_format(dst)), force=args.force)
         _say(args, f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
 
@@ -338,6 +353,19 @@ def _pixels(text: str) -> int:
     return n
 
 
+def _positive(kind: type):
+    """An argparse type: a number of ``kind`` above 0 (a target of 0 bytes or -5 dB is a typo)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aecodec",
@@ -355,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
         if outputs:
             sp.add_argument("-o", "--output", metavar="OUT",
                             help="output file (one input; - for standard output), or a folder (existing, or "
-                            "ending in /)" + ("; the extension picks the format (.png, .jpg, .webp, .tif, .bmp)"
+                            "ending in /)" + ("; the extension picks the format: .png (default), .tif, .bmp, "
+                                              ".ppm/.pgm losslessly, .jpg and .webp at quality 95, 4:4:4"
                                               if decodes else ""))
             sp.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
             if verbose:
@@ -377,16 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("inputs", nargs="+", metavar="IMG", help="images to compress (- for standard input)")
     c.add_argument("-q", "--quality", type=int,
                    help="1-100, higher is better and bigger, like JPEG's (default: 75)")
-    c.add_argument("-m", "--model", choices=[e.short for e in registry.MODELS.values()],
+    default = registry.MODELS[registry.DEFAULT_MODEL].short
+    c.add_argument("-m", "--model", choices=[default] + [e.short for e in registry.MODELS.values() if e.short != default],
                    help="cc: the channel-conditional model (the default: the smallest files); hp: the plain "
                    "hyperprior inside the same weights (faster to encode, files about 10%% larger); vae: the f8 VAE's "
                    "quantised latent (low rates only). With --weights: the file's own model unless given")
     c.add_argument("--strip", action="store_true",
                    help="drop the ICC profile and EXIF (kept by default, and restored by decompress)")
-    c.add_argument("--target-size", type=int, metavar="BYTES",
+    c.add_argument("--target-size", type=_positive(int), metavar="BYTES",
                    help="instead of -q: the highest quality whose file fits in BYTES (like cwebp -size); "
                    "q 1 if none does, and the result line says so")
-    c.add_argument("--target-psnr", type=float, metavar="DB",
+    c.add_argument("--target-psnr", type=_positive(float), metavar="DB",
                    help="instead of -q: the lowest quality that reaches DB of PSNR (like cwebp -psnr); "
                    "q 100 if none does, and the result line says so")
     common(c, verbose=True)
@@ -401,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print an .aec file's header",
                        description="Print the model, weights, quality, size and bits per pixel of .aec files.")
-    i.add_argument("inputs", nargs="+", metavar="FILE.aec")
+    i.add_argument("inputs", nargs="+", metavar="FILE.aec", help=".aec files (- for standard input); nothing is decoded")
     i.set_defaults(func=cmd_info, parser=i)
 
     v = sub.add_parser("vae", help="images <-> VAE latents (for latent diffusion)",
@@ -457,7 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aecodec {__version__}")
         return 0
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # argparse would name the top-level usage; the subcommand's is the useful one
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     known = _known_errors()
 
     try:

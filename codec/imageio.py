@@ -123,10 +123,23 @@ def output_format(path: str | Path) -> str:
     return fmt
 
 
+NO_ALPHA = ("JPEG", "BMP", "PPM")  # Pillow writes RGBA to BMP and PPM, silently without its alpha
+
+
+def check_writable(path: str | Path, mode: str) -> None:
+    """Whether an output path's format holds an image of ``mode`` without loss: asked before
+    decoding, from the .aec header, so a refusal comes at once and never after the work."""
+    fmt = output_format(path)
+    if mode in ("LA", "RGBA") and fmt in NO_ALPHA:
+        raise ImageError(f"{mode} image: {fmt} has no alpha channel (write .png, .webp or .tif)")
+    if str(path).lower().endswith(".pgm") and mode != "L":
+        raise ImageError(f"{mode} image: PGM holds grayscale only (write .ppm or .png)")
+
+
 def image_bytes(image: Image.Image, fmt: str) -> bytes:
     """Encode a decoded image in memory: PNG losslessly, JPEG and WebP at quality 95 (4:4:4)."""
-    if fmt == "JPEG" and image.mode in ("LA", "RGBA"):
-        raise ImageError("JPEG has no alpha channel: write .png or .webp")
+    if fmt in NO_ALPHA and image.mode in ("LA", "RGBA"):
+        raise ImageError(f"{fmt} has no alpha channel: write .png, .webp or .tif")
     options = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}.get(fmt, {})
     if fmt in ("PNG", "JPEG", "WEBP", "TIFF"):  # they carry an ICC profile and EXIF
         options.update({k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)})
@@ -145,8 +158,16 @@ def is_special(path: Path) -> bool:
 
 
 def check_output(path: str | Path, force: bool) -> None:
-    """Before any work: can ``path`` be written (atomically, without clobbering)?"""
-    if str(path) == "-" or is_special(Path(path)):
+    """Before any work: can ``path`` be written (atomically, without clobbering)? Standard
+    output is refused when it is a terminal (binary would fill the screen), as gzip does,
+    unless ``force``; a folder is tried by creating (and removing) the temporary file the
+    write would use, since permissions alone do not say (read-only mounts, /proc, root)."""
+    if str(path) == "-":
+        if sys.stdout.isatty() and not force:
+            raise ImageError("not writing binary data to a terminal: redirect standard output, "
+                             "or give -o FILE (--force writes it anyway)")
+        return
+    if is_special(Path(path)):
         return
     path = Path(path)
     if path.is_dir():
@@ -156,7 +177,15 @@ def check_output(path: str | Path, force: bool) -> None:
     if (path.exists() or path.is_symlink()) and not force:
         raise ImageError(f"output {path} exists (use --force to overwrite)")
     if not path.parent.is_dir():
-        raise ImageError(f"output folder {path.parent} does not exist")
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise ImageError(f"output folder {path.parent} {what}")
+    folder = (path.resolve() if path.is_symlink() else path).parent  # where write_output's file goes
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise ImageError(f"cannot write in {folder}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def write_output(path: str | Path, data: bytes, force: bool = False) -> None:

@@ -57,7 +57,10 @@ class AecDecoder(ImageFile.PyDecoder):
         from .api import decompress
 
         self.fd.seek(0)
-        image = decompress(self.fd.read())
+        try:
+            image = decompress(self.fd.read())
+        except AecodecError as e:  # Pillow's readers raise OSError for damaged data
+            raise OSError(f"cannot decode .aec file: {e}") from e
         self.set_as_raw(image.tobytes())
         return -1, 0
 

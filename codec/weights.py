@@ -144,8 +144,10 @@ def read_metadata(data: bytes, max_header: int | None = None, max_depth: int | N
     if len(data) < 8:
         raise ValueError("too short for a safetensors header")
     n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8 or (max_header is not None and n > max_header):
-        raise ValueError(f"safetensors header of {n} bytes is too large")
+    if n > len(data) - 8:  # what any other file's first 8 bytes say
+        raise ValueError("not a safetensors file (its header length runs past the end)")
+    if max_header is not None and n > max_header:
+        raise ValueError(f"safetensors header of {n} bytes is too large (at most {max_header})")
     text = data[8 : 8 + n]
     if max_depth is not None and _json_depth(text) > max_depth:
         raise ValueError(f"safetensors header nests deeper than {max_depth}")

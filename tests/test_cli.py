@@ -156,3 +156,69 @@ def test_compress_refuses_what_would_surprise(folder, capsys):
 def test_a_target_no_quality_meets_is_said(folder, capsys):
     assert main(["compress", "a.png", "--target-size", "10", "-o", "s.aec", "--device", "cpu"]) == 0
     assert "q 1 (target 10 bytes not met: q 1 is the smallest)" in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_hold_the_image_is_refused_before_decoding(folder, capsys, monkeypatch):
+    make_image(24, 16, "RGBA").save("rgba.png")
+    assert main(["compress", "rgba.png", "a.png", "--device", "cpu"]) == 0
+    import codec.cli
+
+    def no_model(*args, **kwargs):  # the refusal must come from the header, before any model loads
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(codec.cli, "_codec", no_model)
+    for out, says in (("r.jpg", "RGBA image: JPEG has no alpha channel"), ("r.bmp", "BMP has no alpha"),
+                      ("r.ppm", "PPM has no alpha"), ("r.pgm", "PPM has no alpha")):
+        assert main(["decompress", "rgba.aec", "-o", out]) == 1
+        assert says in capsys.readouterr().err and not Path(out).exists()
+    assert main(["decompress", "a.aec", "-o", "a.pgm"]) == 1  # RGB: PGM would silently be colour
+    assert "PGM holds grayscale only" in capsys.readouterr().err and not Path("a.pgm").exists()
+
+
+def test_outputs_that_cannot_be_written_fail_before_the_work(folder, capsys):
+    (folder / "text.png").write_text("a file, not a folder")
+    assert main(["compress", "a.png", "-o", "text.png/x.aec"]) == 1
+    assert "output folder text.png is not a folder" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes anywhere but into /proc
+        os.mkdir("ro")
+        os.chmod("ro", 0o500)
+        assert main(["compress", "a.png", "-o", "ro/x.aec"]) == 1
+        assert "cannot write in ro" in capsys.readouterr().err
+    elif Path("/proc").is_dir():
+        assert main(["compress", "a.png", "-o", "/proc/x.aec"]) == 1
+        assert "cannot write in /proc" in capsys.readouterr().err
+    assert {p.name for p in folder.iterdir()} <= {"a.png", "b.jpg", "text.png", "ro"}
+
+
+def test_binary_is_not_written_to_a_terminal(folder, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(["compress", "a.png", "-o", "-"]) == 1
+    assert "not writing binary data to a terminal" in capsys.readouterr().err
+
+
+def test_what_decompress_is_given_instead_of_an_aec_file_is_named(folder, capsys):
+    (folder / "empty.aec").write_bytes(b"")
+    (folder / "lat.safetensors").write_bytes(len(b'{"a":1}').to_bytes(8, "little") + b'{"a":1}')
+    assert main(["decompress", "empty.aec", "lat.safetensors", "-o", "out/"]) == 1
+    err = capsys.readouterr().err
+    assert "empty.aec: empty file" in err and "lat.safetensors: a safetensors file" in err
+
+
+def test_a_bad_option_of_a_command_shows_that_command_s_usage(folder, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["decompress", "-q", "50", "x.aec"])  # a cwebp habit
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: aecodec decompress") and "unrecognized arguments: -q" in err
+    for bad in ("0", "-5", "nan", "big"):
+        with pytest.raises(SystemExit):
+            main(["compress", "a.png", "--target-size" if bad != "nan" else "--target-psnr", bad])
+        assert "compress: error: argument --target-" in capsys.readouterr().err
+
+
+def test_info_says_what_the_metadata_stream_holds(folder, capsys):
+    Image.open("a.png").save("icc.png", icc_profile=b"\0" * 300)
+    assert main(["compress", "icc.png", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["info", "icc.aec"]) == 0
+    assert "metadata    ICC profile (" in capsys.readouterr().out

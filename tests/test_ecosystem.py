@@ -60,6 +60,22 @@ def test_pillow_saves_with_quality_and_metadata(tmp_path):
     assert psnr(image, back.convert("RGB")) > 20
 
 
+def test_errors_are_the_ones_pillow_users_catch(codec, tmp_path):
+    """A damaged file is an OSError on load and a bad quality a ValueError, as with Pillow's own
+    formats; a path where an image belongs is a TypeError that says what to pass."""
+    data = codec.compress(make_image(40, 24), 60)
+    (tmp_path / "cut.aec").write_bytes(data[:-20])
+    im = Image.open(tmp_path / "cut.aec")  # the header is whole: opening works, decoding cannot
+    with pytest.raises(OSError, match="cannot decode .aec file: truncated file"):
+        im.load()
+    with pytest.raises(ValueError, match="quality must be an integer from 1 to 100"):
+        make_image(8, 8).save(tmp_path / "q.aec", quality=0)
+    with pytest.raises(TypeError, match="expected a PIL image, got str"):
+        codec.compress("photo.png")
+    with pytest.raises(TypeError, match="expected the bytes of a file, got PosixPath"):
+        codec.decompress(tmp_path / "cut.aec")
+
+
 # --- metadata through the command line ---
 
 def test_icc_and_exif_survive_compress_and_decompress(folder):
