@@ -68,10 +68,12 @@ def _check_image(image: object) -> None:
                         "(open a file with PIL.Image.open, an array with PIL.Image.fromarray)")
 
 
-def _check_bytes(data: object) -> None:
+def _as_bytes(data: object) -> bytes:
+    """The bytes of a file (bytes, bytearray or memoryview); a path is a common first try."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected the bytes of a file, got {type(data).__name__} "
                         "(read it first: pathlib.Path(name).read_bytes())")
+    return bytes(data)
 
 
 class Codec:
@@ -153,7 +155,7 @@ class Codec:
 
     def decompress(self, data: bytes) -> Image.Image:
         """Decode the bytes of an ``.aec`` file to a PIL image of the original size and mode."""
-        _check_bytes(data)
+        data = _as_bytes(data)
         header, streams = bitstream.unpack(data)
         self.check_weights(header)
         self.check_size(header.width, header.height)
@@ -212,7 +214,7 @@ class Codec:
 
     def decode_latent(self, data: bytes) -> Image.Image:
         """A latent file written by ``encode_latent`` (or edited: any finite values) -> an image."""
-        _check_bytes(data)
+        data = _as_bytes(data)
         vae = self._vae()
         try:
             meta = read_metadata(data, max_header=MAX_LATENT_HEADER, max_depth=MAX_JSON_DEPTH)

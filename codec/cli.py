@@ -7,6 +7,7 @@ atomically and never replace an existing file without ``--force``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -30,17 +31,27 @@ class UsageError(Exception):
     """Bad combination of command-line arguments."""
 
 
+def _is_folder(out: str) -> bool:
+    """Whether ``-o`` names a folder: an existing one, or any path ending in /."""
+    return out.endswith(("/", os.sep)) or Path(out).is_dir()
+
+
 def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[str]:
     """Output path per input: next to it with ``suffix``, or ``-o``: a file for one input, a
     folder (an existing one, or any path ending in /), or "-" for standard output."""
+    from .imageio import ImageError, resolve
+
     if "-" in inputs and len(inputs) > 1:
         raise UsageError("standard input (-) can only be the only input")
     if out is None:
         if inputs == ["-"]:
             return ["-"]
         paths = [str(Path(p).with_suffix(suffix)) for p in inputs]
-    elif out.endswith(("/", os.sep)) or Path(out).is_dir():
-        Path(out).mkdir(parents=True, exist_ok=True)
+    elif _is_folder(out):
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ImageError(f"cannot create output folder {out}: {_message(e)}") from None
         paths = [str(Path(out) / ("stdin" + suffix if p == "-" else Path(p).with_suffix(suffix).name)) for p in inputs]
     elif len(inputs) == 1:
         paths = [out]
@@ -50,10 +61,10 @@ def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[str]:
     for src, dst in zip(inputs, paths):
         if dst == "-":
             continue
-        key = Path(dst).resolve()
+        key = resolve(Path(dst))
         if key in seen:
             raise UsageError(f"{seen[key]} and {src} would both be written to {dst}")
-        if src != "-" and key == Path(src).resolve():
+        if src != "-" and key == resolve(Path(src)):
             raise UsageError(f"output {dst} would replace its own input")
         seen[key] = src
     return paths
@@ -85,7 +96,7 @@ def _plan(args: argparse.Namespace, suffix: str, check=lambda path: None) -> tup
     from .imageio import check_output
 
     out = args.output
-    if out and out != "-" and len(args.inputs) > 1 and not (out.endswith(("/", os.sep)) or Path(out).is_dir()):
+    if out and out != "-" and len(args.inputs) > 1 and not _is_folder(out):
         raise UsageError("-o must be a folder (existing, or ending in /) when there are several inputs")
     inputs, failed = _check_inputs(args.inputs, check)
     if not inputs:  # each failure is already said
@@ -140,7 +151,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         args.quality = 75
     if not 1 <= args.quality <= 100:
         raise UsageError(f"quality must be from 1 to 100, got {args.quality}")
-    if args.output and args.output != "-" and Path(args.output).suffix.lower() in OUTPUT_FORMATS:
+    out = args.output
+    if out and out != "-" and not _is_folder(out) and Path(out).suffix.lower() in OUTPUT_FORMATS:
         raise UsageError(f"-o {args.output}: compress writes .aec files, not {Path(args.output).suffix}")
     pairs, failed = _plan(args, ".aec", _check_not_aec)
     if not pairs:
@@ -176,7 +188,7 @@ def _check_format(out: str | None) -> None:
     """An output extension with no image writer is a usage error, found before any work."""
     from .imageio import ImageError, output_format
 
-    if out and not out.endswith("/") and not Path(out).is_dir():
+    if out and not _is_folder(out):
         try:
             output_format(out)
         except ImageError as e:
@@ -354,14 +366,14 @@ def _pixels(text: str) -> int:
 
 
 def _positive(kind: type):
-    """An argparse type: a number of ``kind`` above 0 (a target of 0 bytes or -5 dB is a typo)."""
+    """An argparse type: a finite number of ``kind`` above 0 (a target of 0 bytes or -5 dB is a typo)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value > 0:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        if not (value > 0 and math.isfinite(value)):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
         return value
     return parse
 
@@ -384,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("-o", "--output", metavar="OUT",
                             help="output file (one input; - for standard output), or a folder (existing, or "
                             "ending in /)" + ("; the extension picks the format: .png (default), .tif, .bmp, "
-                                              ".ppm/.pgm losslessly, .jpg and .webp at quality 95, 4:4:4"
+                                              ".ppm/.pgm losslessly, .jpg at quality 95 (4:4:4), .webp at quality 95"
                                               if decodes else ""))
             sp.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
             if verbose:

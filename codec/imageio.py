@@ -129,15 +129,16 @@ NO_ALPHA = ("JPEG", "BMP", "PPM")  # Pillow writes RGBA to BMP and PPM, silently
 def check_writable(path: str | Path, mode: str) -> None:
     """Whether an output path's format holds an image of ``mode`` without loss: asked before
     decoding, from the .aec header, so a refusal comes at once and never after the work."""
-    fmt = output_format(path)
+    fmt, suffix = output_format(path), Path(path).suffix.lower()
     if mode in ("LA", "RGBA") and fmt in NO_ALPHA:
-        raise ImageError(f"{mode} image: {fmt} has no alpha channel (write .png, .webp or .tif)")
-    if str(path).lower().endswith(".pgm") and mode != "L":
-        raise ImageError(f"{mode} image: PGM holds grayscale only (write .ppm or .png)")
+        raise ImageError(f"{mode} image: {suffix} holds no alpha channel (write .png, .webp or .tif)")
+    if suffix == ".pgm" and mode != "L":
+        raise ImageError(f"{mode} image: .pgm holds grayscale only (write .ppm or .png)")
 
 
 def image_bytes(image: Image.Image, fmt: str) -> bytes:
-    """Encode a decoded image in memory: PNG losslessly, JPEG and WebP at quality 95 (4:4:4)."""
+    """Encode a decoded image in memory: PNG losslessly, JPEG at quality 95 (4:4:4), WebP at
+    quality 95 (lossy WebP is always 4:2:0)."""
     if fmt in NO_ALPHA and image.mode in ("LA", "RGBA"):
         raise ImageError(f"{fmt} has no alpha channel: write .png, .webp or .tif")
     options = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}.get(fmt, {})
@@ -157,17 +158,39 @@ def is_special(path: Path) -> bool:
     return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
+def _is_terminal(path: Path) -> bool:
+    """Whether a character device (/dev/stdout, /dev/tty) is a terminal; opening one to ask has
+    no effect (O_NOCTTY), and pipes, files and missing paths are not asked."""
+    try:
+        if not stat.S_ISCHR(path.stat().st_mode):
+            return False
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return os.isatty(fd)
+    finally:
+        os.close(fd)
+
+
+def resolve(path: Path) -> Path:
+    """``path.resolve()``, with a symlink loop as a one-line ImageError (Python 3.11 raises
+    RuntimeError, 3.13 OSError)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        raise ImageError(f"{path} is a symlink loop") from None
+
+
 def check_output(path: str | Path, force: bool) -> None:
     """Before any work: can ``path`` be written (atomically, without clobbering)? Standard
     output is refused when it is a terminal (binary would fill the screen), as gzip does,
     unless ``force``; a folder is tried by creating (and removing) the temporary file the
     write would use, since permissions alone do not say (read-only mounts, /proc, root)."""
-    if str(path) == "-":
-        if sys.stdout.isatty() and not force:
-            raise ImageError("not writing binary data to a terminal: redirect standard output, "
-                             "or give -o FILE (--force writes it anyway)")
-        return
-    if is_special(Path(path)):
+    if (sys.stdout.isatty() if str(path) == "-" else _is_terminal(Path(path))) and not force:
+        raise ImageError("not writing binary data to a terminal: redirect standard output, "
+                         "or give -o FILE (--force writes it anyway)")
+    if str(path) == "-" or is_special(Path(path)):
         return
     path = Path(path)
     if path.is_dir():
@@ -179,7 +202,7 @@ def check_output(path: str | Path, force: bool) -> None:
     if not path.parent.is_dir():
         what = "is not a folder" if path.parent.exists() else "does not exist"
         raise ImageError(f"output folder {path.parent} {what}")
-    folder = (path.resolve() if path.is_symlink() else path).parent  # where write_output's file goes
+    folder = (resolve(path) if path.is_symlink() else path).parent  # where write_output's file goes
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
@@ -200,7 +223,7 @@ def write_output(path: str | Path, data: bytes, force: bool = False) -> None:
         with open(path, "wb") as f:
             f.write(data)
         return
-    target = path.resolve() if path.is_symlink() else path
+    target = resolve(path) if path.is_symlink() else path
     try:
         write_atomic(target, data, force)
     except OSError as e:

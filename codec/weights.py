@@ -145,7 +145,7 @@ def read_metadata(data: bytes, max_header: int | None = None, max_depth: int | N
         raise ValueError("too short for a safetensors header")
     n = int.from_bytes(data[:8], "little")
     if n > len(data) - 8:  # what any other file's first 8 bytes say
-        raise ValueError("not a safetensors file (its header length runs past the end)")
+        raise ValueError("not a safetensors file, or truncated (its header runs past the end)")
     if max_header is not None and n > max_header:
         raise ValueError(f"safetensors header of {n} bytes is too large (at most {max_header})")
     text = data[8 : 8 + n]

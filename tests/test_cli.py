@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from codec.bitstream import MAGIC
 from codec.cli import main
 from codec.weights import default_weights, load_weights, save_weights
 from conftest import make_image
@@ -167,16 +169,28 @@ def test_an_output_that_cannot_hold_the_image_is_refused_before_decoding(folder,
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(codec.cli, "_codec", no_model)
-    for out, says in (("r.jpg", "RGBA image: JPEG has no alpha channel"), ("r.bmp", "BMP has no alpha"),
-                      ("r.ppm", "PPM has no alpha"), ("r.pgm", "PPM has no alpha")):
+    for out in ("r.jpg", "r.bmp", "r.ppm", "r.pgm"):
+        says = f"RGBA image: {out[1:]} holds no alpha channel"
         assert main(["decompress", "rgba.aec", "-o", out]) == 1
         assert says in capsys.readouterr().err and not Path(out).exists()
     assert main(["decompress", "a.aec", "-o", "a.pgm"]) == 1  # RGB: PGM would silently be colour
-    assert "PGM holds grayscale only" in capsys.readouterr().err and not Path("a.pgm").exists()
+    assert ".pgm holds grayscale only" in capsys.readouterr().err and not Path("a.pgm").exists()
 
 
-def test_outputs_that_cannot_be_written_fail_before_the_work(folder, capsys):
+def test_outputs_that_cannot_be_written_fail_before_the_work(folder, capsys, monkeypatch):
+    import codec.cli
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(codec.cli, "_codec", no_model)
     (folder / "text.png").write_text("a file, not a folder")
+    assert main(["compress", "a.png", "-o", "text.png/"]) == 1
+    assert "cannot create output folder text.png/" in capsys.readouterr().err
+    os.symlink("loop.aec", "loop.aec")
+    assert main(["compress", "a.png", "-o", "loop.aec", "--force"]) == 1
+    assert "loop.aec is a symlink loop" in capsys.readouterr().err
+    os.unlink("loop.aec")
     assert main(["compress", "a.png", "-o", "text.png/x.aec"]) == 1
     assert "output folder text.png is not a folder" in capsys.readouterr().err
     if os.geteuid() != 0:  # root writes anywhere but into /proc
@@ -190,10 +204,31 @@ def test_outputs_that_cannot_be_written_fail_before_the_work(folder, capsys):
     assert {p.name for p in folder.iterdir()} <= {"a.png", "b.jpg", "text.png", "ro"}
 
 
+class Terminal(io.StringIO):
+    """Standard output as a terminal, with the binary layer ``write_output`` writes to."""
+
+    def __init__(self):
+        super().__init__()
+        self.buffer = io.BytesIO()
+
+    def isatty(self) -> bool:
+        return True
+
+
 def test_binary_is_not_written_to_a_terminal(folder, capsys, monkeypatch):
-    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(sys, "stdout", Terminal())
     assert main(["compress", "a.png", "-o", "-"]) == 1
-    assert "not writing binary data to a terminal" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(Path("a.png").read_bytes())))
+    assert main(["compress", "-"]) == 1  # standard input writes to standard output
+    assert capsys.readouterr().err.count("not writing binary data to a terminal") == 2
+    assert sys.stdout.buffer.getvalue() == b""
+    assert main(["compress", "a.png", "-o", "-", "--force", "--device", "cpu"]) == 0
+    assert sys.stdout.buffer.getvalue().startswith(MAGIC)  # what the user asked for
+
+
+def test_a_folder_named_like_an_image_takes_outputs(folder):
+    assert main(["compress", "a.png", "-o", "out.png/", "--device", "cpu"]) == 0
+    assert (folder / "out.png" / "a.aec").is_file()
 
 
 def test_what_decompress_is_given_instead_of_an_aec_file_is_named(folder, capsys):
@@ -210,9 +245,10 @@ def test_a_bad_option_of_a_command_shows_that_command_s_usage(folder, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: aecodec decompress") and "unrecognized arguments: -q" in err
-    for bad in ("0", "-5", "nan", "big"):
+    for option, bad in (("--target-size", "0"), ("--target-size", "-5"), ("--target-size", "big"),
+                        ("--target-psnr", "nan"), ("--target-psnr", "inf")):
         with pytest.raises(SystemExit):
-            main(["compress", "a.png", "--target-size" if bad != "nan" else "--target-psnr", bad])
+            main(["compress", "a.png", option, bad])
         assert "compress: error: argument --target-" in capsys.readouterr().err
 
 

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from codec.metrics import psnr_from_mse
-    from codec.train import list_images, load_images, rd_loss
+    from codec.model import bpp_of
+    from codec.train import list_images, load_images
     from codec.weights import load_weights
 
     torch.set_num_threads(args.threads)
@@ -45,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             pos = torch.tensor([float(k)])
             gain, inv_gain = model.gains(pos)
             bpp = coded = ceiling = 0.0
-            for x in crops:
-                r = rd_loss(model, x, pos)
-                bpp += float(r["bpp"]) / len(crops)
-                coded += float(r["psnr"]) / len(crops)
+            for x in crops:  # both clamped to [0, 1], as a decoded file is
+                out = model(x, pos)
+                bpp += float(bpp_of(out["likelihoods"], x.shape[-2] * x.shape[-1])) / len(crops)
+                coded += float(psnr_from_mse(((out["x_hat"].clamp(0, 1) - x) ** 2).mean())) / len(crops)
                 x_hat = model.g_s(model.g_a(x) * gain * inv_gain).clamp(0, 1)
                 ceiling += float(psnr_from_mse(((x_hat - x) ** 2).mean())) / len(crops)
             print(f"| {k} | {lmbda:.5f} | {bpp:.3f} | {coded:.2f} | {ceiling:.2f} | {ceiling - coded:.2f} |", flush=True)
