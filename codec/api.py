@@ -216,20 +216,11 @@ class Codec:
         """A latent file written by ``encode_latent`` (or edited: any finite values) -> an image."""
         data = _as_bytes(data)
         vae = self._vae()
-        try:
-            meta = read_metadata(data, max_header=MAX_LATENT_HEADER, max_depth=MAX_JSON_DEPTH)
-            if meta.get("format") != LATENT_FORMAT:
-                raise FormatError("not an aecodec latent file")
-            w, h, mode = int(meta["width"]), int(meta["height"]), meta["mode"]
-        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
-            raise FormatError(f"not an aecodec latent file ({e})" if "header" in str(e)
-                              else "not an aecodec latent file") from None
+        meta = read_latent_header(data)
+        w, h, mode = meta["width"], meta["height"], meta["mode"]
         if meta.get("weights_sha256") != self.weights_sha256:
             raise CodecError(f"latent was made with weights {str(meta.get('weights_sha256'))[:16]}, "
                              f"but the loaded weights are {self.weights_sha256[:16]}")
-        if (mode not in ("L", "RGB") or not (1 <= w <= bitstream.MAX_SIDE and 1 <= h <= bitstream.MAX_SIDE)
-                or w * h > bitstream.MAX_PIXELS):
-            raise FormatError(f"invalid size {w}x{h} or mode {mode!r} in latent file")
         self.check_size(w, h)
         try:  # safetensors checks that the tensor's declared size matches the bytes it holds
             latent = st_load(data)["latent"]
@@ -248,6 +239,23 @@ class Codec:
         if not hasattr(self.model, "encode_scaled"):
             raise CodecError(f"latents need the VAE, but the loaded weights are model {self.model.NAME}")
         return self.model
+
+
+def read_latent_header(data: bytes) -> dict:
+    """The metadata of a latent file, its size and mode checked (no tensor is loaded): what
+    ``decode_latent`` will make, known before the work."""
+    try:
+        meta = read_metadata(_as_bytes(data), max_header=MAX_LATENT_HEADER, max_depth=MAX_JSON_DEPTH)
+        if meta.get("format") != LATENT_FORMAT:
+            raise FormatError("not an aecodec latent file")
+        w, h, mode = int(meta["width"]), int(meta["height"]), meta["mode"]
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise FormatError(f"not an aecodec latent file ({e})" if "header" in str(e)
+                          else "not an aecodec latent file") from None
+    if (mode not in ("L", "RGB") or not (1 <= w <= bitstream.MAX_SIDE and 1 <= h <= bitstream.MAX_SIDE)
+            or w * h > bitstream.MAX_PIXELS):
+        raise FormatError(f"invalid size {w}x{h} or mode {mode!r} in latent file")
+    return {**meta, "width": w, "height": h}
 
 
 @contextmanager

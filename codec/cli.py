@@ -294,14 +294,15 @@ def cmd_vae_decode(args: argparse.Namespace) -> int:
     pairs, failed = _plan(args, ".png", lambda path: _check_not_aec(path, "decode it with aecodec decompress"))
     if not pairs:
         return 1
+    from .api import read_latent_header
     from .imageio import check_writable, image_bytes, write_output
 
     codec = _codec(args, "vae-kl-f8")
 
     def work(src: str, dst: str) -> None:
         data = _read_bytes(src)
+        check_writable(dst, read_latent_header(data)["mode"])  # before the decode
         image = codec.decode_latent(data)
-        check_writable(dst, image.mode)
         write_output(dst, image_bytes(image, output_format(dst)), force=args.force)
         _say(args, f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
 

@@ -143,6 +143,7 @@ def test_cli_model_vae_and_latents(vae_weights, tmp_path, monkeypatch):
 
     assert Image.open("c.png").size == (40, 24)
     assert cli(["vae", "decode", "a.png", "-o", "d.png", *w]) == 1  # not a latent file
+    assert cli(["vae", "decode", "a.safetensors", "-o", "d.pgm", *w]) == 1  # colour: refused, not made gray
     assert cli(["vae", "export-diffusers", "hf", "--weights", str(vae_weights)]) == 0
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["_class_name"] == "AutoencoderKL" and config["latent_channels"] == 4
