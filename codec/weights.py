@@ -38,6 +38,7 @@ PAST_WEIGHTS: dict[str, str] = {
     "7f0d3914ba2f67a5": "aecodec 0.3.0",  # hyperprior-gain (aecodec-hp.safetensors)
     "2f9db684f2495987": "aecodec 0.3.0",  # cc-hyperprior-gain
     "d975257e56c8d8c1": "aecodec 0.4.0",  # cc-hyperprior-gain, and the hyperprior inside it
+    "dc591943746a8894": "aecodec 0.5.0",  # cc-hyperprior-gain, and the hyperprior inside it
 }
 Model = torch.nn.Module  # a registered codec model (codec/registry.py)
 
