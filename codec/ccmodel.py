@@ -3,7 +3,7 @@
 Minnen & Singh, "Channel-wise autoregressive entropy models for learned image compression"
 (ICIP 2020): the latent is coded in S channel slices, and each slice's means and scales are
 predicted from the hyperprior *and the slices already decoded*, so later slices cost fewer bits.
-Here, without latent residual prediction or a spatial context:
+Here, without a spatial context:
 
 * the transforms, gain units and hyperprior are :class:`~codec.model.GainHyperprior`'s;
 * slice ``i``'s network sees the hyperprior's output (scales and means of every channel) and
@@ -12,7 +12,13 @@ Here, without latent residual prediction or a spatial context:
   hyperprior weights (:meth:`ChannelConditional.from_hyperprior`) starts out coding exactly as
   they do, and training can only move it from there;
 * the slice networks pick CDF tables, so they run in fixed point (``codec/exact.py``): a file
-  decodes bit-identically on any machine and thread count, like the hyperprior's.
+  decodes bit-identically on any machine and thread count, like the hyperprior's;
+* optionally (``lrp`` > 0) *latent residual prediction*: once every slice is decoded, a small
+  network sees the hyperprior's output and the whole decoded latent and adds a prediction of the
+  rounding error (at most half a step, as ``0.5 * tanh``) before the synthesis. It feeds nothing
+  that picks a CDF table, so it runs in floating point like the synthesis, and, as it is only
+  used at the end, it may see every slice (Minnen & Singh's sees the slices before it). It too
+  starts at zero, so it can be added to trained weights without changing what they decode.
 
 A file holds the z stream, then one stream per slice.
 """
@@ -44,12 +50,15 @@ class CCConfig:
     lambdas: tuple[float, ...] = field(default_factory=default_lambdas)
     slices: int = 4  # M must be a multiple
     width: int = 128  # channels of the slice networks
+    lrp: int = 0  # channels of the latent residual prediction network; 0: none
 
     def __post_init__(self) -> None:
         check_rd_config(self)
         if not (1 <= self.slices <= MAX_SLICES and self.M % self.slices == 0 and 1 <= self.width <= MAX_CHANNELS):
             raise ValueError(f"slices={self.slices}, width={self.width}: M must be a multiple of the slices "
                              f"(1..{MAX_SLICES}), width 1..{MAX_CHANNELS}")
+        if not 0 <= self.lrp <= MAX_CHANNELS:
+            raise ValueError(f"lrp={self.lrp}: 0 (none) .. {MAX_CHANNELS}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,7 +66,7 @@ class CCConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "CCConfig":
         return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(x) for x in d["lambdas"]),
-                   slices=int(d["slices"]), width=int(d["width"]))
+                   slices=int(d["slices"]), width=int(d["width"]), lrp=int(d.get("lrp", 0)))  # 0.6.0 and before: none
 
 
 class ChannelConditional(GainHyperprior):
@@ -66,6 +75,9 @@ class ChannelConditional(GainHyperprior):
     MODEL_ID = 3
     NAME = "cc-hyperprior-gain"
     CONFIG = CCConfig
+    # the residual prediction: int8 like h_a (a correction of under half a step, where int8's error is
+    # lost; float16 would take the file past 20 MB), dequantised the same way on every machine
+    INT8_PREFIXES = ("h_a.", "lrp.")
 
     def __init__(self, config: CCConfig | None = None):
         config = config or CCConfig()
@@ -82,23 +94,41 @@ class ChannelConditional(GainHyperprior):
             ])
             for i in range(S)
         )
+        self.lrp = None
+        if config.lrp:  # the whole decoded latent and the hyperprior output -> the rounding error
+            W = config.lrp
+            self.lrp = nn.Sequential(
+                conv(3 * M, W, stride=1, kernel_size=1), nn.LeakyReLU(inplace=True),
+                conv(W, W, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+                conv(W, M, stride=1, kernel_size=3),
+            )
         with torch.no_grad():  # start as the hyperprior: no correction
-            for net in self.slice_nets:
-                net.layers[-1].weight.zero_()
-                net.layers[-1].bias.zero_()
+            for last in [net.layers[-1] for net in self.slice_nets] + ([self.lrp[-1]] if self.lrp else []):
+                last.weight.zero_()
+                last.bias.zero_()
 
     @property
     def num_streams(self) -> int:
         return 1 + self.config.slices
 
     @classmethod
-    def from_hyperprior(cls, hp: GainHyperprior, slices: int = 4, width: int = 128) -> "ChannelConditional":
+    def from_hyperprior(cls, hp: GainHyperprior, slices: int = 4, width: int = 128, lrp: int = 0) -> "ChannelConditional":
         """A channel-conditional model that starts out coding exactly as ``hp``."""
         c = hp.config
-        model = cls(CCConfig(c.N, c.M, tuple(c.lambdas), slices, width))
+        model = cls(CCConfig(c.N, c.M, tuple(c.lambdas), slices, width, lrp))
         missing, unexpected = model.load_state_dict(hp.state_dict(), strict=False)
-        if unexpected or any(not k.startswith("slice_nets.") for k in missing):
+        if unexpected or any(not k.startswith(("slice_nets.", "lrp.")) for k in missing):
             raise ValueError(f"not a hyperprior of this shape ({unexpected or missing})")
+        return model
+
+    def with_lrp(self, width: int) -> "ChannelConditional":
+        """This model with a residual prediction of ``width`` channels added, starting at zero:
+        it decodes exactly as this one until trained."""
+        c = self.config
+        model = type(self)(CCConfig(c.N, c.M, tuple(c.lambdas), c.slices, c.width, width))
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("lrp.") for k in missing):
+            raise ValueError(f"cannot add a residual prediction ({unexpected or missing})")
         return model
 
     def submodel(self, name: str) -> GainHyperprior | None:
@@ -108,7 +138,7 @@ class ChannelConditional(GainHyperprior):
             return None
         c = self.config
         hp = GainHyperprior(ModelConfig(c.N, c.M, tuple(c.lambdas)))
-        hp.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("slice_nets.")})
+        hp.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith(("slice_nets.", "lrp."))})
         return hp
 
     def _slice_params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor], net) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,9 +163,16 @@ class ChannelConditional(GainHyperprior):
                 _, lik = self.gaussian_conditional(part, scales, means=means)
                 likelihoods.append(lik)
                 done.append(ste_round(part - means) + means)
-            y_hat = torch.cat(done, dim=1)
+            y_hat = self._refine(hp, torch.cat(done, dim=1), self.lrp)
         x_hat = self.g_s(y_hat * inv_gain)
         return {"x_hat": x_hat, "likelihoods": {"y": torch.cat(likelihoods, dim=1), "z": z_likelihoods}}
+
+    @staticmethod
+    def _refine(hp: torch.Tensor, y_hat: torch.Tensor, lrp) -> torch.Tensor:
+        """The decoded latent plus the predicted rounding error (``lrp``: the network, or None)."""
+        if lrp is None:
+            return y_hat
+        return y_hat + 0.5 * torch.tanh(lrp(torch.cat([hp, y_hat], dim=1)))
 
     # -- coding: everything that picks a CDF table runs exactly, on CPU, in tiles ---------------
 
@@ -156,14 +193,31 @@ class ChannelConditional(GainHyperprior):
         return streams, tuple(z.shape[-2:])
 
     @torch.no_grad()
-    def decode_streams(self, strings: list[bytes], z_shape: tuple[int, int], quality: float) -> torch.Tensor:
+    def _decode(self, strings: list[bytes], z_shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hyperprior output and the dequantised latent (float64 on CPU; exact)."""
         z_hat = entropy.decode_factorized(self.entropy_bottleneck, strings[0], z_shape)
         hp = self._hyper(z_hat)
         done = []
         for i in range(self.config.slices):
             scales, means = self._slice_params(i, hp, done, self._exact_net(i))
             done.append(entropy.decode_gaussian(self.gaussian_conditional, strings[1 + i], scales, means))
-        return torch.cat(done, dim=1)
+        return hp, torch.cat(done, dim=1)
+
+    def decode_streams(self, strings: list[bytes], z_shape: tuple[int, int], quality: float) -> torch.Tensor:
+        """The dequantised latent as coded (exact on any machine), before the residual prediction."""
+        return self._decode(strings, z_shape)[1]
+
+    @torch.no_grad()
+    def decompress(self, strings: list[bytes], z_shape: tuple[int, int], quality: float,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+        """Streams -> the padded reconstruction: the decoded latent, its predicted rounding error
+        (floating point, in tiles, on CPU like the slices), the synthesis."""
+        hp, y_hat = self._decode(strings, z_shape)
+        if self.lrp is not None:
+            with plain_cpu_kernels():
+                net = lambda t: self._refine(t[:, : hp.shape[1]], t[:, hp.shape[1] :], self.lrp)
+                y_hat = tiles.exact(net, torch.cat([hp, y_hat], dim=1).float(), self.TILE // 16, 4)
+        return self.synthesize(y_hat, quality, device)
 
 
 def as_channel_conditional(model: GainHyperprior, slices: int = 4, width: int = 128) -> ChannelConditional:

@@ -23,7 +23,7 @@ class CodecModel(Protocol):
     NAME: ClassVar[str]  # in the API and weights files
     CONFIG: ClassVar[type]  # dataclass with to_dict() / from_dict(), stored in the weights file
     FP16_PREFIXES: ClassVar[tuple[str, ...]]  # state-dict prefixes stored as float16 (the big transforms)
-    # optional: INT8_PREFIXES, encoder-only weights stored as int8 (codec/weights.py);
+    # optional: INT8_PREFIXES, weights stored as int8 (encoder-only or small float corrections; codec/weights.py);
     # optional: submodel(name), a registered model this one contains, so one file ships both
     device_parts: ClassVar[tuple[str, ...]]  # submodules that run on the chosen device; the rest stays on CPU
     config: Any

@@ -133,10 +133,11 @@ def validate(model: GainHyperprior | KLAutoencoder, images: list[torch.Tensor], 
     return {k: v / n for k, v in totals.items()}
 
 
-def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperprior | KLAutoencoder, bool]:
-    """The model to train: from a checkpoint, from shipped weights (--init), or new; and whether
+def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperprior | KLAutoencoder, bool, bool]:
+    """The model to train: from a checkpoint, from shipped weights (--init), or new; whether
     its anchors were retargeted (--lambdas), after which the optimiser state and the best
-    validation loss of the checkpoint no longer apply."""
+    validation loss of the checkpoint no longer apply; and whether it grew a residual
+    prediction (--lrp), whose new parameters start with no optimiser state of their own."""
     if ckpt:
         cls = registry.by_short(ckpt.get("kind", "hp")).cls
         model = cls(cls.CONFIG.from_dict(ckpt["config"]))
@@ -151,12 +152,12 @@ def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperp
         model.load_state_dict(init_model.state_dict())
     elif args.model == "vae":
         channels = tuple(int(c) for c in args.channels.split(","))
-        return KLAutoencoder(VAEConfig(block_out_channels=channels, layers_per_block=args.layers_per_block)), False
+        return KLAutoencoder(VAEConfig(block_out_channels=channels, layers_per_block=args.layers_per_block)), False, False
     elif args.model == "cc":
         lambdas = args.lambdas or default_lambdas()
-        return ChannelConditional(CCConfig(args.N, args.M, lambdas, args.slices, args.cc_width)), False
+        return ChannelConditional(CCConfig(args.N, args.M, lambdas, args.slices, args.cc_width, args.lrp)), False, False
     else:
-        return GainHyperprior(ModelConfig(N=args.N, M=args.M, lambdas=args.lambdas or default_lambdas())), False
+        return GainHyperprior(ModelConfig(N=args.N, M=args.M, lambdas=args.lambdas or default_lambdas())), False, False
     kind = registry.MODELS[model.NAME].short
     if args.model is not None and args.model != kind and not (args.model == "cc" and kind == "hp"):
         raise SystemExit(f"error: --model {args.model}, but the checkpoint or weights hold a {kind} model")
@@ -168,8 +169,15 @@ def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperp
     if args.model == "cc" and type(model) is GainHyperprior:
         # the transforms and hyperprior carry over; the slice networks start as "no correction",
         # so the new model codes exactly as the old one did. New parameters: fresh Adam state.
-        model, retargeted = ChannelConditional.from_hyperprior(model, args.slices, args.cc_width), True
-    return model, retargeted
+        model, retargeted = ChannelConditional.from_hyperprior(model, args.slices, args.cc_width, args.lrp), True
+    grown = False
+    if args.lrp and isinstance(model, ChannelConditional) and model.config.lrp != args.lrp:
+        if model.config.lrp:
+            raise SystemExit(f"error: --lrp {args.lrp}, but the model's residual prediction has {model.config.lrp} channels")
+        model, grown = model.with_lrp(args.lrp), True  # starts at zero: decodes as before
+    elif args.lrp and not isinstance(model, ChannelConditional):
+        raise SystemExit("error: --lrp is for the channel-conditional model (--model cc)")
+    return model, retargeted, grown
 
 
 def parse_lambdas(text: str) -> tuple[float, ...]:
@@ -207,7 +215,7 @@ def fit(args: argparse.Namespace) -> None:
         out.mkdir(parents=True, exist_ok=True)
 
     ckpt = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
-    model, retargeted = build_model(args, ckpt)
+    model, retargeted, grown = build_model(args, ckpt)
     # Each rank draws its own crops, noise and quality positions (DDP syncs the weights), and a
     # resumed run draws new ones rather than repeating those its first steps saw.
     seed = args.seed + 1000 * rank + 1_000_003 * (ckpt["step"] if ckpt else 0)
@@ -224,10 +232,10 @@ def fit(args: argparse.Namespace) -> None:
                    if not n.endswith(".quantiles") and not (frozen and n.startswith(frozen))]
     main_params_set = set(main_params)
     aux_params = [] if vae else [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
-    # The channel-conditional model's slice networks start from zero on trained transforms: they
-    # may learn at their own rate (--slice-lr) while the transforms keep theirs.
+    # The channel-conditional model's slice networks (and residual prediction) start from zero on
+    # trained transforms: they may learn at their own rate (--slice-lr) while the transforms keep theirs.
     groups = [{"params": [p for n, p in model.named_parameters() if p in main_params_set and
-                          n.startswith("slice_nets.") == new], "lr": lr}
+                          n.startswith(("slice_nets.", "lrp.")) == new], "lr": lr}
               for new, lr in ((False, args.lr), (True, args.slice_lr or args.lr))]
     if args.slice_lr and not groups[1]["params"]:
         raise SystemExit("error: --slice-lr is for the channel-conditional model (--model cc)")
@@ -239,7 +247,8 @@ def fit(args: argparse.Namespace) -> None:
     step, best, elapsed = 0, math.inf, 0.0
     if ckpt:
         if not (args.fresh_optimizer or retargeted):
-            opt.load_state_dict(_regroup(ckpt["opt"], opt))
+            saved = _regroup(ckpt["opt"], opt)
+            opt.load_state_dict(_grow(saved, opt) if grown else saved)
             if aux_opt:
                 aux_opt.load_state_dict(ckpt["aux_opt"])
         step, best, elapsed = ckpt["step"], ckpt["best"], ckpt.get("elapsed", 0.0)
@@ -285,7 +294,9 @@ def fit(args: argparse.Namespace) -> None:
     if args.ema:  # a running average of the weights, beside them: what the noisy steps agree on
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema))
         if ckpt and "ema" in ckpt and not retargeted:
-            ema.module.load_state_dict(ckpt["ema"])
+            missing, unexpected = ema.module.load_state_dict(ckpt["ema"], strict=not grown)
+            if unexpected or any(not k.startswith("lrp.") for k in missing):  # grown: only the new part
+                raise SystemExit(f"error: the checkpoint's average does not fit the model ({unexpected or missing})")
             ema.n_averaged.fill_(ckpt["ema_n"])
     if bf16:  # channels_last is what makes bf16 convolutions fast (oneDNN / cuDNN)
         model = model.to(memory_format=torch.channels_last)
@@ -387,6 +398,19 @@ def _regroup(saved: dict, opt: torch.optim.Optimizer) -> dict:
     starts = [sum(sizes[:k]) for k in range(len(sizes))]
     groups = [{**saved["param_groups"][0], "lr": g["lr"], "params": ids[a : a + n]}
               for g, a, n in zip(opt.param_groups, starts, sizes)]
+    return {"state": saved["state"], "param_groups": groups}
+
+
+def _grow(saved: dict, opt: torch.optim.Optimizer) -> dict:
+    """A saved optimiser state for a model that has since grown parameters at the end of its
+    last group (--lrp): the new ones join that group with no state (Adam starts theirs)."""
+    sizes = [len(g["params"]) for g in opt.param_groups]
+    had = [len(g["params"]) for g in saved["param_groups"]]
+    if len(had) != len(sizes) or had[:-1] != sizes[:-1] or had[-1] > sizes[-1]:
+        return saved  # not a growth (load_state_dict reports the mismatch)
+    n = sum(had)
+    groups = [dict(g) for g in saved["param_groups"]]
+    groups[-1]["params"] = list(groups[-1]["params"]) + list(range(n, n + sizes[-1] - had[-1]))
     return {"state": saved["state"], "param_groups": groups}
 
 
@@ -558,7 +582,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--batch-size", type=int, default=8, help="crops per step (per rank under torchrun)")
     f.add_argument("--patch-size", type=int, default=256, help="side of the random training crops, pixels")
     f.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    f.add_argument("--slice-lr", type=float, help="cc: learning rate of the slice networks (default: --lr)")
+    f.add_argument("--slice-lr", type=float, help="cc: learning rate of the slice networks and the residual "
+                   "prediction (default: --lr)")
     f.add_argument("--lr-drop", type=float, default=0.0, help="fraction of --steps after which lr /= 10 (0: never)")
     f.add_argument("--lambdas", type=parse_lambdas, help="comma-separated anchor lambdas, low to high (default: the model's; "
                    "on --resume/--init, retargets the gain tables to them)")
@@ -566,6 +591,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--M", type=int, default=192, help="latent channels (new models only)")
     f.add_argument("--slices", type=int, default=4, help="cc: channel slices of the latent (default: 4)")
     f.add_argument("--cc-width", type=int, default=128, help="cc: channels of the slice networks (default: 128)")
+    f.add_argument("--lrp", type=int, default=0, metavar="CHANNELS",
+                   help="cc: add a latent residual prediction network of this width (trains at --slice-lr; "
+                   "a --resume/--init model without one grows it, starting at zero; default 0: none, or the model's)")
     f.add_argument("--channels", default="32,64,128,128", help="VAE block widths (4 blocks: f8)")
     f.add_argument("--layers-per-block", type=int, default=1, help="VAE resnet blocks per scale")
     f.add_argument("--kl-weight", type=float, default=1e-6, help="VAE KL weight (latent diffusion: 1e-6)")

@@ -3,9 +3,9 @@
 A weights file holds everything the decoder needs, the rANS CDF tables included, so no
 decoder ever recomputes a probability table (which could differ by machine). The fixed-point
 hyper synthesis is stored as its exact integers. To keep the file small, the analysis/synthesis
-transforms are stored in float16, encoder-only layers a model names in ``INT8_PREFIXES`` as int8
-with a scale per output channel (they only choose what is coded, never how it decodes), and the
-CDF tables without their zero padding. The file's SHA-256 identifies the exact weights in every
+transforms are stored in float16, the layers a model names in ``INT8_PREFIXES`` as int8 with a
+scale per output channel (encoder-only layers, which only choose what is coded, and small
+corrections whose int8 error is lost in them), and the CDF tables without their zero padding. The file's SHA-256 identifies the exact weights in every
 ``.aec`` header.
 """
 

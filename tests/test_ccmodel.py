@@ -18,19 +18,20 @@ from conftest import make_image, psnr
 
 
 def _nudge(model: ChannelConditional, seed: int = 0) -> ChannelConditional:
-    """Give the slice networks a non-zero correction, as training would."""
+    """Give the slice networks and the residual prediction a non-zero correction, as training would."""
     g = torch.Generator().manual_seed(seed)
+    layers = [layer for net in model.slice_nets for layer in net.layers]
+    layers += [layer for layer in (model.lrp or []) if isinstance(layer, torch.nn.Conv2d)]
     with torch.no_grad():
-        for net in model.slice_nets:
-            for layer in net.layers:
-                layer.weight.add_(torch.randn(layer.weight.shape, generator=g) * 0.01)
+        for layer in layers:
+            layer.weight.add_(torch.randn(layer.weight.shape, generator=g) * 0.01)
     return model
 
 
 @pytest.fixture(scope="module")
 def cc_weights(tmp_path_factory):
     hp, _ = load_weights(model="hyperprior-gain")
-    model = _nudge(ChannelConditional.from_hyperprior(hp))
+    model = _nudge(ChannelConditional.from_hyperprior(hp, lrp=16))
     model.update(force=True)
     path = tmp_path_factory.mktemp("cc") / "cc.safetensors"
     save_weights(model, path)
@@ -71,6 +72,24 @@ def test_slice_networks_are_stored_as_exact_integers(cc_weights):
         assert torch.equal(t, t.round())
 
 
+def test_a_residual_prediction_starts_at_zero_and_then_changes_the_pixels(cc_weights):
+    """Added to trained weights it decodes exactly as they did; trained (nudged), it moves the
+    pixels but not the coded latent, which stays exact (it feeds no CDF table)."""
+    model, _ = load_weights(cc_weights)
+    plain = ChannelConditional(CCConfig(**{**model.config.to_dict(), "lrp": 0}))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("lrp.")})
+    grown = plain.eval().with_lrp(8).eval()
+    image, mode = normalize(make_image(96, 80, seed=4))
+    x = pad_to_stride(split(image, mode)[0], 64)
+    streams, shape = plain.compress(x, 40)
+    assert grown.compress(x, 40)[0] == streams == model.compress(x, 40)[0]
+    assert torch.equal(grown.decompress(streams, shape, 40), plain.decompress(streams, shape, 40))
+    assert torch.equal(model.decode_streams(streams, shape, 40), plain.decode_streams(streams, shape, 40))
+    assert not torch.equal(model.decompress(streams, shape, 40), plain.decompress(streams, shape, 40))
+    with pytest.raises(ValueError, match="lrp=-1"):
+        CCConfig(lrp=-1)
+
+
 def test_config_must_divide_the_latent():
     with pytest.raises(ValueError, match="multiple"):
         ChannelConditional(CCConfig(N=16, M=24, slices=5))
@@ -85,9 +104,19 @@ def test_train_cc_from_a_hyperprior_run(tmp_path):
               "--val-every", "2", "--N", "16", "--M", "24", "--device", "cpu", "--precision", "fp32"]
     main(["fit", *common, "--steps", "2", "--out", str(tmp_path / "hp")])
     main(["fit", *common, "--steps", "4", "--model", "cc", "--slices", "3", "--cc-width", "16",
-          "--resume", str(tmp_path / "hp" / "last.pt"), "--out", str(tmp_path / "cc")])
+          "--resume", str(tmp_path / "hp" / "last.pt"), "--out", str(tmp_path / "cc"), "--ema", "0.9"])
     ckpt = torch.load(tmp_path / "cc" / "last.pt", weights_only=False)
     assert ckpt["kind"] == "cc" and ckpt["step"] == 4 and ckpt["config"]["slices"] == 3
+    # a residual prediction grown on the run: Adam's count goes on for the old parameters (the
+    # 2 cc steps + 2) and starts for the new ones; the average keeps what it had
+    main(["fit", *common, "--steps", "6", "--lrp", "8", "--resume", str(tmp_path / "cc" / "last.pt"),
+          "--out", str(tmp_path / "lrp"), "--ema", "0.9"])
+    grown = torch.load(tmp_path / "lrp" / "last.pt", weights_only=False)
+    assert grown["config"]["lrp"] == 8 and grown["step"] == 6 and grown["ema_n"] == 2 + 2
+    assert sorted({int(s["step"]) for s in grown["opt"]["state"].values()}) == [2, 2 + 2]
+    assert any(k.startswith("lrp.") for k in grown["ema"])
+    main(["export", str(tmp_path / "lrp" / "last.pt"), str(tmp_path / "lrp.safetensors"), "--ema"])
+    assert Codec(tmp_path / "lrp.safetensors", device="cpu").model.config.lrp == 8
     main(["export", str(tmp_path / "cc" / "last.pt"), str(tmp_path / "cc.safetensors")])
     codec = Codec(tmp_path / "cc.safetensors", device="cpu")
     image = make_image(40, 30)

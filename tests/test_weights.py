@@ -18,10 +18,10 @@ from codec.weights import WeightsError, load_weights, read_metadata, save_weight
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     torch.manual_seed(0)
-    model = ChannelConditional(CCConfig(N=16, M=24, slices=3, width=16))
+    model = ChannelConditional(CCConfig(N=16, M=24, slices=3, width=16, lrp=8))
     with torch.no_grad():
-        for net in model.slice_nets:
-            net.layers[-1].weight.normal_(0, 0.01)
+        for last in [net.layers[-1] for net in model.slice_nets] + [model.lrp[-1]]:
+            last.weight.normal_(0, 0.01)
     model.update(force=True)
     path = tmp_path_factory.mktemp("w") / "small.safetensors"
     save_weights(model, path)
@@ -33,6 +33,7 @@ def test_what_is_stored_how(small):
     raw = load_file(path)
     assert raw["g_s.0.weight"].dtype == torch.float16
     assert raw["h_a.2.weight"].dtype == torch.int8 and raw["h_a.2.weight.int8_scale"].shape == (16, 1, 1, 1)
+    assert raw["lrp.4.weight"].dtype == torch.int8 and raw["lrp.4.bias"].dtype == torch.float32
     assert raw["h_s.layers.0.weight"].dtype == torch.int16 and raw["slice_nets.2.layers.2.weight"].dtype == torch.int16
     lengths = model.gaussian_conditional._cdf_length
     assert raw["gaussian_conditional._quantized_cdf"].shape == (int(lengths.sum()),)  # padding not stored
@@ -46,7 +47,7 @@ def test_load_gives_back_the_model(small):
     for name, t in loaded.state_dict().items():
         if name in exact:  # fixed point: the stored integers are the grid
             assert torch.equal(t, (want[name].double() * exact[name]).round().div(exact[name]).float()), name
-        elif name.startswith("h_a.") and name.endswith(".weight"):  # int8: within half a step per channel
+        elif name.startswith(("h_a.", "lrp.")) and name.endswith(".weight"):  # int8: within half a step per channel
             step = want[name].abs().amax(dim=(1, 2, 3), keepdim=True) / 127
             assert ((t - want[name]).abs() <= step / 2 + 1e-7).all(), name
         elif name.startswith(("g_a.", "g_s.")):
@@ -57,7 +58,7 @@ def test_load_gives_back_the_model(small):
 
 DAMAGE = ["cdf-short", "cdf-length-zero", "cdf-rows-mismatch", "cdf-table-huge", "cdf-junk-tables",
           "exact-as-float", "int8-scale-missing", "int8-scale-shape", "int8-scale-nan", "int8-scalar",
-          "config-huge", "config-slices", "config-no-lambdas", "config-nested", "config-overflow"]
+          "config-huge", "config-slices", "config-lrp", "config-no-lambdas", "config-nested", "config-overflow"]
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
@@ -98,6 +99,8 @@ def test_tensors_that_do_not_fit_together_are_refused(small, tmp_path, damage):
         meta["config"] = meta["config"].replace('"N": 16', '"N": 100000')
     elif damage == "config-slices":  # 100 slice networks, each wider than the last
         meta["config"] = meta["config"].replace('"M": 24', '"M": 400').replace('"slices": 3', '"slices": 100')
+    elif damage == "config-lrp":  # a residual prediction of 10^6 channels
+        meta["config"] = meta["config"].replace('"lrp": 8', '"lrp": 1000000')
     elif damage == "config-no-lambdas":
         meta["config"] = meta["config"].replace('"lambdas": [', '"lambdas": [], "x": [')
     elif damage == "config-nested":  # a JSON string inside the metadata: deeper than Python's recursion
@@ -107,7 +110,7 @@ def test_tensors_that_do_not_fit_together_are_refused(small, tmp_path, damage):
     bad = tmp_path / "bad.safetensors"
     save_file(raw, bad, metadata=meta)
     # a config is refused for what it says, before a model of its size is built
-    reason = {"config-huge": "N=100000", "config-slices": "slices=100", "config-no-lambdas": "lambdas: 2..64",
+    reason = {"config-huge": "N=100000", "config-slices": "slices=100", "config-lrp": "lrp=1000000", "config-no-lambdas": "lambdas: 2..64",
               "cdf-junk-tables": "unexpected tensor junk0", "exact-as-float": "not stored as exact"}.get(damage, "")
     with pytest.raises(WeightsError, match=f"(does not fit|not a valid).*{reason}"):
         load_weights(bad)
