@@ -369,6 +369,10 @@ def fit(args: argparse.Namespace) -> None:
                 save("last.pt")
                 if is_best:
                     save("best.pt")
+                if args.keep:  # for export --average: the last few validations' checkpoints
+                    save(f"step-{step}.pt")
+                    for old in sorted(out.glob("step-*.pt"), key=lambda f: int(f.stem[5:]))[: -args.keep]:
+                        old.unlink()
     except KeyboardInterrupt:
         save("last.pt")
         bar.close()
@@ -399,6 +403,17 @@ def _regroup(saved: dict, opt: torch.optim.Optimizer) -> dict:
     groups = [{**saved["param_groups"][0], "lr": g["lr"], "params": ids[a : a + n]}
               for g, a, n in zip(opt.param_groups, starts, sizes)]
     return {"state": saved["state"], "param_groups": groups}
+
+
+def _average(ckpts: list[dict], key: str) -> dict:
+    """The uniform average of the checkpoints' ``key`` ("model" or "ema") weights: averaging the
+    running average over several validations' checkpoints evens out more of the steps' noise."""
+    first = ckpts[0]
+    for c in ckpts[1:]:
+        if (c.get("kind"), c.get("config")) != (first.get("kind"), first.get("config")) or key not in c:
+            raise SystemExit(f"error: --average: the checkpoints differ in model or config, or lack {key!r}")
+    return {k: (sum(c[key][k].double() for c in ckpts) / len(ckpts)).to(v.dtype) if v.is_floating_point() else v
+            for k, v in first[key].items()}
 
 
 def _grow(saved: dict, opt: torch.optim.Optimizer) -> dict:
@@ -501,6 +516,9 @@ def export(args: argparse.Namespace) -> None:
         if "ema" not in ckpt:
             raise SystemExit(f"error: {args.checkpoint} holds no weight average (train with --ema)")
         ckpt["model"] = ckpt["ema"]
+    if args.average:
+        ckpt["model"] = _average([ckpt] + [torch.load(p, map_location="cpu", weights_only=False)
+                                           for p in args.average], "ema" if args.ema else "model")
     info = {"steps": ckpt["step"], "train_minutes": round(ckpt.get("elapsed", 0) / 60, 1),
             "batch_size": a.get("batch_size"), "patch_size": a.get("patch_size"), "lr": a.get("lr"),
             "data": a.get("data"), "best_val_loss": ckpt.get("best")}
@@ -509,6 +527,9 @@ def export(args: argparse.Namespace) -> None:
     if args.ema:  # the checkpoint's best validation loss was the weights', not the average's
         info["weights"] = f"exponential moving average (decay {a.get('ema')}) over {ckpt['ema_n']} steps"
         del info["best_val_loss"]
+    if args.average:
+        info["averaged_with"] = [Path(p).name for p in args.average]
+        info.pop("best_val_loss", None)
     if ckpt.get("kind") == "vae":
         if not args.data:
             raise SystemExit("error: exporting a VAE needs --data (training images to calibrate on)")
@@ -546,6 +567,11 @@ def export(args: argparse.Namespace) -> None:
             # the same transforms and hyperprior without the slice corrections: what the
             # channel-conditional entropy model alone is worth, measured on equal transforms
             model, info["from"] = model.submodel(GainHyperprior.NAME), "channel-conditional checkpoint, slice networks dropped"
+        elif args.no_lrp and isinstance(model, ChannelConditional) and model.lrp is not None:
+            # what the residual prediction is worth, on equal weights; or weights without a part that does not pay
+            plain = ChannelConditional(CCConfig(**{**model.config.to_dict(), "lrp": 0}))
+            plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("lrp.")})
+            model, info["from"] = plain, "checkpoint with a residual prediction, dropped"
     model.update(force=True)
     digest = save_weights(model, args.output, info)
     print(f"wrote {args.output} ({Path(args.output).stat().st_size/1e6:.1f} MB, sha256 {digest[:16]})")
@@ -611,6 +637,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="also keep an exponential moving average of the weights (e.g. 0.999), validated "
                    "beside them and saved in the checkpoints (export --ema); 0: none")
+    f.add_argument("--keep", type=int, default=0, metavar="N",
+                   help="also keep the checkpoints of the last N validations as step-STEP.pt (export --average)")
     f.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     f.add_argument("--seed", type=int, default=0, help="random seed (crops, quality positions)")
     f.add_argument("--log-interval", type=float, default=10.0, help="seconds between progress updates")
@@ -626,6 +654,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
                    "coarse to fine (default: the model's, 1,0.5,0.25,0.125)")
     e.add_argument("--seed", type=int, default=0, help="random seed (VAE calibration crops)")
     e.add_argument("--ema", action="store_true", help="export the checkpoint's weight average (fit --ema)")
+    e.add_argument("--average", nargs="+", metavar="CKPT",
+                   help="average these checkpoints' weights (with --ema: their averages) into the first's, "
+                   "uniformly (e.g. the step-*.pt of fit --keep)")
+    e.add_argument("--no-lrp", action="store_true",
+                   help="cc only: write the model without its residual prediction (what it is worth)")
     e.add_argument("--as-hyperprior", action="store_true",
                    help="cc only: write the hyperprior model with the checkpoint's transforms (no slice networks)")
     e.set_defaults(func=export)

@@ -109,14 +109,23 @@ def test_train_cc_from_a_hyperprior_run(tmp_path):
     assert ckpt["kind"] == "cc" and ckpt["step"] == 4 and ckpt["config"]["slices"] == 3
     # a residual prediction grown on the run: Adam's count goes on for the old parameters (the
     # 2 cc steps + 2) and starts for the new ones; the average keeps what it had
-    main(["fit", *common, "--steps", "6", "--lrp", "8", "--resume", str(tmp_path / "cc" / "last.pt"),
-          "--out", str(tmp_path / "lrp"), "--ema", "0.9"])
+    main(["fit", *common, "--steps", "10", "--lrp", "8", "--resume", str(tmp_path / "cc" / "last.pt"),
+          "--out", str(tmp_path / "lrp"), "--ema", "0.9", "--keep", "2"])
     grown = torch.load(tmp_path / "lrp" / "last.pt", weights_only=False)
-    assert grown["config"]["lrp"] == 8 and grown["step"] == 6 and grown["ema_n"] == 2 + 2
-    assert sorted({int(s["step"]) for s in grown["opt"]["state"].values()}) == [2, 2 + 2]
+    assert grown["config"]["lrp"] == 8 and grown["step"] == 10 and grown["ema_n"] == 2 + 6
+    assert sorted({int(s["step"]) for s in grown["opt"]["state"].values()}) == [6, 2 + 6]
     assert any(k.startswith("lrp.") for k in grown["ema"])
-    main(["export", str(tmp_path / "lrp" / "last.pt"), str(tmp_path / "lrp.safetensors"), "--ema"])
-    assert Codec(tmp_path / "lrp.safetensors", device="cpu").model.config.lrp == 8
+    # --keep 2: the checkpoints of the last two validations, to average at export
+    assert sorted(f.name for f in (tmp_path / "lrp").glob("step-*.pt")) == ["step-10.pt", "step-8.pt"]
+    main(["export", str(tmp_path / "lrp" / "step-10.pt"), str(tmp_path / "lrp.safetensors"), "--ema",
+          "--average", str(tmp_path / "lrp" / "step-8.pt")])
+    averaged = Codec(tmp_path / "lrp.safetensors", device="cpu").model
+    earlier = torch.load(tmp_path / "lrp" / "step-8.pt", weights_only=False)
+    mean = (grown["ema"]["log_gain"].double() + earlier["ema"]["log_gain"].double()) / 2
+    assert averaged.config.lrp == 8 and torch.allclose(averaged.log_gain.double(), mean)
+    main(["export", str(tmp_path / "lrp" / "last.pt"), str(tmp_path / "plain.safetensors"), "--ema", "--no-lrp"])
+    plain = Codec(tmp_path / "plain.safetensors", device="cpu")
+    assert plain.model.config.lrp == 0 and plain.decompress(plain.compress(make_image(40, 30), 50)).size == (40, 30)
     main(["export", str(tmp_path / "cc" / "last.pt"), str(tmp_path / "cc.safetensors")])
     codec = Codec(tmp_path / "cc.safetensors", device="cpu")
     image = make_image(40, 30)
