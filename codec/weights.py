@@ -39,6 +39,7 @@ PAST_WEIGHTS: dict[str, str] = {
     "2f9db684f2495987": "aecodec 0.3.0",  # cc-hyperprior-gain
     "d975257e56c8d8c1": "aecodec 0.4.0",  # cc-hyperprior-gain, and the hyperprior inside it
     "dc591943746a8894": "aecodec 0.5.0",  # cc-hyperprior-gain, and the hyperprior inside it
+    "295cd2dae3a9002a": "aecodec 0.6.0",  # cc-hyperprior-gain, and the hyperprior inside it
 }
 Model = torch.nn.Module  # a registered codec model (codec/registry.py)
 
