@@ -371,7 +371,8 @@ def fit(args: argparse.Namespace) -> None:
                     save("best.pt")
                 if args.keep:  # for export --average: the last few validations' checkpoints
                     save(f"step-{step}.pt")
-                    for old in sorted(out.glob("step-*.pt"), key=lambda f: int(f.stem[5:]))[: -args.keep]:
+                    kept = [f for f in out.glob("step-*.pt") if f.stem[5:].isdigit()]
+                    for old in sorted(kept, key=lambda f: int(f.stem[5:]))[: -args.keep]:
                         old.unlink()
     except KeyboardInterrupt:
         save("last.pt")
