@@ -123,10 +123,11 @@ class ChannelConditional(GainHyperprior):
 
     def with_lrp(self, width: int) -> "ChannelConditional":
         """This model with a residual prediction of ``width`` channels added, starting at zero:
-        it decodes exactly as this one until trained."""
+        it decodes exactly as this one until trained; ``width`` 0: this model without its own."""
         c = self.config
         model = type(self)(CCConfig(c.N, c.M, tuple(c.lambdas), c.slices, c.width, width))
-        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        state = {k: v for k, v in self.state_dict().items() if width or not k.startswith("lrp.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith("lrp.") for k in missing):
             raise ValueError(f"cannot add a residual prediction ({unexpected or missing})")
         return model

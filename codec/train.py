@@ -570,9 +570,7 @@ def export(args: argparse.Namespace) -> None:
             model, info["from"] = model.submodel(GainHyperprior.NAME), "channel-conditional checkpoint, slice networks dropped"
         elif args.no_lrp and isinstance(model, ChannelConditional) and model.lrp is not None:
             # what the residual prediction is worth, on equal weights; or weights without a part that does not pay
-            plain = ChannelConditional(CCConfig(**{**model.config.to_dict(), "lrp": 0}))
-            plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("lrp.")})
-            model, info["from"] = plain, "checkpoint with a residual prediction, dropped"
+            model, info["from"] = model.with_lrp(0), "checkpoint with a residual prediction, dropped"
     model.update(force=True)
     digest = save_weights(model, args.output, info)
     print(f"wrote {args.output} ({Path(args.output).stat().st_size/1e6:.1f} MB, sha256 {digest[:16]})")

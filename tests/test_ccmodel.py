@@ -76,9 +76,8 @@ def test_a_residual_prediction_starts_at_zero_and_then_changes_the_pixels(cc_wei
     """Added to trained weights it decodes exactly as they did; trained (nudged), it moves the
     pixels but not the coded latent, which stays exact (it feeds no CDF table)."""
     model, _ = load_weights(cc_weights)
-    plain = ChannelConditional(CCConfig(**{**model.config.to_dict(), "lrp": 0}))
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("lrp.")})
-    grown = plain.eval().with_lrp(8).eval()
+    plain = model.with_lrp(0).eval()
+    grown = plain.with_lrp(8).eval()
     image, mode = normalize(make_image(96, 80, seed=4))
     x = pad_to_stride(split(image, mode)[0], 64)
     streams, shape = plain.compress(x, 40)
