@@ -36,6 +36,17 @@ def _is_folder(out: str) -> bool:
     return out.endswith(("/", os.sep)) or Path(out).is_dir()
 
 
+def _missing_folders(out: str | None) -> list[Path]:
+    """The folders an ``-o`` folder path would create, deepest first (so they can go again)."""
+    if not out or out == "-" or not _is_folder(out):
+        return []
+    path, missing = Path(out).absolute(), []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
 def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[str]:
     """Output path per input: next to it with ``suffix``, or ``-o``: a file for one input, a
     folder (an existing one, or any path ending in /), or "-" for standard output."""
@@ -504,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # argparse would name the top-level usage; the subcommand's is the useful one
         getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     known = _known_errors()
+    made = _missing_folders(getattr(args, "output", None))
 
     try:
         return args.func(args)
@@ -521,6 +533,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aecodec: internal error: {type(e).__name__}: {e} (set AECODEC_DEBUG=1 for details)",
               file=sys.stderr)
         return 1
+    finally:
+        for folder in made:  # a folder -o created that nothing was written to is no output
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 if __name__ == "__main__":

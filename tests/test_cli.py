@@ -71,6 +71,7 @@ def test_bad_inputs_fail_cleanly_and_leave_nothing(folder, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert all(line.startswith("aecodec: error:") for line in err), err
     assert len(err) == 3
+    assert main(["compress", "text.png", "-o", "new/deeper/"]) == 1  # no empty folders left either
     leftovers = {p.name for p in folder.iterdir()} - {"a.png", "b.jpg", "junk.aec", "text.png"}
     assert leftovers == set()
 
