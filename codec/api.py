@@ -53,12 +53,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without it is an error, not a fallback."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CodecError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CodecError("CUDA was requested but is not available (use --device cpu)")
     if device.type not in ("cpu", "cuda"):
         raise CodecError(f"unsupported device {device}")
     return device
+
+
+def _codable_size(image: Image.Image) -> tuple[int, int]:
+    """The size of an image the format can hold: not empty, within its side and pixel limits."""
+    w, h = image.size
+    if w == 0 or h == 0:
+        raise CodecError(f"image {w}x{h} has no pixels")
+    if w > bitstream.MAX_SIDE or h > bitstream.MAX_SIDE or w * h > bitstream.MAX_PIXELS:
+        raise CodecError(f"image {w}x{h} is too large (limit {bitstream.MAX_PIXELS} pixels)")
+    return w, h
 
 
 def _check_image(image: object) -> None:
@@ -109,9 +122,7 @@ class Codec:
             info.pop("icc_profile", None)
         metadata = b"" if strip else bitstream.pack_metadata(info)
         image, mode = normalize(image)
-        w, h = image.size
-        if w > bitstream.MAX_SIDE or h > bitstream.MAX_SIDE or w * h > bitstream.MAX_PIXELS:
-            raise CodecError(f"image {w}x{h} is too large (limit {bitstream.MAX_PIXELS} pixels)")
+        w, h = _codable_size(image)
         x, alpha = split(image, mode)
         x = pad_to_stride(x.to(self.device), self.model.padding)
         streams, _ = self.model.compress(x, quality)
@@ -201,9 +212,7 @@ class Codec:
         image, mode = normalize(image)
         if mode in ("LA", "RGBA"):
             raise CodecError("the VAE keeps no alpha channel: convert the image to RGB first")
-        w, h = image.size
-        if w > bitstream.MAX_SIDE or h > bitstream.MAX_SIDE or w * h > bitstream.MAX_PIXELS:
-            raise CodecError(f"image {w}x{h} is too large (limit {bitstream.MAX_PIXELS} pixels)")
+        w, h = _codable_size(image)
         x, _ = split(image, mode)
         latent = vae.encode_scaled(pad_to_stride(x.to(self.device), vae.padding)).float().cpu().contiguous()
         meta = {"format": LATENT_FORMAT, "model": vae.NAME, "weights_sha256": self.weights_sha256,
@@ -227,9 +236,11 @@ class Codec:
         except (KeyError, SafetensorError):
             raise FormatError("not an aecodec latent file") from None
         expected = (1, vae.config.latent_channels, *vae.latent_shape(h, w))
-        if tuple(latent.shape) != expected or not latent.is_floating_point() or not torch.isfinite(latent).all():
-            raise FormatError(f"latent of shape {tuple(latent.shape)} does not fit a {w}x{h} image "
-                              f"(expected {expected}, finite floats)")
+        if tuple(latent.shape) != expected or not latent.is_floating_point():
+            raise FormatError(f"latent of shape {tuple(latent.shape)} and type {latent.dtype} does not fit "
+                              f"a {w}x{h} image (expected {expected}, floats)")
+        if not torch.isfinite(latent).all():
+            raise FormatError("latent holds NaN or infinite values")
         with _out_of_memory(w, h):
             x = vae.decode_scaled(latent.float().to(self.device))
             return merge(x[..., :h, :w], mode, None)

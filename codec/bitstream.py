@@ -74,7 +74,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     header, offset = parse_header(data)
     total = offset + sum(header.stream_lengths) + _CRC.size
     if len(data) < total:
-        raise FormatError(f"truncated file ({len(data)} bytes, header says {total})")
+        raise FormatError(f"truncated file, or a damaged header ({len(data):,} bytes; the header says {total:,})")
     if len(data) > total:
         raise FormatError(f"trailing data ({len(data) - total} bytes after the end of the file)")
     (crc,) = _CRC.unpack_from(data, total - _CRC.size)
@@ -90,6 +90,8 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
 def parse_header(data: bytes) -> tuple[Header, int]:
     """Validate the header and the stream-length table at the start of ``data`` (the rest of the
     file may be absent: Pillow's plugin opens lazily); returns it and where the streams start."""
+    if not data:
+        raise FormatError("empty file, not an .aec file")
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         raise FormatError("not an .aec file (wrong magic bytes)")
     if len(data) < _FIXED.size:

@@ -165,7 +165,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     out = args.output
     if out and out != "-" and not _is_folder(out) and Path(out).suffix.lower() in OUTPUT_FORMATS:
         raise UsageError(f"-o {args.output}: compress writes .aec files, not {Path(args.output).suffix}")
-    pairs, failed = _plan(args, ".aec", _check_not_aec)
+    pairs, failed = _plan(args, ".aec", _check_image)
     if not pairs:
         return 1
     from .imageio import read_image, write_output
@@ -235,6 +235,14 @@ def _check_not_aec(path: Path, hint: str = "decompress it first to re-code it on
         raise ValueError(f"is an .aec file ({hint})")
 
 
+def _check_image(path: Path) -> None:
+    """compress and vae encode: an image whose header says aecodec can code it (not decoded yet)."""
+    from .imageio import check_image
+
+    _check_not_aec(path)
+    check_image(path)
+
+
 def cmd_decompress(args: argparse.Namespace) -> int:
     from .imageio import output_format
 
@@ -280,11 +288,12 @@ def cmd_info(args: argparse.Namespace) -> int:
                   "aecodec compress --strip drops it)")
         print(f"  bpp         {8 * len(data) / px:.4f}")
 
-    return _run_each([(p, None) for p in args.inputs], work)
+    inputs, failed = _check_inputs(args.inputs, lambda path: None)
+    return _run_each([(p, None) for p in inputs], work, failed)
 
 
 def cmd_vae_encode(args: argparse.Namespace) -> int:
-    pairs, failed = _plan(args, ".safetensors")
+    pairs, failed = _plan(args, ".safetensors", _check_image)
     if not pairs:
         return 1
     from .imageio import read_image, write_output
@@ -292,8 +301,10 @@ def cmd_vae_encode(args: argparse.Namespace) -> int:
     codec = _codec(args, "vae-kl-f8")
 
     def work(src: str, dst: str) -> None:
-        write_output(dst, codec.encode_latent(read_image(src)), force=args.force)
-        _say(args, f"{src} -> {dst}")
+        image = read_image(src)
+        data = codec.encode_latent(image)
+        write_output(dst, data, force=args.force)
+        _say(args, f"{src} -> {dst}: {image.size[0]}x{image.size[1]}, {len(data):,} bytes")
 
     return _run_each(pairs, work, failed)
 
@@ -324,10 +335,14 @@ def cmd_vae_export(args: argparse.Namespace) -> int:
     from .vae import export_diffusers
     from .weights import load_weights
 
-    model, digest = load_weights(args.weights, "vae-kl-f8")
     out = Path(args.folder)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} exists and is not empty (use --force to overwrite)")
+    if not out.absolute().parent.is_dir():  # as every other output: a typo makes no new tree
+        raise FileNotFoundError(f"output folder {out.absolute().parent} does not exist")
+    model, digest = load_weights(args.weights, "vae-kl-f8")
     export_diffusers(model, out)
     print(f"wrote {out}/ (config.json, diffusion_pytorch_model.safetensors) from weights {digest[:16]}; "
           f"load it with diffusers.AutoencoderKL.from_pretrained({str(out)!r})")
@@ -341,6 +356,8 @@ def _read_bytes(src: str | Path) -> bytes:
 
     limit = 8 * MAX_PIXELS
     if str(src) == "-":
+        if sys.stdin.isatty():  # as gzip: the wait would look like a hang
+            raise ValueError("not reading data from a terminal: pipe or redirect a file into standard input")
         data = sys.stdin.buffer.read(limit + 1)
     else:
         if Path(src).is_dir():
@@ -466,12 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
     ve = vsub.add_parser("encode", help="images -> latent files (NAME.safetensors)",
                          description="Encode images (RGB or grayscale) to scaled latents, written as "
                          "NAME.safetensors unless -o is given.")
-    ve.add_argument("inputs", nargs="+", metavar="IMG")
+    ve.add_argument("inputs", nargs="+", metavar="IMG", help="images to encode, RGB or grayscale (- for standard input)")
     common(ve)
     ve.set_defaults(func=cmd_vae_encode, parser=ve)
     vd = vsub.add_parser("decode", help="latent files -> PNG",
                          description="Decode latent files to PNG images of the original size and mode.")
-    vd.add_argument("inputs", nargs="+", metavar="LATENT")
+    vd.add_argument("inputs", nargs="+", metavar="LATENT",
+                    help="latent files written by aecodec vae encode (- for standard input)")
     common(vd, decodes=True)
     vd.set_defaults(func=cmd_vae_decode, parser=vd)
     vx = vsub.add_parser("export-diffusers", help="write the VAE as a diffusers AutoencoderKL folder",

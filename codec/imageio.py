@@ -7,9 +7,11 @@ images are refused rather than silently truncated.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import stat
@@ -33,8 +35,32 @@ def read_image(path: str | Path) -> Image.Image:
     """Open and fully decode an image file ("-": standard input), applying its EXIF orientation.
     Pillow's own decompression-bomb guard applies here; the codec's size limit is checked in
     ``Codec.compress``. 16-bit and multi-frame images are refused: aecodec codes one 8-bit image."""
+    with _opened(path) as im:
+        im.load()
+        return ImageOps.exif_transpose(im)
+
+
+def check_image(path: str | Path) -> None:
+    """Before any work: whether a file's header says an image aecodec can code. Only the header
+    is read; a pipe or standard input is checked when it is read."""
+    if str(path) != "-" and Path(path).is_file():
+        with _opened(path):
+            pass
+
+
+def read_stdin() -> bytes:
+    """Standard input as bytes; a terminal is refused, as gzip does (the wait would look like a hang)."""
+    if sys.stdin.isatty():
+        raise ImageError("not reading data from a terminal: pipe or redirect a file into standard input")
+    return sys.stdin.buffer.read()
+
+
+@contextlib.contextmanager
+def _opened(path: str | Path) -> Iterator[Image.Image]:
+    """Pillow's lazily opened image, refused early if it is not one 8-bit image; Pillow's
+    errors, here or while the caller decodes, become one-line ImageErrors."""
     if str(path) == "-":
-        source = io.BytesIO(sys.stdin.buffer.read())
+        source = io.BytesIO(read_stdin())
     elif Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
         with open(path, "rb") as f:  # a pipe or device: Pillow needs to seek
             source = io.BytesIO(f.read())
@@ -48,8 +74,7 @@ def read_image(path: str | Path) -> Image.Image:
             if any(";16" in r for r in rawmodes) or im.mode in ("I", "F") or im.mode.startswith("I;16"):
                 raise ImageError(f"{im.mode} image with 16-bit or float samples: aecodec codes 8-bit images "
                                  "(convert it to 8 bits first)")
-            im.load()
-            return ImageOps.exif_transpose(im)
+            yield im
     except FileNotFoundError:
         raise ImageError("no such file") from None
     except IsADirectoryError:

@@ -359,14 +359,15 @@ def export_diffusers(model: KLAutoencoder, folder: str | Path) -> Path:
     ``scaling_factor`` (SD3 style) from the config; our ``encode``/``decode`` wrap the same
     network for images in [0, 1].
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if any(ch % model.config.norm_num_groups for ch in model.config.block_out_channels):
         raise ValueError("diffusers needs every block width to be a multiple of norm_num_groups")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(exist_ok=True)
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
              if not k.startswith("priors.")}
-    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+    # written by Python rather than safetensors' save_file, whose files are private (mode 0600)
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(save(state))
     (folder / "config.json").write_text(json.dumps(diffusers_config(model.config), indent=2) + "\n")
     return folder

@@ -36,7 +36,7 @@ def test_wrong_magic(good):
 
 
 def test_empty_file():
-    with pytest.raises(FormatError, match="magic"):
+    with pytest.raises(FormatError, match="empty file, not an .aec file"):
         bitstream.unpack(b"")
 
 

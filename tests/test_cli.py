@@ -242,6 +242,34 @@ def test_what_decompress_is_given_instead_of_an_aec_file_is_named(folder, capsys
     assert "empty.aec: empty file" in err and "lat.safetensors: a safetensors file" in err
 
 
+def test_images_aecodec_cannot_code_are_refused_before_the_model_loads(folder, capsys):
+    Image.new("I;16", (8, 8)).save("deep.png")
+    assert main(["compress", "deep.png", "--weights", "no-such-weights.safetensors"]) == 1
+    refused = ("aecodec: error: deep.png: I;16 image with 16-bit or float samples: aecodec codes 8-bit images "
+               "(convert it to 8 bits first)")
+    assert capsys.readouterr().err.strip().splitlines() == [refused]  # the weights were never opened
+
+
+def test_standard_input_is_not_read_from_a_terminal(folder, capsys, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    assert main(["info", "-"]) == 1
+    assert main(["compress", "-", "-o", "x.aec"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    refused = "aecodec: error: -: not reading data from a terminal: pipe or redirect a file into standard input"
+    assert err == [refused] * 2
+
+
+def test_info_says_what_the_other_commands_say(folder, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    assert main(["info", "nothere.aec", "-"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "aecodec: error: nothere.aec: no such file", "aecodec: error: -: empty file, not an .aec file"]
+
+
 def test_a_bad_option_of_a_command_shows_that_command_s_usage(folder, capsys):
     with pytest.raises(SystemExit) as e:
         main(["decompress", "-q", "50", "x.aec"])  # a cwebp habit

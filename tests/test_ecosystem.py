@@ -74,6 +74,10 @@ def test_errors_are_the_ones_pillow_users_catch(codec, tmp_path):
         codec.compress("photo.png")
     with pytest.raises(TypeError, match="expected the bytes of a file, got PosixPath"):
         codec.decompress(tmp_path / "cut.aec")
+    with pytest.raises(ValueError, match="image 0x0 has no pixels"):
+        codec.compress(Image.new("RGB", (0, 0)))
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        Codec(device="tpu")
 
 
 # --- metadata through the command line ---

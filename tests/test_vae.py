@@ -93,7 +93,7 @@ def test_latent_file_is_checked(vae, tmp_path):
             vae.decode_latent(len(header).to_bytes(8, "little") + header)
     with pytest.raises(FormatError):  # a 24x16 image has a 3x2 latent, not 3x3
         vae.decode_latent(st_save({"latent": torch.zeros(1, 4, 3, 3)}, metadata=_meta(data)))
-    with pytest.raises(FormatError):
+    with pytest.raises(FormatError, match="NaN or infinite"):
         vae.decode_latent(st_save({"latent": torch.full((1, 4, 2, 3), math.nan)}, metadata=_meta(data)))
     with pytest.raises(CodecError, match="weights"):
         vae.decode_latent(st_save({"latent": torch.zeros(1, 4, 2, 3)}, metadata={**_meta(data), "weights_sha256": "0" * 64}))
@@ -150,6 +150,11 @@ def test_cli_model_vae_and_latents(vae_weights, tmp_path, monkeypatch):
     tensors = st_load((tmp_path / "hf" / "diffusion_pytorch_model.safetensors").read_bytes())
     assert "encoder.conv_in.weight" in tensors and not any(k.startswith("priors.") for k in tensors)
     assert cli(["vae", "export-diffusers", "hf", "--weights", str(vae_weights)]) == 1  # not empty
+    mode = (tmp_path / "hf" / "diffusion_pytorch_model.safetensors").stat().st_mode & 0o777
+    assert mode == (tmp_path / "hf" / "config.json").stat().st_mode & 0o777  # readable as config.json is
+    assert cli(["vae", "export-diffusers", "typo/hf", "--weights", str(vae_weights)]) == 1  # no new tree
+    assert cli(["vae", "export-diffusers", "a.png", "--weights", str(vae_weights)]) == 1  # a file
+    assert not (tmp_path / "typo").exists()
 
 
 def test_training_improves_reconstruction(tmp_path):
