@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -557,5 +558,13 @@ def main(argv: list[str] | None = None) -> int:
                 folder.rmdir()
 
 
+def run() -> None:
+    """The installed command: main(), then exit. Once the work is done, Ctrl-C is ignored, so an
+    interrupt while Python and torch shut down cannot print a traceback from their exit handlers."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

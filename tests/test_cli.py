@@ -97,6 +97,21 @@ def test_usage_errors(folder, capsys):
     assert capsys.readouterr().err.startswith("usage: aecodec vae decode")
 
 
+def test_the_installed_command_ignores_ctrl_c_once_its_work_is_done(folder, monkeypatch):
+    import signal
+
+    from codec import cli
+
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.run()
+        assert e.value.code == 3 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_no_traceback_from_the_installed_command(folder):
     (folder / "bad.aec").write_bytes(b"nope")
     r = subprocess.run([sys.executable, "-m", "codec.cli", "decompress", "bad.aec"],
