@@ -70,15 +70,18 @@ def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[str]:
     else:
         raise UsageError("-o must be a folder (existing, or ending in /) when there are several inputs")
     seen: dict[Path, str] = {}
+    clashes = []  # all of them at once: one run to learn what to rename
     for src, dst in zip(inputs, paths):
         if dst == "-":
             continue
         key = resolve(Path(dst))
         if key in seen:
-            raise UsageError(f"{seen[key]} and {src} would both be written to {dst}")
-        if src != "-" and key == resolve(Path(src)):
-            raise UsageError(f"output {dst} would replace its own input")
-        seen[key] = src
+            clashes.append(f"{seen[key]} and {src} would both be written to {dst}")
+        elif src != "-" and key == resolve(Path(src)):
+            clashes.append(f"output {dst} would replace its own input")
+        seen.setdefault(key, src)
+    if clashes:
+        raise UsageError("; ".join(clashes))
     return paths
 
 

@@ -97,6 +97,18 @@ def test_usage_errors(folder, capsys):
     assert capsys.readouterr().err.startswith("usage: aecodec vae decode")
 
 
+def test_every_output_clash_is_named_at_once(folder, capsys):
+    for name in ("a.jpg", "b.png", "sub/b.png"):
+        Path(name).parent.mkdir(exist_ok=True)
+        make_image(8, 8).save(name)
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "a.png", "a.jpg", "b.png", "sub/b.png", "-o", "out/"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "a.png and a.jpg would both be written to out/a.aec; b.png and sub/b.png would both be written to out/b.aec")
+    assert not Path("out").exists()  # nothing made: a usage error comes before any work
+
+
 def test_the_installed_command_ignores_ctrl_c_once_its_work_is_done(folder, monkeypatch):
     import signal
 
