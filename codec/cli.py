@@ -7,6 +7,7 @@ atomically and never replace an existing file without ``--force``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -38,14 +39,23 @@ def _is_folder(out: str) -> bool:
 
 
 def _missing_folders(out: str | None) -> list[Path]:
-    """The folders an ``-o`` folder path would create, deepest first (so they can go again)."""
+    """The folders an ``-o`` folder path would create, deepest first (so they can go again).
+    Resolved, so that "x/../old/" can never list a folder the user already had."""
     if not out or out == "-" or not _is_folder(out):
         return []
-    path, missing = Path(out).absolute(), []
+    path, missing = Path(out).resolve(), []
     while not path.exists() and path != path.parent:
         missing.append(path)
         path = path.parent
     return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders -o created (deepest first) that nothing was written to: no output."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[str]:
@@ -60,10 +70,6 @@ def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[str]:
             return ["-"]
         paths = [str(Path(p).with_suffix(suffix)) for p in inputs]
     elif _is_folder(out):
-        try:
-            Path(out).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ImageError(f"cannot create output folder {out}: {_message(e)}") from None
         paths = [str(Path(out) / ("stdin" + suffix if p == "-" else Path(p).with_suffix(suffix).name)) for p in inputs]
     elif len(inputs) == 1:
         paths = [out]
@@ -82,6 +88,11 @@ def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[str]:
         seen.setdefault(key, src)
     if clashes:
         raise UsageError("; ".join(clashes))
+    if out is not None and _is_folder(out):  # made only now: a clash is a usage error, before any work
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ImageError(f"cannot create output folder {out}: {_message(e)}") from None
     return paths
 
 
@@ -91,6 +102,8 @@ def _check_inputs(inputs: list[str], check) -> tuple[list[str], int]:
     known, ok, failed = _known_errors(), [], 0
     for src in inputs:
         try:
+            if src == "-" and sys.stdin.isatty():  # as gzip: the wait would look like a hang
+                raise ValueError("not reading data from a terminal: pipe or redirect a file into standard input")
             if src != "-":
                 path = Path(src)
                 if path.is_dir():
@@ -292,7 +305,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                   "aecodec compress --strip drops it)")
         print(f"  bpp         {8 * len(data) / px:.4f}")
 
-    inputs, failed = _check_inputs(args.inputs, lambda path: None)
+    inputs, failed = _check_inputs(args.inputs, _check_aec)
     return _run_each([(p, None) for p in inputs], work, failed)
 
 
@@ -360,8 +373,6 @@ def _read_bytes(src: str | Path) -> bytes:
 
     limit = 8 * MAX_PIXELS
     if str(src) == "-":
-        if sys.stdin.isatty():  # as gzip: the wait would look like a hang
-            raise ValueError("not reading data from a terminal: pipe or redirect a file into standard input")
         data = sys.stdin.buffer.read(limit + 1)
     else:
         if Path(src).is_dir():
@@ -536,10 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # argparse would name the top-level usage; the subcommand's is the useful one
         getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
-    known = _known_errors()
-    made = _missing_folders(getattr(args, "output", None))
+    known, made = _known_errors(), []
 
     try:
+        made = _missing_folders(getattr(args, "output", None))
         return args.func(args)
     except UsageError as e:
         args.parser.error(str(e))  # exits 2 with the running command's usage line
@@ -556,9 +567,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     finally:
-        for folder in made:  # a folder -o created that nothing was written to is no output
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        _remove_if_empty(made)
 
 
 def run() -> None:

@@ -48,19 +48,12 @@ def check_image(path: str | Path) -> None:
             pass
 
 
-def read_stdin() -> bytes:
-    """Standard input as bytes; a terminal is refused, as gzip does (the wait would look like a hang)."""
-    if sys.stdin.isatty():
-        raise ImageError("not reading data from a terminal: pipe or redirect a file into standard input")
-    return sys.stdin.buffer.read()
-
-
 @contextlib.contextmanager
 def _opened(path: str | Path) -> Iterator[Image.Image]:
     """Pillow's lazily opened image, refused early if it is not one 8-bit image; Pillow's
     errors, here or while the caller decodes, become one-line ImageErrors."""
     if str(path) == "-":
-        source = io.BytesIO(read_stdin())
+        source = io.BytesIO(sys.stdin.buffer.read())
     elif Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
         with open(path, "rb") as f:  # a pipe or device: Pillow needs to seek
             source = io.BytesIO(f.read())

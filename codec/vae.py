@@ -364,7 +364,7 @@ def export_diffusers(model: KLAutoencoder, folder: str | Path) -> Path:
     if any(ch % model.config.norm_num_groups for ch in model.config.block_out_channels):
         raise ValueError("diffusers needs every block width to be a multiple of norm_num_groups")
     folder = Path(folder)
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
              if not k.startswith("priors.")}
     # written by Python rather than safetensors' save_file, whose files are private (mode 0600)

@@ -71,8 +71,10 @@ def test_bad_inputs_fail_cleanly_and_leave_nothing(folder, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert all(line.startswith("aecodec: error:") for line in err), err
     assert len(err) == 3
-    assert main(["compress", "text.png", "-o", "new/deeper/"]) == 1  # no empty folders left either
-    leftovers = {p.name for p in folder.iterdir()} - {"a.png", "b.jpg", "junk.aec", "text.png"}
+    Path("cut.png").write_bytes(Path("a.png").read_bytes()[:300])  # its header passes the first checks
+    assert main(["compress", "cut.png", "-o", "new/deeper/"]) == 1  # and no empty folders are left
+    assert "cut.png: cannot decode image" in capsys.readouterr().err
+    leftovers = {p.name for p in folder.iterdir()} - {"a.png", "b.jpg", "junk.aec", "text.png", "cut.png"}
     assert leftovers == set()
 
 
@@ -107,6 +109,10 @@ def test_every_output_clash_is_named_at_once(folder, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         "a.png and a.jpg would both be written to out/a.aec; b.png and sub/b.png would both be written to out/b.aec")
     assert not Path("out").exists()  # nothing made: a usage error comes before any work
+    Path("kept").mkdir()  # a folder the user had is never removed, however -o spells it
+    Path("cut.png").write_bytes(Path("a.png").read_bytes()[:300])
+    assert main(["compress", "cut.png", "-o", "gone/../kept/"]) == 1
+    assert Path("kept").is_dir()
 
 
 def test_the_installed_command_ignores_ctrl_c_once_its_work_is_done(folder, monkeypatch):

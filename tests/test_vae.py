@@ -129,7 +129,7 @@ def test_wrong_model_is_refused(vae, codec):
         codec.encode_latent(make_image(8, 8))
 
 
-def test_cli_model_vae_and_latents(vae_weights, tmp_path, monkeypatch):
+def test_cli_model_vae_and_latents(vae_weights, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     image = make_image(40, 24)
     image.save("a.png")
@@ -152,8 +152,12 @@ def test_cli_model_vae_and_latents(vae_weights, tmp_path, monkeypatch):
     assert cli(["vae", "export-diffusers", "hf", "--weights", str(vae_weights)]) == 1  # not empty
     mode = (tmp_path / "hf" / "diffusion_pytorch_model.safetensors").stat().st_mode & 0o777
     assert mode == (tmp_path / "hf" / "config.json").stat().st_mode & 0o777  # readable as config.json is
+    capsys.readouterr()
     assert cli(["vae", "export-diffusers", "typo/hf", "--weights", str(vae_weights)]) == 1  # no new tree
-    assert cli(["vae", "export-diffusers", "a.png", "--weights", str(vae_weights)]) == 1  # a file
+    assert cli(["vae", "export-diffusers", "a.png", "--weights", str(vae_weights)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"aecodec: error: output folder {tmp_path / 'typo'} does not exist",
+        "aecodec: error: a.png exists and is not a folder"]
     assert not (tmp_path / "typo").exists()
 
 
