@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-import stat
-import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
