@@ -40,6 +40,7 @@ PAST_WEIGHTS: dict[str, str] = {
     "d975257e56c8d8c1": "aecodec 0.4.0",  # cc-hyperprior-gain, and the hyperprior inside it
     "dc591943746a8894": "aecodec 0.5.0",  # cc-hyperprior-gain, and the hyperprior inside it
     "295cd2dae3a9002a": "aecodec 0.6.0",  # cc-hyperprior-gain, and the hyperprior inside it
+    "5c548cb32076c783": "aecodec 0.7.0",  # cc-hyperprior-gain, and the hyperprior inside it
 }
 Model = torch.nn.Module  # a registered codec model (codec/registry.py)
 
