@@ -43,7 +43,10 @@ def _missing_folders(out: str | None) -> list[Path]:
     Resolved, so that "x/../old/" can never list a folder the user already had."""
     if not out or out == "-" or not _is_folder(out):
         return []
-    path, missing = Path(out).resolve(), []
+    try:
+        path, missing = Path(out).resolve(), []
+    except (OSError, RuntimeError):  # a symlink loop: said when the folder is made
+        return []
     while not path.exists() and path != path.parent:
         missing.append(path)
         path = path.parent
