@@ -331,6 +331,7 @@ def fit(args: argparse.Namespace) -> None:
         os.replace(tmp, out / name)
 
     def stop(signum, frame):  # `kill PID` saves as Ctrl-C does (a nohup'ed background run ignores SIGINT)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: see below
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -375,6 +376,9 @@ def fit(args: argparse.Namespace) -> None:
                     for old in sorted(kept, key=lambda f: int(f.stem[5:]))[: -args.keep]:
                         old.unlink()
     except KeyboardInterrupt:
+        # `pkill -f` reaches a rank twice (itself, and torchrun forwarding it): a second SIGTERM
+        # must not cut the save short (it did once, leaving last.pt one validation old)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         save("last.pt")
         bar.close()
         raise SystemExit(f"interrupted at step {step}" + (f": saved {out / 'last.pt'} (continue with "
