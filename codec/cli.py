@@ -185,7 +185,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     out = args.output
     if out and out != "-" and not _is_folder(out) and Path(out).suffix.lower() in OUTPUT_FORMATS:
         raise UsageError(f"-o {args.output}: compress writes .aec files, not {Path(args.output).suffix}")
-    pairs, failed = _plan(args, ".aec", _check_image)
+    pairs, failed = _plan(args, ".aec", _check_codable)
     if not pairs:
         return 1
     from .imageio import read_image, write_output
@@ -255,7 +255,7 @@ def _check_not_aec(path: Path, hint: str = "decompress it first to re-code it on
         raise ValueError(f"is an .aec file ({hint})")
 
 
-def _check_image(path: Path) -> None:
+def _check_codable(path: Path) -> None:
     """compress and vae encode: an image whose header says aecodec can code it (not decoded yet)."""
     from .imageio import check_image
 
@@ -313,7 +313,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_vae_encode(args: argparse.Namespace) -> int:
-    pairs, failed = _plan(args, ".safetensors", _check_image)
+    pairs, failed = _plan(args, ".safetensors", _check_codable)
     if not pairs:
         return 1
     from .imageio import read_image, write_output
