@@ -64,13 +64,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def _codable_size(image: Image.Image) -> tuple[int, int]:
-    """The size of an image the format can hold: not empty, within its side and pixel limits."""
-    w, h = image.size
+def check_codable(size: tuple[int, int], mode: str, alpha: bool = True) -> tuple[int, int]:
+    """Whether the format can hold an image of this size and coded mode (``alpha``: whether the
+    model keeps an alpha channel). A header tells both, so the CLI checks before a model loads."""
+    w, h = size
     if w == 0 or h == 0:
         raise CodecError(f"image {w}x{h} has no pixels")
     if w > bitstream.MAX_SIDE or h > bitstream.MAX_SIDE or w * h > bitstream.MAX_PIXELS:
-        raise CodecError(f"image {w}x{h} is too large (limit {bitstream.MAX_PIXELS} pixels)")
+        raise CodecError(f"image {w}x{h} is too large (the format holds sides up to {bitstream.MAX_SIDE} pixels, "
+                         f"{bitstream.MAX_PIXELS:,} pixels in all)")
+    if not alpha and mode in ("LA", "RGBA"):
+        raise CodecError("the VAE keeps no alpha channel: convert the image to RGB first")
     return w, h
 
 
@@ -122,7 +126,7 @@ class Codec:
             info.pop("icc_profile", None)
         metadata = b"" if strip else bitstream.pack_metadata(info)
         image, mode = normalize(image)
-        w, h = _codable_size(image)
+        w, h = check_codable(image.size, mode)
         x, alpha = split(image, mode)
         x = pad_to_stride(x.to(self.device), self.model.padding)
         streams, _ = self.model.compress(x, quality)
@@ -210,9 +214,7 @@ class Codec:
         _check_image(image)
         vae = self._vae()
         image, mode = normalize(image)
-        if mode in ("LA", "RGBA"):
-            raise CodecError("the VAE keeps no alpha channel: convert the image to RGB first")
-        w, h = _codable_size(image)
+        w, h = check_codable(image.size, mode, alpha=False)
         x, _ = split(image, mode)
         latent = vae.encode_scaled(pad_to_stride(x.to(self.device), vae.padding)).float().cpu().contiguous()
         meta = {"format": LATENT_FORMAT, "model": vae.NAME, "weights_sha256": self.weights_sha256,

@@ -39,18 +39,20 @@ def _is_folder(out: str) -> bool:
 
 
 def _missing_folders(out: str | None) -> list[Path]:
-    """The folders an ``-o`` folder path would create, deepest first (so they can go again).
-    Resolved, so that "x/../old/" can never list a folder the user already had."""
+    """The folders an ``-o`` folder path would create, deepest first (so they can go again):
+    each missing prefix of the path as given ("x/../new/" makes x as well as new), resolved.
+    A prefix whose resolved folder exists is not listed: "x/../old/" can never list old."""
     if not out or out == "-" or not _is_folder(out):
         return []
+    parts, missing = Path(out).parts, set()
     try:
-        path, missing = Path(out).resolve(), []
+        for i in range(1, len(parts) + 1):
+            prefix = Path(*parts[:i])
+            if prefix.name != ".." and not prefix.exists() and not prefix.resolve().exists():
+                missing.add(prefix.resolve())
     except (OSError, RuntimeError):  # a symlink loop: said when the folder is made
         return []
-    while not path.exists() and path != path.parent:
-        missing.append(path)
-        path = path.parent
-    return missing
+    return sorted(missing, key=lambda path: len(path.parts), reverse=True)
 
 
 def _remove_if_empty(folders: list[Path]) -> None:
@@ -255,12 +257,16 @@ def _check_not_aec(path: Path, hint: str = "decompress it first to re-code it on
         raise ValueError(f"is an .aec file ({hint})")
 
 
-def _check_codable(path: Path) -> None:
-    """compress and vae encode: an image whose header says aecodec can code it (not decoded yet)."""
+def _check_codable(path: Path, alpha: bool = True) -> None:
+    """compress and vae encode: an image whose header says aecodec can code it (size, mode and,
+    for the VAE, no alpha), so a bad input is named before the model loads and anything decodes."""
+    from .api import check_codable
     from .imageio import check_image
 
     _check_not_aec(path)
-    check_image(path)
+    header = check_image(path)
+    if header is not None:
+        check_codable(*header, alpha=alpha)
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
@@ -313,7 +319,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_vae_encode(args: argparse.Namespace) -> int:
-    pairs, failed = _plan(args, ".safetensors", _check_codable)
+    pairs, failed = _plan(args, ".safetensors", lambda path: _check_codable(path, alpha=False))
     if not pairs:
         return 1
     from .imageio import read_image, write_output

@@ -39,12 +39,14 @@ def read_image(path: str | Path) -> Image.Image:
         return ImageOps.exif_transpose(im)
 
 
-def check_image(path: str | Path) -> None:
-    """Before any work: whether a file's header says an image aecodec can code. Only the header
-    is read; a pipe or standard input is checked when it is read."""
+def check_image(path: str | Path) -> tuple[tuple[int, int], str] | None:
+    """Before any work: whether a file's header says an image aecodec can code, and if so its
+    size and the mode it is coded in. Only the header is read; a pipe or standard input is
+    checked when it is read (None)."""
     if str(path) != "-" and Path(path).is_file():
-        with _opened(path):
-            pass
+        with _opened(path) as im:
+            return im.size, coded_mode(im)
+    return None
 
 
 @contextlib.contextmanager
@@ -79,26 +81,24 @@ def _opened(path: str | Path) -> Iterator[Image.Image]:
         raise ImageError(f"cannot decode image ({e})") from None
 
 
-def normalize(image: Image.Image) -> tuple[Image.Image, str]:
-    """Convert to one of L / LA / RGB / RGBA; returns the image and the mode to restore."""
+def coded_mode(image: Image.Image) -> str:
+    """The mode aecodec codes ``image`` in (L, LA, RGB or RGBA), from its header alone, so an
+    image can be checked before anything decodes."""
     mode = image.mode
     if mode in ("L", "LA", "RGB", "RGBA"):
-        return image, mode
-    if mode == "1":
-        return image.convert("L"), "L"
+        return mode
     if mode == "P":
-        has_alpha = "transparency" in image.info or image.palette.mode == "RGBA"
-        target = "RGBA" if has_alpha else "RGB"
-        return image.convert(target), target
-    if mode == "PA":
-        return image.convert("RGBA"), "RGBA"
-    if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-        return image.convert("RGB"), "RGB"
-    if mode == "La":
-        return image.convert("LA"), "LA"
-    if mode == "RGBa":
-        return image.convert("RGBA"), "RGBA"
-    raise ImageError(f"image mode {mode} is not supported: aecodec codes 8-bit grayscale and colour images")
+        return "RGBA" if "transparency" in image.info or image.palette.mode == "RGBA" else "RGB"
+    coded = {"1": "L", "PA": "RGBA", "La": "LA", "RGBa": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}
+    if mode not in coded:
+        raise ImageError(f"image mode {mode} is not supported: aecodec codes 8-bit grayscale and colour images")
+    return coded[mode]
+
+
+def normalize(image: Image.Image) -> tuple[Image.Image, str]:
+    """Convert to one of L / LA / RGB / RGBA; returns the image and the mode to restore."""
+    mode = coded_mode(image)
+    return (image if image.mode == mode else image.convert(mode)), mode
 
 
 def split(image: Image.Image, mode: str) -> tuple[torch.Tensor, bytes | None]:

@@ -74,8 +74,12 @@ def test_bad_inputs_fail_cleanly_and_leave_nothing(folder, capsys):
     Path("cut.png").write_bytes(Path("a.png").read_bytes()[:300])  # its header passes the first checks
     assert main(["compress", "cut.png", "-o", "new/deeper/"]) == 1  # and no empty folders are left
     assert "cut.png: cannot decode image" in capsys.readouterr().err
+    assert main(["compress", "cut.png", "-o", "x/../new/"]) == 1  # mkdir makes x too: it goes as well
     leftovers = {p.name for p in folder.iterdir()} - {"a.png", "b.jpg", "junk.aec", "text.png", "cut.png"}
     assert leftovers == set()
+    Path("old").mkdir()
+    assert main(["compress", "a.png", "cut.png", "-o", "y/../old/", "--device", "cpu"]) == 1
+    assert not Path("y").exists() and [p.name for p in Path("old").iterdir()] == ["a.aec"]
 
 
 def test_one_bad_file_does_not_stop_the_rest(folder):
@@ -282,6 +286,24 @@ def test_images_aecodec_cannot_code_are_refused_before_the_model_loads(folder, c
     refused = ("aecodec: error: deep.png: I;16 image with 16-bit or float samples: aecodec codes 8-bit images "
                "(convert it to 8 bits first)")
     assert capsys.readouterr().err.strip().splitlines() == [refused]  # the weights were never opened
+
+
+def test_sizes_and_alpha_a_model_cannot_take_are_refused_from_the_header(folder, capsys, monkeypatch):
+    import codec.cli
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(codec.cli, "_codec", no_model)
+    Image.new("L", (70_000, 1)).save("wide.png")  # past the format's 65535-pixel side
+    make_image(24, 16, "RGBA").save("rgba.png")
+    assert main(["compress", "wide.png"]) == 1
+    assert main(["vae", "encode", "rgba.png"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "aecodec: error: wide.png: image 70000x1 is too large (the format holds sides up to 65535 pixels, "
+        "67,108,864 pixels in all)",
+        "aecodec: error: rgba.png: the VAE keeps no alpha channel: convert the image to RGB first"]
+    assert not Path("wide.aec").exists() and not Path("rgba.safetensors").exists()
 
 
 def test_standard_input_is_not_read_from_a_terminal(folder, capsys, monkeypatch):
