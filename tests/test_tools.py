@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 TOOLS = sorted((Path(__file__).resolve().parent.parent / "tools").glob("*.py"))
@@ -21,3 +22,16 @@ def test_tool_help(tool: Path):
     run = subprocess.run([sys.executable, str(tool), "--help"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("usage:")
+
+
+def test_rd_gap_compares_only_where_both_curves_were_measured():
+    sys.path.insert(0, str(TOOLS[0].parent))
+    from rd_gap import gaps
+
+    ours = (np.array([0.1, 0.2, 0.8]), np.array([25.0, 27.0, 31.0]))
+    webp = (np.array([0.4, 0.8, 1.6]), np.array([30.0, 32.0, 36.0]))  # starts at 0.4 bpp
+    rows = gaps(ours, {"webp": webp}, rates=(0.2, 0.4, 0.8, 1.2))
+    assert rows[0] == (0.2, 27.0, {"webp": None})  # below WebP's first point: no clamped guess
+    assert rows[1][1] == pytest.approx(29.0) and rows[1][2]["webp"] == pytest.approx(-1.0)  # halfway in log-rate
+    assert rows[2] == (0.8, 31.0, {"webp": -1.0})
+    assert rows[3] == (1.2, None, {"webp": None})  # past our last point
