@@ -78,6 +78,15 @@ def check_codable(size: tuple[int, int], mode: str, alpha: bool = True) -> tuple
     return w, h
 
 
+def check_decode_size(width: int, height: int, max_pixels: int | None = -1) -> None:
+    """Refuse to decode an image of more than ``max_pixels`` (-1: MAX_DECODE_PIXELS, read at the
+    call; None: no limit but the format's), as Pillow's MAX_IMAGE_PIXELS guards its decoders."""
+    limit = MAX_DECODE_PIXELS if max_pixels == -1 else max_pixels
+    if limit is not None and width * height > limit:
+        raise CodecError(f"image {width}x{height} ({width * height} pixels) is over the decoding limit "
+                         f"of {limit} pixels (raise it with --max-pixels, or max_pixels= in the API)")
+
+
 def _check_image(image: object) -> None:
     """A path or an array is a common first try: say what to pass instead of failing inside Pillow."""
     if not isinstance(image, Image.Image):
@@ -189,10 +198,7 @@ class Codec:
 
     def check_size(self, width: int, height: int) -> None:
         """Refuse an image over the decoding pixel limit before any work is done."""
-        limit = MAX_DECODE_PIXELS if self.max_pixels == -1 else self.max_pixels
-        if limit is not None and width * height > limit:
-            raise CodecError(f"image {width}x{height} ({width * height} pixels) is over the decoding limit "
-                             f"of {limit} pixels (raise it with --max-pixels, or max_pixels= in the API)")
+        check_decode_size(width, height, self.max_pixels)
 
     def check_weights(self, header: Header) -> None:
         """A file decodes only with the exact weights that wrote it."""

@@ -150,9 +150,13 @@ def _codec(args: argparse.Namespace, model: str | None = None):
     from .api import Codec
 
     model = model or (registry.by_short(args.model).name if getattr(args, "model", None) else None)
+    return Codec(weights=args.weights, device=args.device, model=model, max_pixels=_max_pixels(args))
+
+
+def _max_pixels(args: argparse.Namespace) -> int | None:
+    """--max-pixels as the API takes it: -1 the default limit, None the format's alone (0)."""
     limit = getattr(args, "max_pixels", None)
-    return Codec(weights=args.weights, device=args.device, model=model,
-                 max_pixels=-1 if limit is None else (limit or None))
+    return -1 if limit is None else (limit or None)
 
 
 def _run_each(pairs, work, failed: int = 0) -> int:
@@ -260,13 +264,30 @@ def _check_not_aec(path: Path, hint: str = "decompress it first to re-code it on
 def _check_codable(path: Path, alpha: bool = True) -> None:
     """compress and vae encode: an image whose header says aecodec can code it (size, mode and,
     for the VAE, no alpha), so a bad input is named before the model loads and anything decodes."""
-    from .api import check_codable
     from .imageio import check_image
 
     _check_not_aec(path)
     header = check_image(path)
-    if header is not None:
+    if header is not None:  # a readable image: torch loads now, as the work needs it anyway
+        from .api import check_codable
+
         check_codable(*header, alpha=alpha)
+
+
+def _check_latent(path: Path) -> None:
+    """vae decode takes latent files: what is plainly something else is named at once, before
+    torch loads; a safetensors file's header is checked in full (a pipe: when it is read)."""
+    _check_not_aec(path, "decode it with aecodec decompress")
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:] != b"{":  # safetensors: an 8-byte header length, then JSON
+        raise ValueError("not an aecodec latent file (written by aecodec vae encode)")
+    from .api import MAX_LATENT_HEADER, read_latent_header
+
+    with open(path, "rb") as f:
+        read_latent_header(f.read(8 + MAX_LATENT_HEADER))
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
@@ -276,8 +297,9 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     pairs, failed = _plan(args, ".png", _check_aec)
     if not pairs:
         return 1
+    from .api import check_decode_size
     from .bitstream import unpack
-    from .imageio import check_writable, image_bytes, write_output
+    from .imageio import check_writable, dropped_metadata, image_bytes, write_output
 
     codecs: dict = {}  # model name -> Codec: each file names the model that wrote it
 
@@ -285,11 +307,15 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         data = _read_bytes(src)
         header = unpack(data)[0]
         check_writable(dst, header.mode)  # from the header: before the model loads or anything decodes
+        check_decode_size(header.width, header.height, _max_pixels(args))
         if header.model not in codecs:
             codecs[header.model] = _codec(args, header.model)
         image = codecs[header.model].decompress(data)
-        write_output(dst, image_bytes(image, output_format(dst)), force=args.force)
-        _say(args, f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
+        fmt = output_format(dst)
+        write_output(dst, image_bytes(image, fmt), force=args.force)
+        dropped = dropped_metadata(image, fmt)
+        _say(args, f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}"
+             + (f" (without its {' and '.join(dropped)}: {fmt} holds none)" if dropped else ""))
 
     return _run_each(pairs, work, failed)
 
@@ -297,6 +323,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     # the container alone: no torch, answers at once
     from .bitstream import unpack, unpack_metadata
+    from .imageio import METADATA
 
     def work(src: str, _dst: None) -> None:
         data = _read_bytes(src)
@@ -309,7 +336,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  size        {h.width}x{h.height} {h.mode}")
         print(f"  bytes       {len(data)} (streams {', '.join(map(str, h.stream_lengths))})")
         if h.metadata:  # the last stream: say what it is, since it can outweigh the pixels
-            kept = [{"icc_profile": "ICC profile", "exif": "EXIF"}[k] for k in unpack_metadata(streams[-1])]
+            kept = [METADATA[k] for k in unpack_metadata(streams[-1])]
             print(f"  metadata    {' and '.join(kept)} ({h.stream_lengths[-1]} bytes; "
                   "aecodec compress --strip drops it)")
         print(f"  bpp         {8 * len(data) / px:.4f}")
@@ -339,18 +366,21 @@ def cmd_vae_decode(args: argparse.Namespace) -> int:
     from .imageio import output_format
 
     _check_format(args.output)
-    pairs, failed = _plan(args, ".png", lambda path: _check_not_aec(path, "decode it with aecodec decompress"))
+    pairs, failed = _plan(args, ".png", _check_latent)
     if not pairs:
         return 1
-    from .api import read_latent_header
+    from .api import check_decode_size, read_latent_header
     from .imageio import check_writable, image_bytes, write_output
 
-    codec = _codec(args, "vae-kl-f8")
+    codecs: list = []  # loaded for the first file whose header passes
 
     def work(src: str, dst: str) -> None:
         data = _read_bytes(src)
-        check_writable(dst, read_latent_header(data)["mode"])  # before the decode
-        image = codec.decode_latent(data)
+        header = read_latent_header(data)
+        check_writable(dst, header["mode"])  # before the model loads or anything decodes
+        check_decode_size(header["width"], header["height"], _max_pixels(args))
+        codecs[:] = codecs or [_codec(args, "vae-kl-f8")]
+        image = codecs[0].decode_latent(data)
         write_output(dst, image_bytes(image, output_format(dst)), force=args.force)
         _say(args, f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
 
@@ -424,7 +454,7 @@ def _positive(kind: type):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+            raise argparse.ArgumentTypeError(f"not a {'whole ' if kind is int else ''}number: {text!r}") from None
         if not (value > 0 and math.isfinite(value)):  # also refuses nan
             raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
         return value
@@ -474,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     default = registry.MODELS[registry.DEFAULT_MODEL].short
     c.add_argument("-m", "--model", choices=[default] + [e.short for e in registry.MODELS.values() if e.short != default],
                    help="cc: the channel-conditional model (the default: the smallest files); hp: the plain "
-                   "hyperprior inside the same weights (faster to encode, files about 10%% larger); vae: the f8 VAE's "
+                   "hyperprior inside the same weights (faster to encode, files about 18%% larger); vae: the f8 VAE's "
                    "quantised latent (low rates only). With --weights: the file's own model unless given")
     c.add_argument("--strip", action="store_true",
                    help="drop the ICC profile and EXIF (kept by default, and restored by decompress)")
@@ -559,6 +589,10 @@ def main(argv: list[str] | None = None) -> int:
     known, made = _known_errors(), []
 
     try:
+        weights = getattr(args, "weights", None)
+        if weights and (Path(weights).is_dir() or not Path(weights).exists()):  # at once, not after torch loads
+            raise ValueError(f"cannot read weights {weights}: "
+                             + ("Is a directory" if Path(weights).is_dir() else "No such file or directory"))
         made = _missing_folders(getattr(args, "output", None))
         return args.func(args)
     except UsageError as e:

@@ -13,6 +13,7 @@ import os
 import stat
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,14 +62,18 @@ def _opened(path: str | Path) -> Iterator[Image.Image]:
     else:
         source = path
     try:
-        with Image.open(source) as im:
-            if getattr(im, "n_frames", 1) > 1:
-                raise ImageError(f"image has {im.n_frames} frames: aecodec codes still images (extract one first)")
-            rawmodes = [str(t[3][0] if isinstance(t[3], tuple) else t[3]) for t in im.tile if len(t) > 3]
-            if any(";16" in r for r in rawmodes) or im.mode in ("I", "F") or im.mode.startswith("I;16"):
-                raise ImageError(f"{im.mode} image with 16-bit or float samples: aecodec codes 8-bit images "
-                                 "(convert it to 8 bits first)")
-            yield im
+        with warnings.catch_warnings():
+            # Pillow warns from 89 MP (and refuses from 179 MP): the format's lower limit
+            # refuses such an image anyway, in one line (api.check_codable)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                if getattr(im, "n_frames", 1) > 1:
+                    raise ImageError(f"image has {im.n_frames} frames: aecodec codes still images (extract one first)")
+                rawmodes = [str(t[3][0] if isinstance(t[3], tuple) else t[3]) for t in im.tile if len(t) > 3]
+                if any(";16" in r for r in rawmodes) or im.mode in ("I", "F") or im.mode.startswith("I;16"):
+                    raise ImageError(f"{im.mode} image with 16-bit or float samples: aecodec codes 8-bit images "
+                                     "(convert it to 8 bits first)")
+                yield im
     except FileNotFoundError:
         raise ImageError("no such file") from None
     except IsADirectoryError:
@@ -141,6 +146,13 @@ def output_format(path: str | Path) -> str:
 
 
 NO_ALPHA = ("JPEG", "BMP", "PPM")  # Pillow writes RGBA to BMP and PPM, silently without its alpha
+METADATA = {"icc_profile": "ICC profile", "exif": "EXIF"}
+WITH_METADATA = ("PNG", "JPEG", "WEBP", "TIFF")  # the formats that carry both
+
+
+def dropped_metadata(image: Image.Image, fmt: str) -> list[str]:
+    """What of the image's metadata ``fmt`` cannot carry (BMP, PPM: none of it), to be said."""
+    return [] if fmt in WITH_METADATA else [name for key, name in METADATA.items() if image.info.get(key)]
 
 
 def check_writable(path: str | Path, mode: str) -> None:
@@ -159,8 +171,8 @@ def image_bytes(image: Image.Image, fmt: str) -> bytes:
     if fmt in NO_ALPHA and image.mode in ("LA", "RGBA"):
         raise ImageError(f"{fmt} has no alpha channel: write .png, .webp or .tif")
     options = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}.get(fmt, {})
-    if fmt in ("PNG", "JPEG", "WEBP", "TIFF"):  # they carry an ICC profile and EXIF
-        options.update({k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)})
+    if fmt in WITH_METADATA:
+        options.update({k: image.info[k] for k in METADATA if image.info.get(k)})
     buf = io.BytesIO()
     image.save(buf, format=fmt, **options)
     return buf.getvalue()

@@ -68,7 +68,7 @@ class AecDecoder(ImageFile.PyDecoder):
 def _save(im: Image.Image, fp, filename: str | bytes) -> None:
     from .api import DEFAULT_QUALITY, compress
 
-    quality = im.encoderinfo.get("quality", DEFAULT_QUALITY)
+    quality = im.encoderinfo.get("quality")  # checked by compress as in the API: 60.7 is refused, not cut to 60
     image = im.copy()
     for key in ("icc_profile", "exif"):  # as Pillow's plugins: the argument, else im.info
         value = im.encoderinfo.get(key, im.info.get(key))
@@ -78,7 +78,7 @@ def _save(im: Image.Image, fp, filename: str | bytes) -> None:
             image.info[key] = value
         else:
             image.info.pop(key, None)
-    fp.write(compress(image, int(quality)))
+    fp.write(compress(image, DEFAULT_QUALITY if quality is None else quality))
 
 
 Image.register_open(FORMAT, AecImageFile, _accept)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -280,12 +281,18 @@ def test_what_decompress_is_given_instead_of_an_aec_file_is_named(folder, capsys
     assert "empty.aec: empty file" in err and "lat.safetensors: a safetensors file" in err
 
 
-def test_images_aecodec_cannot_code_are_refused_before_the_model_loads(folder, capsys):
+def test_images_aecodec_cannot_code_are_refused_before_the_model_loads(folder, capsys, monkeypatch):
+    import codec.cli
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(codec.cli, "_codec", no_model)
     Image.new("I;16", (8, 8)).save("deep.png")
-    assert main(["compress", "deep.png", "--weights", "no-such-weights.safetensors"]) == 1
+    assert main(["compress", "deep.png"]) == 1
     refused = ("aecodec: error: deep.png: I;16 image with 16-bit or float samples: aecodec codes 8-bit images "
                "(convert it to 8 bits first)")
-    assert capsys.readouterr().err.strip().splitlines() == [refused]  # the weights were never opened
+    assert capsys.readouterr().err.strip().splitlines() == [refused]
 
 
 def test_sizes_and_alpha_a_model_cannot_take_are_refused_from_the_header(folder, capsys, monkeypatch):
@@ -304,6 +311,36 @@ def test_sizes_and_alpha_a_model_cannot_take_are_refused_from_the_header(folder,
         "67,108,864 pixels in all)",
         "aecodec: error: rgba.png: the VAE keeps no alpha channel: convert the image to RGB first"]
     assert not Path("wide.aec").exists() and not Path("rgba.safetensors").exists()
+
+
+def test_decoders_refuse_from_the_header_before_the_model_loads(folder, capsys, monkeypatch):
+    assert main(["compress", "a.png", "--device", "cpu", "--quiet"]) == 0  # 50x30
+    import codec.cli
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(codec.cli, "_codec", no_model)
+    Path("notes.txt").write_text("not a latent")
+    assert main(["decompress", "a.aec", "--max-pixels", "100", "-o", "big.png"]) == 1
+    assert main(["vae", "decode", "notes.txt", "a.png", "a.aec"]) == 1
+    assert main(["compress", "a.png", "--weights", "no-such.safetensors", "-o", "w.aec"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "aecodec: error: a.aec: image 50x30 (1500 pixels) is over the decoding limit of 100 pixels "
+        "(raise it with --max-pixels, or max_pixels= in the API)",
+        "aecodec: error: notes.txt: not an aecodec latent file (written by aecodec vae encode)",
+        "aecodec: error: a.png: not an aecodec latent file (written by aecodec vae encode)",
+        "aecodec: error: a.aec: is an .aec file (decode it with aecodec decompress)",
+        "aecodec: error: cannot read weights no-such.safetensors: No such file or directory"]
+    assert not any(Path(p).exists() for p in ("big.png", "notes.png", "w.aec"))
+
+
+def test_pillow_s_decompression_bomb_warning_is_not_printed(folder, capsys, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow warns from 1000 pixels (a.png: 1500)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["compress", "a.png", "--device", "cpu", "--quiet"]) == 0
+    assert [str(w.message) for w in caught] == [] and capsys.readouterr().err == ""
 
 
 def test_standard_input_is_not_read_from_a_terminal(folder, capsys, monkeypatch):
@@ -345,3 +382,9 @@ def test_info_says_what_the_metadata_stream_holds(folder, capsys):
     capsys.readouterr()
     assert main(["info", "icc.aec"]) == 0
     assert "metadata    ICC profile (" in capsys.readouterr().out
+    assert main(["decompress", "icc.aec", "-o", "icc.bmp"]) == 0  # BMP carries no metadata: said, not silent
+    assert main(["decompress", "icc.aec", "-o", "icc.tif"]) == 0
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == ["icc.aec -> icc.bmp: 50x30 RGB (without its ICC profile: BMP holds none)",
+                    "icc.aec -> icc.tif: 50x30 RGB"]
+    assert Image.open("icc.tif").info["icc_profile"] == b"\0" * 300

@@ -68,8 +68,10 @@ def test_errors_are_the_ones_pillow_users_catch(codec, tmp_path):
     im = Image.open(tmp_path / "cut.aec")  # the header is whole: opening works, decoding cannot
     with pytest.raises(OSError, match="cannot decode .aec file: truncated file"):
         im.load()
-    with pytest.raises(ValueError, match="quality must be an integer from 1 to 100"):
-        make_image(8, 8).save(tmp_path / "q.aec", quality=0)
+    for bad in (0, 60.7, True):  # as the API: never silently cut to an integer
+        with pytest.raises(ValueError, match="quality must be an integer from 1 to 100"):
+            make_image(8, 8).save(tmp_path / "q.aec", quality=bad)
+    assert not (tmp_path / "q.aec").exists()  # Pillow removes the file it opened
     with pytest.raises(TypeError, match="expected a PIL image, got str"):
         codec.compress("photo.png")
     with pytest.raises(TypeError, match="expected the bytes of a file, got PosixPath"):
