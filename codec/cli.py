@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -372,15 +373,14 @@ def cmd_vae_decode(args: argparse.Namespace) -> int:
     from .api import check_decode_size, read_latent_header
     from .imageio import check_writable, image_bytes, write_output
 
-    codecs: list = []  # loaded for the first file whose header passes
+    load = functools.cache(lambda: _codec(args, "vae-kl-f8"))  # once, for the first file whose header passes
 
     def work(src: str, dst: str) -> None:
         data = _read_bytes(src)
         header = read_latent_header(data)
         check_writable(dst, header["mode"])  # before the model loads or anything decodes
         check_decode_size(header["width"], header["height"], _max_pixels(args))
-        codecs[:] = codecs or [_codec(args, "vae-kl-f8")]
-        image = codecs[0].decode_latent(data)
+        image = load().decode_latent(data)
         write_output(dst, image_bytes(image, output_format(dst)), force=args.force)
         _say(args, f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
 
