@@ -3,9 +3,9 @@
     from PIL import Image
     from codec.api import Codec
 
-    codec = Codec()                                   # shipped weights, CUDA if present
-    data = codec.compress(Image.open("kodim01.png"), quality=75)
-    Image.Image.save(codec.decompress(data), "restored.png")
+    coder = Codec()                                   # shipped weights, CUDA if present
+    data = coder.compress(Image.open("kodim01.png"), quality=75)
+    Image.Image.save(coder.decompress(data), "restored.png")
 
     Codec(model="vae-kl-f8")                          # the f8 VAE (codec/vae.py) as a codec
 
@@ -17,22 +17,23 @@ VAE's prior), so a file written on any device, with any thread count, decodes th
 from __future__ import annotations
 
 import json
+import math
+import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from . import AecodecError, bitstream, registry
 from .bitstream import FormatError, Header
-from .imageio import merge, normalize, split
+from .imageio import PILLOW_ERRORS, ImageError, merge, normalize, split, upright
 from .registry import DEFAULT_MODEL
-from .weights import PAST_WEIGHTS, load_weights, read_metadata
+from .weights import PAST_WEIGHTS, load_weights, read_metadata, safetensors_bytes
 
 DEFAULT_QUALITY = 75
 LATENT_FORMAT = "aecodec-latent-1"
@@ -42,6 +43,7 @@ LATENT_FORMAT = "aecodec-latent-1"
 MAX_DECODE_PIXELS: int | None = 50_000_000
 MAX_LATENT_HEADER = 64 * 1024  # bytes of safetensors JSON header a latent file may have
 MAX_JSON_DEPTH = 8  # nesting of that header: a latent file's is 3 deep
+LATENT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # an edited latent may be any
 
 
 class CodecError(AecodecError, ValueError):
@@ -74,7 +76,7 @@ def check_codable(size: tuple[int, int], mode: str, alpha: bool = True) -> tuple
         raise CodecError(f"image {w}x{h} is too large (the format holds sides up to {bitstream.MAX_SIDE} pixels, "
                          f"{bitstream.MAX_PIXELS:,} pixels in all)")
     if not alpha and mode in ("LA", "RGBA"):
-        raise CodecError("the VAE keeps no alpha channel: convert the image to RGB first")
+        raise CodecError("latent files hold no alpha channel: convert the image to RGB first")
     return w, h
 
 
@@ -84,14 +86,34 @@ def check_decode_size(width: int, height: int, max_pixels: int | None = -1) -> N
     limit = MAX_DECODE_PIXELS if max_pixels == -1 else max_pixels
     if limit is not None and width * height > limit:
         raise CodecError(f"image {width}x{height} ({width * height} pixels) is over the decoding limit "
-                         f"of {limit} pixels (raise it with --max-pixels, or max_pixels= in the API)")
+                         f"of {limit} pixels (raise it with --max-pixels, Codec(max_pixels=) "
+                         "or codec.api.MAX_DECODE_PIXELS)")
 
 
 def _check_image(image: object) -> None:
-    """A path or an array is a common first try: say what to pass instead of failing inside Pillow."""
+    """A path or an array is a common first try: say what to pass instead of failing inside Pillow.
+    An animation is refused, as the CLI refuses it, rather than cut to its current frame."""
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image, got {type(image).__name__} "
                         "(open a file with PIL.Image.open, an array with PIL.Image.fromarray)")
+    try:
+        frames = getattr(image, "n_frames", 1)  # a damaged TIFF's next directory raises here
+    except PILLOW_ERRORS as e:
+        raise ImageError(f"cannot decode image ({e or type(e).__name__})") from None
+    if frames > 1:
+        raise CodecError(f"image has {frames} frames: aecodec codes still images "
+                         "(pass one frame: image.seek(i); image.copy())")
+
+
+def _check_quality(quality: object) -> int:
+    """An integer from 1 to 100 (numpy's integers too); 60.7 and True are refused, not cut."""
+    try:
+        q = operator.index(quality)
+    except TypeError:
+        q = None
+    if isinstance(quality, bool) or q is None or not 1 <= q <= 100:
+        raise CodecError(f"quality must be an integer from 1 to 100, got {quality!r} ({type(quality).__name__})")
+    return q
 
 
 def _as_bytes(data: object) -> bytes:
@@ -113,6 +135,10 @@ class Codec:
         largest image this codec decodes (default ``MAX_DECODE_PIXELS`` as it is when decoding;
         None: the format's limit)."""
         self.device = resolve_device(device)
+        if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+                                       or not (max_pixels == -1 or max_pixels > 0)):
+            raise CodecError(f"max_pixels must be a number of pixels above 0, -1 (MAX_DECODE_PIXELS) "
+                             f"or None (the format's limit), got {max_pixels!r}")
         self.max_pixels = max_pixels
         if model is not None and model not in registry.MODELS:
             raise CodecError(f"unknown model {model!r} (choose from {', '.join(registry.MODELS)})")
@@ -127,13 +153,15 @@ class Codec:
         """Code a PIL image to the bytes of a complete ``.aec`` file. Its ICC profile and EXIF
         (``image.info``) travel with it unless ``strip``; EXIF orientation is applied first."""
         _check_image(image)
-        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-            raise CodecError(f"quality must be an integer from 1 to 100, got {quality!r}")
-        image = ImageOps.exif_transpose(image)  # the orientation a viewer shows (EXIF's tag reset)
+        quality = _check_quality(quality)
+        image = upright(image)  # the orientation a viewer shows (EXIF's tag reset)
         info = dict(image.info)
         if image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):  # converted to RGB below: its profile no longer fits
             info.pop("icc_profile", None)
-        metadata = b"" if strip else bitstream.pack_metadata(info)
+        try:
+            metadata = b"" if strip else bitstream.pack_metadata(info)
+        except ValueError as e:  # over the format's limit
+            raise CodecError(f"{e}: code it without (strip=True, aecodec compress --strip)") from None
         image, mode = normalize(image)
         w, h = check_codable(image.size, mode)
         x, alpha = split(image, mode)
@@ -150,13 +178,18 @@ class Codec:
                     min_psnr: float | None = None, strip: bool = False) -> tuple[bytes, int]:
         """Search the quality axis (bytes and PSNR grow with quality) for the highest quality
         whose file fits in ``max_bytes``, or the lowest that reaches ``min_psnr`` dB; returns the
-        file and its quality. Falls back to quality 1 (or 100) when no quality meets the target."""
+        file and its quality. Falls back to quality 1 (or 100) when no quality meets the target
+        (compare the result with the target to tell, as ``aecodec compress`` does)."""
         from .metrics import psnr
 
         _check_image(image)
         if (max_bytes is None) == (min_psnr is None):
             raise CodecError("give exactly one of max_bytes and min_psnr")
-        image = ImageOps.exif_transpose(image)
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+            raise CodecError(f"max_bytes must be a whole number of bytes above 0, got {max_bytes!r}")
+        if min_psnr is not None and not (isinstance(min_psnr, (int, float)) and 0 < min_psnr < math.inf):
+            raise CodecError(f"min_psnr must be a finite number of dB above 0, got {min_psnr!r}")
+        image = upright(image)
         rgb = image.convert("RGB")
         tried: dict[int, bytes] = {}
 
@@ -164,7 +197,7 @@ class Codec:
             tried[q] = data = self.compress(image, q, strip)
             if max_bytes is not None:
                 return len(data) <= max_bytes
-            return psnr(rgb, self.decompress(data).convert("RGB")) >= min_psnr
+            return psnr(rgb, self._decompress(data, None).convert("RGB")) >= min_psnr  # ours: any size
 
         lo, hi = 1, 100  # size: the answer is the last q that meets; PSNR: the first
         if max_bytes is not None:
@@ -179,10 +212,13 @@ class Codec:
 
     def decompress(self, data: bytes) -> Image.Image:
         """Decode the bytes of an ``.aec`` file to a PIL image of the original size and mode."""
+        return self._decompress(data, self.max_pixels)
+
+    def _decompress(self, data: bytes, max_pixels: int | None) -> Image.Image:
         data = _as_bytes(data)
         header, streams = bitstream.unpack(data)
         self.check_weights(header)
-        self.check_size(header.width, header.height)
+        check_decode_size(header.width, header.height, max_pixels)
         if len(streams) != self.model.num_streams + header.has_alpha + header.metadata:
             raise FormatError(f"invalid stream count {len(streams)} for mode {header.mode} and model {header.model}")
         shape = self.model.latent_shape(header.height, header.width)
@@ -204,7 +240,7 @@ class Codec:
         """A file decodes only with the exact weights that wrote it."""
         if header.model_id != self.model.MODEL_ID:
             raise CodecError(f"file was written by model {header.model}, but the loaded weights are "
-                             f"model {self.model.NAME}")
+                             f"model {self.model.NAME} (codec.api.decompress picks the model a file names)")
         if header.weights_id != self.weights_id:
             wrote = PAST_WEIGHTS.get(header.weights_id.hex(), "the aecodec that wrote it")
             raise CodecError(
@@ -219,7 +255,7 @@ class Codec:
         and what decoding needs: the original size and mode, the factors, the weights' hash."""
         _check_image(image)
         vae = self._vae()
-        image, mode = normalize(image)
+        image, mode = normalize(upright(image))
         w, h = check_codable(image.size, mode, alpha=False)
         x, _ = split(image, mode)
         latent = vae.encode_scaled(pad_to_stride(x.to(self.device), vae.padding)).float().cpu().contiguous()
@@ -227,7 +263,7 @@ class Codec:
                 "width": str(w), "height": str(h), "mode": mode,
                 **{k: json.dumps(getattr(vae.config, k))
                    for k in ("scaling_factor", "shift_factor", "latents_mean", "latents_std")}}
-        return st_save({"latent": latent}, metadata=meta)
+        return safetensors_bytes({"latent": latent}, meta)
 
     def decode_latent(self, data: bytes) -> Image.Image:
         """A latent file written by ``encode_latent`` (or edited: any finite values) -> an image."""
@@ -244,9 +280,9 @@ class Codec:
         except (KeyError, SafetensorError):
             raise FormatError("not an aecodec latent file") from None
         expected = (1, vae.config.latent_channels, *vae.latent_shape(h, w))
-        if tuple(latent.shape) != expected or not latent.is_floating_point():
+        if tuple(latent.shape) != expected or latent.dtype not in LATENT_DTYPES:
             raise FormatError(f"latent of shape {tuple(latent.shape)} and type {latent.dtype} does not fit "
-                              f"a {w}x{h} image (expected {expected}, floats)")
+                              f"a {w}x{h} image (expected {expected}, float16, bfloat16, float32 or float64)")
         if not torch.isfinite(latent).all():
             raise FormatError("latent holds NaN or infinite values")
         with _out_of_memory(w, h):
@@ -268,7 +304,7 @@ def read_latent_header(data: bytes) -> dict:
         if meta.get("format") != LATENT_FORMAT:
             raise FormatError("not an aecodec latent file")
         w, h, mode = int(meta["width"]), int(meta["height"]), meta["mode"]
-    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+    except (ValueError, KeyError, TypeError, OverflowError) as e:  # JSONDecodeError is a ValueError; int(Infinity)
         raise FormatError(f"not an aecodec latent file ({e})" if "header" in str(e)
                           else "not an aecodec latent file") from None
     if (mode not in ("L", "RGB") or not (1 <= w <= bitstream.MAX_SIDE and 1 <= h <= bitstream.MAX_SIDE)
@@ -292,7 +328,7 @@ def _out_of_memory(width: int, height: int) -> Iterator[None]:
 
 def read_header(data: bytes) -> Header:
     """Parse and validate a file's header (and checksum) without decoding it."""
-    return bitstream.unpack(data)[0]
+    return bitstream.unpack(_as_bytes(data))[0]
 
 
 def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:

@@ -121,6 +121,8 @@ def parse_header(data: bytes) -> tuple[Header, int]:
     if len(data) < offset:
         raise FormatError("truncated file (header incomplete)")
     lengths = struct.unpack_from(f">{n}I", data, _FIXED.size)
+    if metadata and lengths[-1] > MAX_METADATA:  # checked before anyone reads (or allocates) that much
+        raise FormatError("corrupted metadata stream (too large)")
     return Header(model_id, weights_id, quality, mode, w, h, tuple(lengths), metadata), offset
 
 
@@ -171,6 +173,6 @@ def unpack_alpha(stream: bytes, width: int, height: int) -> bytes:
         raw = d.decompress(stream, width * height + 1)
     except zlib.error as e:
         raise FormatError(f"corrupted alpha stream ({e})") from None
-    if len(raw) != width * height or not d.eof:
+    if len(raw) != width * height or not d.eof or d.unused_data:
         raise FormatError("corrupted alpha stream (wrong size)")
     return raw

@@ -178,9 +178,15 @@ def _say(args: argparse.Namespace, line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def cmd_compress(args: argparse.Namespace) -> int:
+def _refuse_image_output(out: str | None, writes: str) -> None:
+    """-o photo.png on an encoder is a slip for decompress: refused before any work."""
     from .imageio import OUTPUT_FORMATS
 
+    if out and out != "-" and not _is_folder(out) and Path(out).suffix.lower() in OUTPUT_FORMATS:
+        raise UsageError(f"-o {out}: {writes}, not {Path(out).suffix}")
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
     given = [o for o, v in (("-q", args.quality), ("--target-size", args.target_size),
                             ("--target-psnr", args.target_psnr)) if v is not None]
     if len(given) > 1:
@@ -189,9 +195,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         args.quality = 75
     if not 1 <= args.quality <= 100:
         raise UsageError(f"quality must be from 1 to 100, got {args.quality}")
-    out = args.output
-    if out and out != "-" and not _is_folder(out) and Path(out).suffix.lower() in OUTPUT_FORMATS:
-        raise UsageError(f"-o {args.output}: compress writes .aec files, not {Path(args.output).suffix}")
+    _refuse_image_output(args.output, "compress writes .aec files")
     pairs, failed = _plan(args, ".aec", _check_codable)
     if not pairs:
         return 1
@@ -300,12 +304,12 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         return 1
     from .api import check_decode_size
     from .bitstream import unpack
-    from .imageio import check_writable, dropped_metadata, image_bytes, write_output
+    from .imageio import check_writable, dropped_metadata, image_bytes, read_bytes, write_output
 
     codecs: dict = {}  # model name -> Codec: each file names the model that wrote it
 
     def work(src: str, dst: str) -> None:
-        data = _read_bytes(src)
+        data = read_bytes(src)
         header = unpack(data)[0]
         check_writable(dst, header.mode)  # from the header: before the model loads or anything decodes
         check_decode_size(header.width, header.height, _max_pixels(args))
@@ -324,10 +328,10 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     # the container alone: no torch, answers at once
     from .bitstream import unpack, unpack_metadata
-    from .imageio import METADATA
+    from .imageio import METADATA, read_bytes
 
     def work(src: str, _dst: None) -> None:
-        data = _read_bytes(src)
+        data = read_bytes(src)
         h, streams = unpack(data)
         px = h.width * h.height
         print(f"{src}:")
@@ -347,6 +351,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_vae_encode(args: argparse.Namespace) -> int:
+    _refuse_image_output(args.output, "vae encode writes latent .safetensors files")
     pairs, failed = _plan(args, ".safetensors", lambda path: _check_codable(path, alpha=False))
     if not pairs:
         return 1
@@ -371,12 +376,12 @@ def cmd_vae_decode(args: argparse.Namespace) -> int:
     if not pairs:
         return 1
     from .api import check_decode_size, read_latent_header
-    from .imageio import check_writable, image_bytes, write_output
+    from .imageio import check_writable, image_bytes, read_bytes, write_output
 
     load = functools.cache(lambda: _codec(args, "vae-kl-f8"))  # once, for the first file whose header passes
 
     def work(src: str, dst: str) -> None:
-        data = _read_bytes(src)
+        data = read_bytes(src)
         header = read_latent_header(data)
         check_writable(dst, header["mode"])  # before the model loads or anything decodes
         check_decode_size(header["width"], header["height"], _max_pixels(args))
@@ -403,24 +408,6 @@ def cmd_vae_export(args: argparse.Namespace) -> int:
     print(f"wrote {out}/ (config.json, diffusion_pytorch_model.safetensors) from weights {digest[:16]}; "
           f"load it with diffusers.AutoencoderKL.from_pretrained({str(out)!r})")
     return 0
-
-
-def _read_bytes(src: str | Path) -> bytes:
-    """A file, device, pipe or "-" (stdin), read up to a bound: no .aec or latent file this codec
-    writes is larger, and /dev/zero or an endless pipe must not fill the memory."""
-    from .bitstream import MAX_PIXELS
-
-    limit = 8 * MAX_PIXELS
-    if str(src) == "-":
-        data = sys.stdin.buffer.read(limit + 1)
-    else:
-        if Path(src).is_dir():
-            raise IsADirectoryError(21, "is a folder, not a file")
-        with open(src, "rb") as f:
-            data = f.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"too large to be an .aec or latent file (over {limit:,} bytes)")
-    return data
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

@@ -14,6 +14,7 @@ encoder did. Two tools here keep them in step:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -78,15 +79,28 @@ def integer_scales(model: nn.Module) -> dict[str, int]:
     return scales
 
 
+_plain_lock = threading.Lock()
+_plain_users = 0  # threads inside plain_cpu_kernels
+_mkldnn_before = True
+
+
 @contextmanager
 def plain_cpu_kernels() -> Iterator[None]:
     """oneDNN's CPU convolutions change their summation order with the thread count, which moves
     a few decoded pixels by one level; PyTorch's native kernels, over MKL GEMMs in strict CNR
     mode (set in ``codec/__init__.py``), give the same result with 1 or N threads
-    (tests/test_quality.py, tests/test_hostile.py), at a small cost in speed."""
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    (tests/test_quality.py, tests/test_hostile.py), at a small cost in speed. The switch is
+    process-wide: counted, so that codecs in several threads leave it off until the last is done."""
+    global _plain_users, _mkldnn_before
+    with _plain_lock:
+        if _plain_users == 0:
+            _mkldnn_before = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = False
+        _plain_users += 1
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = previous
+        with _plain_lock:
+            _plain_users -= 1
+            if _plain_users == 0:
+                torch.backends.mkldnn.enabled = _mkldnn_before

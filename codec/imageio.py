@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import stat
+import struct
 import sys
 import tempfile
 import warnings
@@ -25,10 +26,20 @@ if TYPE_CHECKING:  # torch loads only when pixels are converted (start-up stays 
     import torch
 
 from . import AecodecError
+from .bitstream import MAX_PIXELS
+
+# A pipe, device or standard input is read to memory up to this bound (8 bytes a pixel of the
+# format's largest image: more than any image aecodec can code, or any file it writes), so
+# /dev/zero or an endless pipe cannot fill the memory. Regular files go to Pillow unread.
+MAX_INPUT_BYTES = 8 * MAX_PIXELS
+# What Pillow's readers raise on a damaged file: a broken TIFF directory is a TypeError or an
+# IndexError, a cut one an EOFError or struct.error, and so on
+PILLOW_ERRORS = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error)
 
 
-class ImageError(AecodecError):
-    """An input image cannot be read or is of a kind aecodec does not code."""
+class ImageError(AecodecError, ValueError):
+    """An input image cannot be read or is of a kind aecodec does not code (a ValueError, as
+    the API's other bad arguments are)."""
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -37,7 +48,17 @@ def read_image(path: str | Path) -> Image.Image:
     ``Codec.compress``. 16-bit and multi-frame images are refused: aecodec codes one 8-bit image."""
     with _opened(path) as im:
         im.load()
-        return ImageOps.exif_transpose(im)
+        return upright(im)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says (the tag then reset), as a viewer shows it.
+    An EXIF block Pillow cannot parse leaves the image as it is, the block kept as it came:
+    Pillow's WebP and JPEG writers save such an image too, rather than refusing it."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except PILLOW_ERRORS:
+        return image.copy()
 
 
 def check_image(path: str | Path) -> tuple[tuple[int, int], str] | None:
@@ -54,11 +75,8 @@ def check_image(path: str | Path) -> tuple[tuple[int, int], str] | None:
 def _opened(path: str | Path) -> Iterator[Image.Image]:
     """Pillow's lazily opened image, refused early if it is not one 8-bit image; Pillow's
     errors, here or while the caller decodes, become one-line ImageErrors."""
-    if str(path) == "-":
-        source = io.BytesIO(sys.stdin.buffer.read())
-    elif Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
-        with open(path, "rb") as f:  # a pipe or device: Pillow needs to seek
-            source = io.BytesIO(f.read())
+    if str(path) == "-" or (Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir()):
+        source = io.BytesIO(read_bytes(path))  # a pipe or device: Pillow needs to seek
     else:
         source = path
     try:
@@ -69,11 +87,11 @@ def _opened(path: str | Path) -> Iterator[Image.Image]:
             with Image.open(source) as im:
                 if getattr(im, "n_frames", 1) > 1:
                     raise ImageError(f"image has {im.n_frames} frames: aecodec codes still images (extract one first)")
-                rawmodes = [str(t[3][0] if isinstance(t[3], tuple) else t[3]) for t in im.tile if len(t) > 3]
-                if any(";16" in r for r in rawmodes) or im.mode in ("I", "F") or im.mode.startswith("I;16"):
-                    raise ImageError(f"{im.mode} image with 16-bit or float samples: aecodec codes 8-bit images "
-                                     "(convert it to 8 bits first)")
+                if _deep_samples(im):  # 16-bit RGB: Pillow opens it as 8-bit RGB
+                    raise _too_deep(im.mode)
                 yield im
+    except ImageError:  # ours, said already (a ValueError too, so before Pillow's below)
+        raise
     except FileNotFoundError:
         raise ImageError("no such file") from None
     except IsADirectoryError:
@@ -82,8 +100,36 @@ def _opened(path: str | Path) -> Iterator[Image.Image]:
         raise ImageError("not an image file aecodec can read (PNG, JPEG, WebP, TIFF, BMP...)") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"image too large ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"cannot decode image ({e})") from None
+    except PILLOW_ERRORS as e:
+        raise ImageError(f"cannot decode image ({e or type(e).__name__})") from None
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """A file, device, pipe or "-" (standard input), read up to ``MAX_INPUT_BYTES``."""
+    if str(path) == "-":
+        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+    else:
+        if Path(path).is_dir():
+            raise IsADirectoryError(21, "is a folder, not a file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise ImageError(f"too large (over {MAX_INPUT_BYTES:,} bytes: more than any file aecodec reads)")
+    return data
+
+
+def _deep_samples(im: Image.Image) -> bool:
+    """Whether Pillow will decode more than 8 bits a sample to 8 (its raw modes say ";16", or a
+    PPM's maximum value is over 255), which aecodec refuses rather than silently truncates."""
+    for tile in im.tile:
+        args = tile[3] if len(tile) > 3 else None
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if ";16" in str(raw):
+            return True
+        if tile[0] in ("ppm", "ppm_plain") and isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], int):
+            if args[1] > 255:
+                return True
+    return False
 
 
 def coded_mode(image: Image.Image) -> str:
@@ -95,9 +141,15 @@ def coded_mode(image: Image.Image) -> str:
     if mode == "P":
         return "RGBA" if "transparency" in image.info or image.palette.mode == "RGBA" else "RGB"
     coded = {"1": "L", "PA": "RGBA", "La": "LA", "RGBa": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        raise _too_deep(mode)
     if mode not in coded:
         raise ImageError(f"image mode {mode} is not supported: aecodec codes 8-bit grayscale and colour images")
     return coded[mode]
+
+
+def _too_deep(mode: str) -> ImageError:
+    return ImageError(f"{mode} image with 16-bit or float samples: aecodec codes 8-bit images (convert it to 8 bits first)")
 
 
 def normalize(image: Image.Image) -> tuple[Image.Image, str]:
@@ -287,8 +339,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    """Encode an image as PNG in memory (so it can be written atomically)."""
-    return image_bytes(image, "PNG")

@@ -9,7 +9,9 @@
 
 Opening is lazy, as in Pillow's own plugins (``WebPImagePlugin`` and friends): ``_open`` parses
 the header and the metadata stream, and the pixels are decoded by a Python decoder on ``load()``.
-The whole file is checked (CRC, streams) when it is decoded.
+The whole file is checked (CRC, streams, no bytes after its end) when it is decoded, or by
+``verify()`` without decoding. Saving turns the image as its EXIF orientation says (the tag
+reset), as ``aecodec compress`` does, and codes the current frame of an animation.
 """
 
 from __future__ import annotations
@@ -47,6 +49,17 @@ class AecImageFile(ImageFile.ImageFile):
         self.info.update(info)
         self.tile = [ImageFile._Tile("aec", (0, 0, *self.size), 0, None)]
 
+    def verify(self) -> None:
+        """Check the whole file (checksum, stream lengths) without decoding it: no torch loads."""
+        if self.fp is None:
+            raise RuntimeError("verify must be called directly after open")
+        self.fp.seek(0)
+        try:
+            bitstream.unpack(self.fp.read())
+        except AecodecError as e:
+            raise SyntaxError(f"broken .aec file ({e})") from None
+        super().verify()
+
 
 class AecDecoder(ImageFile.PyDecoder):
     """Decodes the whole file at once (the codec's own tiles keep memory bounded)."""
@@ -67,9 +80,10 @@ class AecDecoder(ImageFile.PyDecoder):
 
 def _save(im: Image.Image, fp, filename: str | bytes) -> None:
     from .api import DEFAULT_QUALITY, compress
+    from .imageio import ImageError
 
     quality = im.encoderinfo.get("quality")  # checked by compress as in the API: 60.7 is refused, not cut to 60
-    image = im.copy()
+    image = im.copy()  # the current frame
     for key in ("icc_profile", "exif"):  # as Pillow's plugins: the argument, else im.info
         value = im.encoderinfo.get(key, im.info.get(key))
         if isinstance(value, Image.Exif):
@@ -78,7 +92,11 @@ def _save(im: Image.Image, fp, filename: str | bytes) -> None:
             image.info[key] = value
         else:
             image.info.pop(key, None)
-    fp.write(compress(image, DEFAULT_QUALITY if quality is None else quality))
+    try:
+        data = compress(image, DEFAULT_QUALITY if quality is None else quality)
+    except ImageError as e:  # as Pillow's writers say "cannot write mode I;16 as JPEG"
+        raise OSError(f"cannot write mode {im.mode} as {FORMAT}: {e}") from None
+    fp.write(data)
 
 
 Image.register_open(FORMAT, AecImageFile, _accept)

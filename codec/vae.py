@@ -10,10 +10,10 @@ Module and parameter names follow diffusers' ``AutoencoderKL`` exactly (without 
 attention, which is quadratic in image size), so ``export_diffusers`` writes a folder that
 ``diffusers.AutoencoderKL.from_pretrained`` loads as is.
 
-As a codec, the scaled latent is divided by a quantisation step, rounded, and rANS-coded with
-CompressAI's ``EntropyBottleneck`` (a learned, factorised prior: one per anchor step, fitted on
-training latents). Its CDF tables are fixed in the weights and depend on nothing decoded, so
-encoder and decoder always agree.
+As a codec, the scaled latent is divided by a quantisation step, rounded, and ANS-coded
+(``codec/entropy.py``) with the CDF tables of CompressAI's ``EntropyBottleneck`` (a learned,
+factorised prior: one per anchor step, fitted on training latents). The tables are fixed in the
+weights and depend on nothing decoded, so encoder and decoder always agree.
 """
 
 from __future__ import annotations

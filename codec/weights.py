@@ -85,13 +85,23 @@ def save_weights(model: Model, path: str | Path, info: dict | None = None) -> st
         tensors[name] = t.contiguous()
     meta = {"format": FORMAT, "model": model.NAME, "config": json.dumps(model.config.to_dict())}
     meta["info"] = json.dumps(info or {})
-    data = st_save(tensors, metadata=meta)
+    data = safetensors_bytes(tensors, meta)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
     return hashlib.sha256(data).hexdigest()
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors' bytes with the header's keys sorted. safetensors writes the metadata in a
+    different order on each call, so equal tensors would make different files (and hashes)."""
+    data = st_save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the tensors start 8-byte aligned, as safetensors pads
+    return len(header).to_bytes(8, "little") + header + data[8 + n :]
 
 
 def _unpack(tensors: dict[str, torch.Tensor], model: Model) -> dict[str, torch.Tensor]:
@@ -148,10 +158,10 @@ def read_metadata(data: bytes, max_header: int | None = None, max_depth: int | N
     if len(data) < 8:
         raise ValueError("too short for a safetensors header")
     n = int.from_bytes(data[:8], "little")
+    if max_header is not None and n > max_header:  # first: a caller may pass only the first max_header bytes
+        raise ValueError(f"safetensors header of {n} bytes is too large (at most {max_header})")
     if n > len(data) - 8:  # what any other file's first 8 bytes say
         raise ValueError("not a safetensors file, or truncated (its header runs past the end)")
-    if max_header is not None and n > max_header:
-        raise ValueError(f"safetensors header of {n} bytes is too large (at most {max_header})")
     text = data[8 : 8 + n]
     if max_depth is not None and _json_depth(text) > max_depth:
         raise ValueError(f"safetensors header nests deeper than {max_depth}")

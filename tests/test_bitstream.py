@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
 import pytest
+from PIL import Image, UnidentifiedImageError
 
 from codec import bitstream
 from codec.api import CodecError
@@ -91,6 +93,23 @@ def test_corrupt_alpha_stream_is_refused():
         bitstream.unpack_alpha(b"not zlib", 4, 4)
     with pytest.raises(FormatError, match="alpha"):
         bitstream.unpack_alpha(bitstream.pack_alpha(b"\0" * 15), 4, 4)
+    with pytest.raises(FormatError, match="alpha"):  # bytes after the end of the deflate stream
+        bitstream.unpack_alpha(bitstream.pack_alpha(b"\0" * 16) + b"junk", 4, 4)
+
+
+def test_a_metadata_stream_over_the_limit_is_refused_from_the_header(codec):
+    """Pillow's plugin reads the metadata when it opens a file: a 62-byte file must not make it
+    allocate the 4 GB its length table claims."""
+    image = make_image(16, 16)
+    image.info["icc_profile"] = b"an ICC profile"
+    data = codec.compress(image, 40)
+    header, offset = bitstream.parse_header(data)
+    body = bytearray(data[:offset])
+    struct.pack_into(">I", body, offset - 4, 0xFFFFFFFF)  # the last stream's length: the metadata's
+    with pytest.raises(FormatError, match="metadata stream \\(too large\\)"):
+        bitstream.parse_header(bytes(body))
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(bytes(body)))
 
 
 def test_other_weights_are_refused(codec, good):

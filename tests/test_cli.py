@@ -310,7 +310,7 @@ def test_sizes_and_alpha_a_model_cannot_take_are_refused_from_the_header(folder,
     assert capsys.readouterr().err.strip().splitlines() == [
         "aecodec: error: wide.png: image 70000x1 is too large (the format holds sides up to 65535 pixels, "
         "67,108,864 pixels in all)",
-        "aecodec: error: rgba.png: the VAE keeps no alpha channel: convert the image to RGB first"]
+        "aecodec: error: rgba.png: latent files hold no alpha channel: convert the image to RGB first"]
     assert not Path("wide.aec").exists() and not Path("rgba.safetensors").exists()
 
 
@@ -328,7 +328,7 @@ def test_decoders_refuse_from_the_header_before_the_model_loads(folder, capsys, 
     assert main(["compress", "a.png", "--weights", "no-such.safetensors", "-o", "w.aec"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         "aecodec: error: a.aec: image 50x30 (1500 pixels) is over the decoding limit of 100 pixels "
-        "(raise it with --max-pixels, or max_pixels= in the API)",
+        "(raise it with --max-pixels, Codec(max_pixels=) or codec.api.MAX_DECODE_PIXELS)",
         "aecodec: error: notes.txt: not an aecodec latent file (written by aecodec vae encode)",
         "aecodec: error: a.png: not an aecodec latent file (written by aecodec vae encode)",
         "aecodec: error: a.aec: is an .aec file (decode it with aecodec decompress)",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from codec import cli  # importing the package registers the Pillow plugin
+from codec import api, cli  # importing the package registers the Pillow plugin
 from codec.api import Codec, read_header
 from codec.cli import main
 from conftest import make_image, psnr
@@ -76,10 +76,52 @@ def test_errors_are_the_ones_pillow_users_catch(codec, tmp_path):
         codec.compress("photo.png")
     with pytest.raises(TypeError, match="expected the bytes of a file, got PosixPath"):
         codec.decompress(tmp_path / "cut.aec")
+    with pytest.raises(TypeError, match="expected the bytes of a file, got str"):
+        api.decompress("photo.aec")
+    with pytest.raises(ValueError, match="max_pixels must be a number of pixels above 0"):
+        Codec(max_pixels=0)
+    with pytest.raises(ValueError, match="max_bytes must be a whole number of bytes above 0"):
+        codec.compress_to(make_image(8, 8), max_bytes=-5)
+    assert read_header(codec.compress(make_image(8, 8), np.int64(60))).quality == 60  # numpy's integers are integers
     with pytest.raises(ValueError, match="image 0x0 has no pixels"):
         codec.compress(Image.new("RGB", (0, 0)))
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         Codec(device="tpu")
+
+
+def test_pillow_verify_checks_the_whole_file_without_decoding_it(codec, tmp_path):
+    data = codec.compress(make_image(40, 24), 60)
+    (tmp_path / "ok.aec").write_bytes(data)
+    Image.open(tmp_path / "ok.aec").verify()
+    damaged = bytearray(data)
+    damaged[-10] ^= 0xFF  # in the last stream: the header still parses, so opening works
+    (tmp_path / "bad.aec").write_bytes(bytes(damaged))
+    with pytest.raises(SyntaxError, match="checksum mismatch"):
+        Image.open(tmp_path / "bad.aec").verify()
+
+
+def test_an_animation_is_refused_by_the_api_and_saved_as_its_current_frame_by_pillow(codec, tmp_path):
+    frames = [Image.new("RGB", (16, 16), (i * 100, 0, 0)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    anim = Image.open(tmp_path / "anim.gif")
+    with pytest.raises(ValueError, match="image has 3 frames"):
+        codec.compress(anim)
+    anim.seek(1)
+    anim.save(tmp_path / "frame1.aec", quality=90)  # as Pillow's JPEG writer does
+    red = np.asarray(Image.open(tmp_path / "frame1.aec").convert("RGB"))[..., 0]
+    assert abs(red.mean() - 100) < 10
+
+
+def test_pillow_save_of_a_mode_aecodec_cannot_code_is_an_oserror(tmp_path):
+    with pytest.raises(OSError, match="cannot write mode I;16 as AEC"):
+        Image.new("I;16", (8, 8)).save(tmp_path / "deep.aec")
+
+
+def test_an_exif_block_pillow_cannot_parse_does_not_stop_coding(folder, codec):
+    make_image(16, 16).save("odd.png", exif=b"not-a-tiff-block")
+    back = codec.decompress(codec.compress(Image.open("odd.png"), 50))  # coded as it is, the block kept
+    assert back.size == (16, 16) and back.info["exif"].endswith(b"not-a-tiff-block")
+    assert main(["compress", "odd.png", "--quiet"]) == 0
 
 
 # --- metadata through the command line ---
@@ -108,11 +150,39 @@ def test_api_applies_exif_orientation(codec):
 
 def test_16_bit_and_animated_inputs_are_refused(folder, capsys):
     Image.new("I;16", (8, 8), 1000).save("deep.png")
+    Path("deep.ppm").write_bytes(b"P6 4 4 65535\n" + bytes(4 * 4 * 6))  # Pillow opens it as 8-bit RGB
     frames = [Image.new("RGB", (8, 8), (i * 50, 0, 0)) for i in range(3)]
     frames[0].save("anim.gif", save_all=True, append_images=frames[1:])
-    assert main(["compress", "deep.png", "anim.gif"]) == 1
-    err = capsys.readouterr().err
-    assert "16-bit" in err and "3 frames" in err
+    assert main(["compress", "deep.png", "deep.ppm", "anim.gif"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["aecodec: error: deep.png: I;16 image with 16-bit or float samples: aecodec codes 8-bit images "
+                   "(convert it to 8 bits first)",
+                   "aecodec: error: deep.ppm: RGB image with 16-bit or float samples: aecodec codes 8-bit images "
+                   "(convert it to 8 bits first)",
+                   "aecodec: error: anim.gif: image has 3 frames: aecodec codes still images (extract one first)"]
+
+
+def test_encoders_refuse_an_image_extension_as_their_output(folder, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["vae", "encode", "a.png", "-o", "out.png"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("-o out.png: vae encode writes latent .safetensors files, not .png")
+    assert not Path("out.png").exists()
+
+
+def test_compress_to_a_psnr_decodes_its_own_files_of_any_size(codec, monkeypatch):
+    monkeypatch.setattr(api, "MAX_DECODE_PIXELS", 100)  # a program's own limit is for files from outside
+    data, quality = codec.compress_to(make_image(24, 16), min_psnr=25)
+    assert read_header(data).quality == quality
+
+
+def test_metadata_over_the_format_limit_is_an_aecodec_error(codec):
+    from codec import AecodecError
+
+    image = make_image(8, 8)
+    image.info["icc_profile"] = bytes(16 << 20)
+    with pytest.raises(AecodecError, match="over the limit .*strip=True"):
+        codec.compress(image, 50)
 
 
 # --- pipes and paths ---

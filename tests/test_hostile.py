@@ -157,6 +157,64 @@ def test_deeply_nested_latent_header(vae_codec):
         vae_codec.decode_latent(len(huge).to_bytes(8, "little") + huge)
 
 
+def test_latent_header_with_an_infinite_width(vae_codec):
+    header = b'{"__metadata__": {"format": "aecodec-latent-1", "width": Infinity, "height": 8, "mode": "RGB"}}'
+    with pytest.raises(FormatError, match="not an aecodec latent file"):
+        vae_codec.decode_latent(len(header).to_bytes(8, "little") + header)
+
+
+def test_vae_decode_names_a_header_too_large_from_its_first_bytes(tmp_path, capsys, monkeypatch):
+    huge = b'{"__metadata__": {"format": "aecodec-latent-1", "pad": "' + b"x" * 100_000 + b'"}}'
+    (tmp_path / "huge.safetensors").write_bytes(len(huge).to_bytes(8, "little") + huge)
+    monkeypatch.chdir(tmp_path)
+    assert main(["vae", "decode", "huge.safetensors"]) == 1
+    assert "too large (at most 65536)" in capsys.readouterr().err
+
+
+def test_endless_inputs_are_read_up_to_a_bound(monkeypatch):
+    from codec import imageio
+
+    monkeypatch.setattr(imageio, "MAX_INPUT_BYTES", 4096)
+    with pytest.raises(imageio.ImageError, match="too large \\(over 4,096 bytes"):
+        imageio.read_bytes("/dev/zero")
+    with pytest.raises(imageio.ImageError, match="too large"):
+        imageio.read_image("/dev/zero")
+
+
+def test_a_tiff_whose_second_directory_is_broken_is_one_error(tmp_path, codec):
+    import io
+    import struct
+
+    from PIL import Image
+
+    from codec.imageio import ImageError, check_image
+
+    b = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(b, "TIFF")
+    d = bytearray(b.getvalue())
+    ifd = struct.unpack_from("<I", d, 4)[0]
+    struct.pack_into("<I", d, ifd + 2 + 12 * struct.unpack_from("<H", d, ifd)[0], len(d))  # next directory
+    d += struct.pack("<HHHIII", 1, 0x0103, 3, 1, 1, 0)  # ... one without width or height: Pillow's TypeError
+    (tmp_path / "bad.tif").write_bytes(bytes(d))
+    with pytest.raises(ImageError, match="cannot decode image"):
+        check_image(tmp_path / "bad.tif")
+    with pytest.raises(ImageError, match="cannot decode image"):
+        codec.compress(Image.open(tmp_path / "bad.tif"))
+
+
+def test_the_plain_kernel_switch_is_counted_across_threads():
+    from codec.exact import plain_cpu_kernels
+
+    before = torch.backends.mkldnn.enabled
+    first, second = plain_cpu_kernels(), plain_cpu_kernels()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # one thread done, the other still decoding
+    assert torch.backends.mkldnn.enabled is False
+    second.__exit__(None, None, None)
+    assert torch.backends.mkldnn.enabled == before
+
+
 def test_latent_of_more_pixels_than_the_format_allows(vae_codec):
     """65535x1025 is above the 2^26-pixel limit that encoding enforces: refused on decoding too."""
     meta = read_metadata(vae_codec.encode_latent(make_image(16, 16)))
@@ -222,7 +280,7 @@ def test_vae_tiles_are_deterministic_and_seamless(vae_codec, monkeypatch):
     monkeypatch.setattr(vae_codec.model, "TILE", 64)
     monkeypatch.setattr(vae_codec.model, "OVERLAP", 32)
     latent = vae_codec.encode_latent(image)
-    assert torch.equal(st_load(latent)["latent"], st_load(vae_codec.encode_latent(image))["latent"])
+    assert latent == vae_codec.encode_latent(image)  # the same bytes: safetensors' header is written sorted
     tiled = vae_codec.decode_latent(latent)
     assert np.array_equal(np.asarray(tiled), np.asarray(vae_codec.decode_latent(latent)))
     assert psnr(one_pass, tiled) > 25  # GroupNorm sees tiles, not the image: close, not equal

@@ -6,6 +6,7 @@ session, so these tests exercise the real script and stay independent of the shi
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -84,6 +85,16 @@ def test_latent_round_trip(vae, size, mode):
     assert out.size == size and out.mode == mode
 
 
+def test_latent_files_apply_exif_orientation_as_compress_does(vae):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: a viewer shows it 16x24
+    buf = io.BytesIO()
+    make_image(24, 16).save(buf, "JPEG", exif=exif)
+    assert vae.decode_latent(vae.encode_latent(Image.open(buf))).size == (16, 24)
+
+
 def test_latent_file_is_checked(vae, tmp_path):
     data = vae.encode_latent(make_image(24, 16))
     with pytest.raises(FormatError):
@@ -93,6 +104,8 @@ def test_latent_file_is_checked(vae, tmp_path):
             vae.decode_latent(len(header).to_bytes(8, "little") + header)
     with pytest.raises(FormatError):  # a 24x16 image has a 3x2 latent, not 3x3
         vae.decode_latent(st_save({"latent": torch.zeros(1, 4, 3, 3)}, metadata=_meta(data)))
+    with pytest.raises(FormatError, match="float16, bfloat16, float32 or float64"):
+        vae.decode_latent(st_save({"latent": torch.zeros(1, 4, 2, 3, dtype=torch.float8_e4m3fn)}, metadata=_meta(data)))
     with pytest.raises(FormatError, match="NaN or infinite"):
         vae.decode_latent(st_save({"latent": torch.full((1, 4, 2, 3), math.nan)}, metadata=_meta(data)))
     with pytest.raises(CodecError, match="weights"):
