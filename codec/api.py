@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-import operator
+import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +31,7 @@ from safetensors.torch import load as st_load
 
 from . import AecodecError, bitstream, registry
 from .bitstream import FormatError, Header
-from .imageio import PILLOW_ERRORS, ImageError, merge, normalize, split, upright
+from .imageio import PILLOW_ERRORS, ImageError, frames, merge, normalize, split, upright
 from .registry import DEFAULT_MODEL
 from .weights import PAST_WEIGHTS, load_weights, read_metadata, safetensors_bytes
 
@@ -97,23 +97,24 @@ def _check_image(image: object) -> None:
         raise TypeError(f"expected a PIL image, got {type(image).__name__} "
                         "(open a file with PIL.Image.open, an array with PIL.Image.fromarray)")
     try:
-        frames = getattr(image, "n_frames", 1)  # a damaged TIFF's next directory raises here
+        count = frames(image)  # a damaged TIFF's next directory raises here
     except PILLOW_ERRORS as e:
         raise ImageError(f"cannot decode image ({e or type(e).__name__})") from None
-    if frames > 1:
-        raise CodecError(f"image has {frames} frames: aecodec codes still images "
+    if count > 1:
+        raise CodecError(f"image has {count} frames: aecodec codes still images "
                          "(pass one frame: image.seek(i); image.copy())")
 
 
+def _whole(x: object) -> bool:
+    """An integer, numpy's too; not a bool (True is no quality, no size) nor a float like 60.0."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def _check_quality(quality: object) -> int:
-    """An integer from 1 to 100 (numpy's integers too); 60.7 and True are refused, not cut."""
-    try:
-        q = operator.index(quality)
-    except TypeError:
-        q = None
-    if isinstance(quality, bool) or q is None or not 1 <= q <= 100:
+    """An integer from 1 to 100; 60.7 and True are refused, not cut."""
+    if not (_whole(quality) and 1 <= quality <= 100):
         raise CodecError(f"quality must be an integer from 1 to 100, got {quality!r} ({type(quality).__name__})")
-    return q
+    return int(quality)
 
 
 def _as_bytes(data: object) -> bytes:
@@ -135,8 +136,7 @@ class Codec:
         largest image this codec decodes (default ``MAX_DECODE_PIXELS`` as it is when decoding;
         None: the format's limit)."""
         self.device = resolve_device(device)
-        if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
-                                       or not (max_pixels == -1 or max_pixels > 0)):
+        if max_pixels is not None and not (_whole(max_pixels) and (max_pixels == -1 or max_pixels > 0)):
             raise CodecError(f"max_pixels must be a number of pixels above 0, -1 (MAX_DECODE_PIXELS) "
                              f"or None (the format's limit), got {max_pixels!r}")
         self.max_pixels = max_pixels
@@ -185,7 +185,7 @@ class Codec:
         _check_image(image)
         if (max_bytes is None) == (min_psnr is None):
             raise CodecError("give exactly one of max_bytes and min_psnr")
-        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+        if max_bytes is not None and not (_whole(max_bytes) and max_bytes >= 1):
             raise CodecError(f"max_bytes must be a whole number of bytes above 0, got {max_bytes!r}")
         if min_psnr is not None and not (isinstance(min_psnr, (int, float)) and 0 < min_psnr < math.inf):
             raise CodecError(f"min_psnr must be a finite number of dB above 0, got {min_psnr!r}")

@@ -55,6 +55,7 @@ def upright(image: Image.Image) -> Image.Image:
     """``image`` turned as its EXIF orientation says (the tag then reset), as a viewer shows it.
     An EXIF block Pillow cannot parse leaves the image as it is, the block kept as it came:
     Pillow's WebP and JPEG writers save such an image too, rather than refusing it."""
+    image.load()  # first, outside the try: damaged pixels are an error, not an EXIF problem
     try:
         return ImageOps.exif_transpose(image)
     except PILLOW_ERRORS:
@@ -85,7 +86,7 @@ def _opened(path: str | Path) -> Iterator[Image.Image]:
             # refuses such an image anyway, in one line (api.check_codable)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as im:
-                if getattr(im, "n_frames", 1) > 1:
+                if frames(im) > 1:
                     raise ImageError(f"image has {im.n_frames} frames: aecodec codes still images (extract one first)")
                 if _deep_samples(im):  # 16-bit RGB: Pillow opens it as 8-bit RGB
                     raise _too_deep(im.mode)
@@ -102,6 +103,12 @@ def _opened(path: str | Path) -> Iterator[Image.Image]:
         raise ImageError(f"image too large ({e})") from None
     except PILLOW_ERRORS as e:
         raise ImageError(f"cannot decode image ({e or type(e).__name__})") from None
+
+
+def frames(image: Image.Image) -> int:
+    """How many images ``image`` holds; a phone's JPEG with a preview or depth image beside the
+    photo (MPO) counts as one, the photo (Pillow opens it at that frame)."""
+    return 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
 
 
 def read_bytes(path: str | Path) -> bytes:

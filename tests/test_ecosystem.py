@@ -14,6 +14,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from codec import api, cli  # importing the package registers the Pillow plugin
+from codec import pillow_plugin as codec_plugin
 from codec.api import Codec, read_header
 from codec.cli import main
 from conftest import make_image, psnr
@@ -83,14 +84,21 @@ def test_errors_are_the_ones_pillow_users_catch(codec, tmp_path):
     with pytest.raises(ValueError, match="max_bytes must be a whole number of bytes above 0"):
         codec.compress_to(make_image(8, 8), max_bytes=-5)
     assert read_header(codec.compress(make_image(8, 8), np.int64(60))).quality == 60  # numpy's integers are integers
+    with pytest.raises(ValueError, match="quality must be an integer"):
+        codec.compress(make_image(8, 8), np.True_)
     with pytest.raises(ValueError, match="image 0x0 has no pixels"):
         codec.compress(Image.new("RGB", (0, 0)))
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         Codec(device="tpu")
 
 
-def test_pillow_verify_checks_the_whole_file_without_decoding_it(codec, tmp_path):
+def test_pillow_verify_checks_the_whole_file_without_decoding_it(codec, tmp_path, monkeypatch):
     data = codec.compress(make_image(40, 24), 60)
+
+    def no_decoding(*args):
+        raise AssertionError("verify decoded the file")
+
+    monkeypatch.setattr(codec_plugin.AecDecoder, "decode", no_decoding)
     (tmp_path / "ok.aec").write_bytes(data)
     Image.open(tmp_path / "ok.aec").verify()
     damaged = bytearray(data)
@@ -115,6 +123,25 @@ def test_an_animation_is_refused_by_the_api_and_saved_as_its_current_frame_by_pi
 def test_pillow_save_of_a_mode_aecodec_cannot_code_is_an_oserror(tmp_path):
     with pytest.raises(OSError, match="cannot write mode I;16 as AEC"):
         Image.new("I;16", (8, 8)).save(tmp_path / "deep.aec")
+
+
+def test_damaged_pixels_are_an_error_not_an_exif_problem(codec):
+    buf = io.BytesIO()
+    make_image(64, 48).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[data.find(b"IDAT") + 40] ^= 0xFF  # inside the deflate stream
+    with pytest.raises(OSError, match="broken data stream"):
+        codec.compress(Image.open(io.BytesIO(bytes(data))), 50)
+
+
+def test_a_phone_jpeg_with_a_preview_beside_the_photo_is_coded_as_the_photo(folder, codec):
+    photo, preview = Image.new("RGB", (32, 16), (200, 0, 0)), Image.new("RGB", (8, 4), (0, 200, 0))
+    photo.save("phone.jpg", "MPO", save_all=True, append_images=[preview])
+    assert Image.open("phone.jpg").n_frames == 2  # what Pillow sees: two frames
+    assert main(["compress", "phone.jpg", "--quiet"]) == 0
+    back = Image.open("phone.aec").convert("RGB")
+    assert back.size == (32, 16) and abs(np.asarray(back)[..., 0].mean() - 200) < 10
+    assert codec.compress(Image.open("phone.jpg"), 50)
 
 
 def test_an_exif_block_pillow_cannot_parse_does_not_stop_coding(folder, codec):

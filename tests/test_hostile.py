@@ -206,12 +206,14 @@ def test_the_plain_kernel_switch_is_counted_across_threads():
     from codec.exact import plain_cpu_kernels
 
     before = torch.backends.mkldnn.enabled
-    first, second = plain_cpu_kernels(), plain_cpu_kernels()
+    first, second = plain_cpu_kernels(), plain_cpu_kernels()  # as two threads' decodes would overlap
     first.__enter__()
     second.__enter__()
-    first.__exit__(None, None, None)  # one thread done, the other still decoding
-    assert torch.backends.mkldnn.enabled is False
-    second.__exit__(None, None, None)
+    try:
+        first.__exit__(None, None, None)  # one done, the other still decoding
+        assert torch.backends.mkldnn.enabled is False
+    finally:
+        second.__exit__(None, None, None)
     assert torch.backends.mkldnn.enabled == before
 
 
