@@ -66,6 +66,7 @@ from .bench_report import (  # noqa: F401
     write_json,
     write_summary,
 )
+from .imageio import ImageError, read_image
 from .metrics import MSSSIM_MIN_SIDE, PSNR_CAP, ms_ssim_rgb, psnr  # noqa: F401 (re-exported)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
@@ -106,11 +107,11 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def load_rgb(path: Path, crop: int | None = None) -> Image.Image:
-    """Decode an image to RGB, optionally centre-cropped to at most crop x crop."""
+    """Decode an image to RGB as the CLI reads it (one 8-bit image, upright; Pillow's errors and
+    its decompression-bomb guard one line), optionally centre-cropped to at most crop x crop."""
     try:
-        with Image.open(path) as im:
-            image = im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:
+        image = read_image(path).convert("RGB")
+    except ImageError as e:
         raise BenchError(f"{path}: cannot read image ({e})") from None
     if crop is not None and (image.width > crop or image.height > crop):
         w, h = min(crop, image.width), min(crop, image.height)

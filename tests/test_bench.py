@@ -149,11 +149,19 @@ def test_register_adds_bench_subcommand(image_dir):
         (["{images}", "--codecs", "jpeg420,nosuch"], "unknown codec 'nosuch'"),
         (["{images}", "--qualities", "5,200"], "--qualities"),
         (["{images}", "--reference", "{missing}.json"], "cannot read reference"),
+        (["{damaged}", "--codecs", "jpeg420"], "damaged.png: cannot read image (cannot decode image"),
+        (["{deep}", "--codecs", "jpeg420"], "deep.png: cannot read image (I;16 image with 16-bit"),
     ],
 )
 def test_cli_errors_are_one_line(argv, message, image_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    subs = {"missing": str(tmp_path / "nope"), "empty": str(tmp_path / "empty"), "images": str(image_dir)}
+    for name in ("damaged", "deep"):
+        (tmp_path / name).mkdir()
+    png = (image_dir / "a.png").read_bytes()
+    (tmp_path / "damaged" / "damaged.png").write_bytes(png[: len(png) // 2])  # the PNG cut short
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(tmp_path / "deep" / "deep.png")  # 16-bit grey
+    subs = {"missing": str(tmp_path / "nope"), "empty": str(tmp_path / "empty"), "images": str(image_dir),
+            "damaged": str(tmp_path / "damaged"), "deep": str(tmp_path / "deep")}
     argv = [a.format(**subs) for a in argv] + ["--out", str(tmp_path / "out")]
     rc = bench.main(argv)
     err = capsys.readouterr().err.strip()
