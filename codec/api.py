@@ -187,7 +187,8 @@ class Codec:
             raise CodecError("give exactly one of max_bytes and min_psnr")
         if max_bytes is not None and not (_whole(max_bytes) and max_bytes >= 1):
             raise CodecError(f"max_bytes must be a whole number of bytes above 0, got {max_bytes!r}")
-        if min_psnr is not None and not (isinstance(min_psnr, (int, float)) and 0 < min_psnr < math.inf):
+        if min_psnr is not None and not (isinstance(min_psnr, numbers.Real) and not isinstance(min_psnr, bool)
+                                         and 0 < min_psnr < math.inf):  # True is not 1 dB
             raise CodecError(f"min_psnr must be a finite number of dB above 0, got {min_psnr!r}")
         image = upright(image)
         rgb = image.convert("RGB")

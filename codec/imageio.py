@@ -86,8 +86,8 @@ def _opened(path: str | Path) -> Iterator[Image.Image]:
             # refuses such an image anyway, in one line (api.check_codable)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as im:
-                if frames(im) > 1:
-                    raise ImageError(f"image has {im.n_frames} frames: aecodec codes still images (extract one first)")
+                if (n := frames(im)) > 1:
+                    raise ImageError(f"image has {n} frames: aecodec codes still images (extract one first)")
                 if _deep_samples(im):  # 16-bit RGB: Pillow opens it as 8-bit RGB
                     raise _too_deep(im.mode)
                 yield im

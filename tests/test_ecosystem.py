@@ -83,6 +83,8 @@ def test_errors_are_the_ones_pillow_users_catch(codec, tmp_path):
         Codec(max_pixels=0)
     with pytest.raises(ValueError, match="max_bytes must be a whole number of bytes above 0"):
         codec.compress_to(make_image(8, 8), max_bytes=-5)
+    with pytest.raises(ValueError, match="min_psnr must be a finite number of dB above 0, got True"):
+        codec.compress_to(make_image(8, 8), min_psnr=True)
     assert read_header(codec.compress(make_image(8, 8), np.int64(60))).quality == 60  # numpy's integers are integers
     with pytest.raises(ValueError, match="quality must be an integer"):
         codec.compress(make_image(8, 8), np.True_)
