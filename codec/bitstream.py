@@ -87,13 +87,19 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     return header, streams
 
 
-def parse_header(data: bytes) -> tuple[Header, int]:
-    """Validate the header and the stream-length table at the start of ``data`` (the rest of the
-    file may be absent: Pillow's plugin opens lazily); returns it and where the streams start."""
+def check_magic(data: bytes) -> None:
+    """Whether ``data`` starts as an .aec file does: asked of a file's first bytes before the
+    rest is read (``aecodec info /dev/zero`` says so at once)."""
     if not data:
         raise FormatError("empty file, not an .aec file")
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         raise FormatError("not an .aec file (wrong magic bytes)")
+
+
+def parse_header(data: bytes) -> tuple[Header, int]:
+    """Validate the header and the stream-length table at the start of ``data`` (the rest of the
+    file may be absent: Pillow's plugin opens lazily); returns it and where the streams start."""
+    check_magic(data)
     if len(data) < _FIXED.size:
         raise FormatError("truncated file (header incomplete)")
     magic, version, model_id, weights_id, quality, mode_id, flags, w, h, n = _FIXED.unpack_from(data)

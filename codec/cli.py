@@ -303,13 +303,13 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     if not pairs:
         return 1
     from .api import check_decode_size
-    from .bitstream import unpack
+    from .bitstream import check_magic, unpack
     from .imageio import check_writable, dropped_metadata, image_bytes, read_bytes, write_output
 
     codecs: dict = {}  # model name -> Codec: each file names the model that wrote it
 
     def work(src: str, dst: str) -> None:
-        data = read_bytes(src)
+        data = read_bytes(src, check_magic)
         header = unpack(data)[0]
         check_writable(dst, header.mode)  # from the header: before the model loads or anything decodes
         check_decode_size(header.width, header.height, _max_pixels(args))
@@ -327,11 +327,11 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     # the container alone: no torch, answers at once
-    from .bitstream import unpack, unpack_metadata
+    from .bitstream import check_magic, unpack, unpack_metadata
     from .imageio import METADATA, read_bytes
 
     def work(src: str, _dst: None) -> None:
-        data = read_bytes(src)
+        data = read_bytes(src, check_magic)
         h, streams = unpack(data)
         px = h.width * h.height
         print(f"{src}:")

@@ -15,7 +15,7 @@ import struct
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,15 +111,16 @@ def frames(image: Image.Image) -> int:
     return 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """A file, device, pipe or "-" (standard input), read up to ``MAX_INPUT_BYTES``."""
-    if str(path) == "-":
-        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
-    else:
-        if Path(path).is_dir():
-            raise IsADirectoryError(21, "is a folder, not a file")
-        with open(path, "rb") as f:
-            data = f.read(MAX_INPUT_BYTES + 1)
+def read_bytes(path: str | Path, check: Callable[[bytes], None] | None = None) -> bytes:
+    """A file, device, pipe or "-" (standard input), read up to ``MAX_INPUT_BYTES``; ``check``
+    is asked of the first 16 bytes before the rest is read (an .aec file's magic)."""
+    if Path(path).is_dir() and str(path) != "-":
+        raise IsADirectoryError(21, "is a folder, not a file")
+    with (contextlib.nullcontext(sys.stdin.buffer) if str(path) == "-" else open(path, "rb")) as f:
+        data = f.read(16)
+        if check is not None:
+            check(data)
+        data += f.read(MAX_INPUT_BYTES + 1 - len(data))
     if len(data) > MAX_INPUT_BYTES:
         raise ImageError(f"too large (over {MAX_INPUT_BYTES:,} bytes: more than any file aecodec reads)")
     return data
@@ -233,7 +234,13 @@ def image_bytes(image: Image.Image, fmt: str) -> bytes:
     if fmt in WITH_METADATA:
         options.update({k: image.info[k] for k in METADATA if image.info.get(k)})
     buf = io.BytesIO()
-    image.save(buf, format=fmt, **options)
+    try:
+        image.save(buf, format=fmt, **options)
+    except SyntaxError as e:  # Pillow's TIFF writer parses the EXIF as TIFF; other formats copy it
+        raise ImageError(f"cannot write {fmt}: the image's EXIF is not valid ({e}); "
+                         f"write .png, .jpg or .webp, which carry it as it is") from None
+    except ValueError as e:  # "EXIF data is too long" (JPEG holds 64 KB in one segment)
+        raise ImageError(f"cannot write {fmt}: {e}") from None
     return buf.getvalue()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from .registry import DEFAULT_MODEL
 FORMAT = "aecodec-weights-1"
 INT8_SCALE = ".int8_scale"  # key suffix: per-output-channel scale of an int8-stored weight
 CDF = "._quantized_cdf"  # CompressAI's CDF table: rows zero-padded to the longest, lengths in ._cdf_length
+MAX_WEIGHTS_BYTES = 2**30  # read whole into memory: the shipped files are 7.5 and 19.4 MB
 MAX_CDF_ENTRIES = 2**23  # of all padded CDF tables of a file together (shipped: 128 x 77 + 64 x 3133)
 
 # Weights that earlier releases shipped (the 8-byte id every .aec header holds), so that a file
@@ -205,6 +207,19 @@ def default_weights(model: str = DEFAULT_MODEL) -> Path:
     return weights_dir() / entry.weights_file
 
 
+def _read_capped(path: Path) -> bytes:
+    """A weights file's bytes, refusing what is not a regular file (/dev/zero, a pipe) or is
+    larger than any weights file we make, before reading it whole."""
+    with open(path, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise WeightsError(f"{path} is not a regular file")
+        if info.st_size > MAX_WEIGHTS_BYTES:
+            raise WeightsError(f"{path} is {info.st_size:,} bytes, larger than any weights file "
+                               f"(at most {MAX_WEIGHTS_BYTES:,})")
+        return f.read(MAX_WEIGHTS_BYTES + 1)
+
+
 def load_weights(path: str | Path | None = None, model: str | None = None) -> tuple[Model, str]:
     """Load a model for coding (eval mode, CPU) and the SHA-256 of its file. The file's metadata
     says which model it holds; ``model`` asks for that one or for a model it contains (the
@@ -213,7 +228,7 @@ def load_weights(path: str | Path | None = None, model: str | None = None) -> tu
         raise WeightsError(f"unknown model {model!r} (known: {', '.join(registry.MODELS)})")
     path = Path(path) if path else default_weights(model or DEFAULT_MODEL)
     try:
-        data = path.read_bytes()
+        data = _read_capped(path)
         meta = read_metadata(data, max_depth=64)
         if meta.get("format") != FORMAT:
             raise WeightsError(f"{path} is not an aecodec weights file")

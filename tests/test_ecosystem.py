@@ -151,6 +151,9 @@ def test_an_exif_block_pillow_cannot_parse_does_not_stop_coding(folder, codec):
     back = codec.decompress(codec.compress(Image.open("odd.png"), 50))  # coded as it is, the block kept
     assert back.size == (16, 16) and back.info["exif"].endswith(b"not-a-tiff-block")
     assert main(["compress", "odd.png", "--quiet"]) == 0
+    assert main(["decompress", "odd.aec", "-o", "odd.jpg", "--quiet"]) == 0  # JPEG copies it
+    assert main(["decompress", "odd.aec", "-o", "odd.tif", "--quiet"]) == 1  # TIFF must parse it: one line
+    assert not Path("odd.tif").exists()
 
 
 # --- metadata through the command line ---

@@ -305,3 +305,14 @@ def test_vae_does_not_depend_on_the_thread_count(vae_codec, size):
 
 def test_default_limit_is_documented_in_the_api():
     assert api.MAX_DECODE_PIXELS == 50_000_000 <= bitstream.MAX_PIXELS
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_an_endless_device_is_refused_from_its_first_bytes():
+    """`aecodec info /dev/zero` once read 512 MB before saying it was too large; the magic is
+    asked of the first bytes."""
+    from codec.imageio import read_bytes
+
+    with pytest.raises(FormatError, match="not an .aec file"):
+        read_bytes("/dev/zero", bitstream.check_magic)
+    assert main(["info", "/dev/zero"]) == 1

@@ -4,12 +4,14 @@ without padding), and that a file whose tensors do not fit together is refused i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from codec import weights
 from codec.ccmodel import CCConfig, ChannelConditional
 from codec.exact import integer_scales
 from codec.weights import WeightsError, load_weights, read_metadata, save_weights
@@ -159,3 +161,17 @@ def test_damaged_headers_load_or_fail_with_a_weights_error(small, tmp_path):
         except WeightsError:
             refused += 1
     assert refused > 50  # most damage is seen
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_a_device_is_refused_before_it_is_read():
+    """--weights /dev/zero once read until memory ran out; now it is not read at all."""
+    with pytest.raises(WeightsError, match="not a regular file"):
+        load_weights("/dev/zero")
+
+
+def test_a_file_larger_than_any_weights_is_refused_unread(small, tmp_path, monkeypatch):
+    _, path = small
+    monkeypatch.setattr(weights, "MAX_WEIGHTS_BYTES", path.stat().st_size - 1)
+    with pytest.raises(WeightsError, match="larger than any weights file"):
+        load_weights(path)
