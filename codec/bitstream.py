@@ -155,6 +155,8 @@ def unpack_metadata(stream: bytes) -> dict:
     """Inverse of :func:`pack_metadata`, as an ``im.info`` update; refuses anything malformed."""
     if len(stream) > MAX_METADATA:
         raise FormatError("corrupted metadata stream (too large)")
+    if not stream:  # the writer sets the flag only when it has something to keep
+        raise FormatError("corrupted metadata stream (empty)")
     info, pos = {}, 0
     while pos < len(stream):
         if pos + 8 > len(stream):

@@ -112,6 +112,17 @@ def test_a_metadata_stream_over_the_limit_is_refused_from_the_header(codec):
         Image.open(io.BytesIO(bytes(body)))
 
 
+def test_metadata_streams_round_trip_and_malformed_ones_are_refused():
+    info = {"icc_profile": b"profile", "exif": b"Exif\0\0II*\0"}
+    assert bitstream.unpack_metadata(bitstream.pack_metadata(info)) == info
+    with pytest.raises(FormatError, match="empty"):  # the flag with nothing behind it: never written
+        bitstream.unpack_metadata(b"")
+    with pytest.raises(FormatError, match="truncated"):
+        bitstream.unpack_metadata(bitstream.pack_metadata(info)[:-10] + b"\0")
+    with pytest.raises(FormatError, match="repeated"):
+        bitstream.unpack_metadata(bitstream.pack_metadata(info) * 2)
+
+
 def test_other_weights_are_refused(codec, good):
     body = bytearray(good[:-4])
     body[6:14] = b"\xff" * 8
