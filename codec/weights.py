@@ -46,6 +46,7 @@ PAST_WEIGHTS: dict[str, str] = {
     "cd551c7aaabed957": "aecodec 0.8.0",  # cc-hyperprior-gain, and the hyperprior inside it
     "855d16362f8f2b88": "aecodec 0.9.0",  # cc-hyperprior-gain, and the hyperprior inside it
     "0a4f82ef30e252f9": "aecodec 0.10.0",  # cc-hyperprior-gain, and the hyperprior inside it
+    "d02e906dc3d64a0d": "aecodec 0.11.0",  # cc-hyperprior-gain, and the hyperprior inside it
 }
 Model = torch.nn.Module  # a registered codec model (codec/registry.py)
 
