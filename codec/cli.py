@@ -303,15 +303,16 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     if not pairs:
         return 1
     from .api import check_decode_size
-    from .bitstream import check_magic, unpack
+    from .bitstream import check_magic, unpack, unpack_metadata
     from .imageio import check_writable, dropped_metadata, image_bytes, read_bytes, write_output
 
     codecs: dict = {}  # model name -> Codec: each file names the model that wrote it
 
     def work(src: str, dst: str) -> None:
         data = read_bytes(src, check_magic)
-        header = unpack(data)[0]
-        check_writable(dst, header.mode)  # from the header: before the model loads or anything decodes
+        header, streams = unpack(data)
+        metadata = unpack_metadata(streams[-1]) if header.metadata else {}
+        check_writable(dst, header.mode, metadata)  # from the header: before the model loads or anything decodes
         check_decode_size(header.width, header.height, _max_pixels(args))
         if header.model not in codecs:
             codecs[header.model] = _codec(args, header.model)

@@ -215,14 +215,19 @@ def dropped_metadata(image: Image.Image, fmt: str) -> list[str]:
     return [] if fmt in WITH_METADATA else [name for key, name in METADATA.items() if image.info.get(key)]
 
 
-def check_writable(path: str | Path, mode: str) -> None:
-    """Whether an output path's format holds an image of ``mode`` without loss: asked before
-    decoding, from the .aec header, so a refusal comes at once and never after the work."""
+def check_writable(path: str | Path, mode: str, metadata: dict | None = None) -> None:
+    """Whether an output path's format holds an image of ``mode`` and its ``metadata`` (ICC
+    profile, EXIF) without loss: asked before decoding, from the .aec header and metadata
+    stream, so a refusal comes at once and never after the work."""
     fmt, suffix = output_format(path), Path(path).suffix.lower()
     if mode in ("LA", "RGBA") and fmt in NO_ALPHA:
         raise ImageError(f"{mode} image: {suffix} holds no alpha channel (write .png, .webp or .tif)")
     if suffix == ".pgm" and mode != "L":
         raise ImageError(f"{mode} image: .pgm holds grayscale only (write .ppm or .png)")
+    if metadata:  # Pillow's writer is the judge (JPEG's 64 KB EXIF, TIFF parsing it): a 1x1 image asks it
+        probe = Image.new(mode, (1, 1))
+        probe.info.update(metadata)
+        image_bytes(probe, fmt)
 
 
 def image_bytes(image: Image.Image, fmt: str) -> bytes:

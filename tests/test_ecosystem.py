@@ -16,7 +16,9 @@ from PIL import Image, ImageCms
 from codec import api, cli  # importing the package registers the Pillow plugin
 from codec import pillow_plugin as codec_plugin
 from codec.api import Codec, read_header
+from codec import AecodecError
 from codec.cli import main
+from codec.imageio import check_writable
 from conftest import make_image, psnr
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,6 +156,9 @@ def test_an_exif_block_pillow_cannot_parse_does_not_stop_coding(folder, codec):
     assert main(["decompress", "odd.aec", "-o", "odd.jpg", "--quiet"]) == 0  # JPEG copies it
     assert main(["decompress", "odd.aec", "-o", "odd.tif", "--quiet"]) == 1  # TIFF must parse it: one line
     assert not Path("odd.tif").exists()
+    with pytest.raises(AecodecError, match="cannot write TIFF"):  # asked from the file, before any decoding
+        check_writable("odd.tif", "RGB", back.info)
+    check_writable("odd.webp", "RGB", back.info)
 
 
 # --- metadata through the command line ---
