@@ -467,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("-o", "--output", metavar="OUT",
                             help="output file (one input; - for standard output), or a folder (existing, or "
                             "ending in /)" + ("; the extension picks the format: .png (default), .tif, .bmp, "
-                                              ".ppm/.pgm losslessly, .jpg at quality 95 (4:4:4), .webp at quality 95"
+                                              ".ppm/.pgm losslessly, .jpg at quality 95 (4:4:4), .webp at quality 95; "
+                                              "PNG to - and to a device without one (/dev/null)"
                                               if decodes else ""))
             sp.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
             if verbose:

@@ -195,8 +195,9 @@ OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP
 
 
 def output_format(path: str | Path) -> str:
-    """The image format an output path asks for ("-": PNG on stdout)."""
-    if str(path) == "-":
+    """The image format an output path asks for: its extension's; PNG for "-" (standard
+    output) and for a device or pipe named without one (``-o /dev/null`` to time a decode)."""
+    if str(path) == "-" or (not Path(path).suffix and is_special(Path(path))):
         return "PNG"
     fmt = OUTPUT_FORMATS.get(Path(path).suffix.lower())
     if fmt is None:

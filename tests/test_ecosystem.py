@@ -254,6 +254,9 @@ def test_special_files_and_links_are_written_in_place(folder):
     os.symlink("real.aec", "link.aec")
     assert main(["compress", "a.png", "-o", "link.aec", "--force", "--quiet"]) == 0
     assert os.path.islink("link.aec") and (folder / "real.aec").read_bytes()[:4] == b"\x89AEC"
+    assert main(["decompress", "real.aec", "-o", "/dev/null", "--quiet"]) == 0  # PNG, as to "-": a decode timed
+    with pytest.raises(SystemExit):  # a regular file without an extension names no format
+        main(["decompress", "real.aec", "-o", "noext"])
 
 
 def test_trailing_slash_is_a_folder_and_extension_picks_the_format(folder):
