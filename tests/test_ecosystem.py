@@ -214,8 +214,6 @@ def test_compress_to_a_psnr_decodes_its_own_files_of_any_size(codec, monkeypatch
 
 
 def test_metadata_over_the_format_limit_is_an_aecodec_error(codec):
-    from codec import AecodecError
-
     image = make_image(8, 8)
     image.info["icc_profile"] = bytes(16 << 20)
     with pytest.raises(AecodecError, match="over the limit .*strip=True"):
