@@ -305,12 +305,13 @@ def fit(args: argparse.Namespace) -> None:
         from torch.nn.parallel import DistributedDataParallel
 
         # The quantiles follow their own aux loss, which depends on the (synchronised) weights
-        # alone, so every rank computes the same update: DDP leaves them out.
+        # alone, so every rank computes the same update: DDP leaves them out. So it does every
+        # buffer (CDF tables, fixed-point copies): each rank rebuilds them from the same weights,
+        # and with none left to sync, broadcast_buffers (deprecated in torch 2.14) is not passed.
         skip = [n for n, _ in model.named_parameters() if n.endswith(".quantiles")]
         skip += [n for n, _ in model.named_buffers()]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, skip)
-        net = DistributedDataParallel(model, broadcast_buffers=False,
-                                      find_unused_parameters=vae)  # the VAE's priors train at export
+        net = DistributedDataParallel(model, find_unused_parameters=vae)  # the VAE's priors train at export
     if args.compile:  # TorchInductor: 1.48x the steps per second on a 2-core Xeon (bf16), after ~2 min of compiling
         net = torch.compile(model if net is None else net)
     t0 = time.time() - elapsed
