@@ -33,7 +33,7 @@ from . import AecodecError, bitstream, registry
 from .bitstream import FormatError, Header
 from .imageio import PILLOW_ERRORS, ImageError, frames, merge, normalize, split, upright
 from .registry import DEFAULT_MODEL
-from .weights import PAST_WEIGHTS, load_weights, read_metadata, safetensors_bytes
+from .weights import load_weights, read_metadata, safetensors_bytes
 
 DEFAULT_QUALITY = 75
 LATENT_FORMAT = "aecodec-latent-1"
@@ -243,7 +243,7 @@ class Codec:
             raise CodecError(f"file was written by model {header.model}, but the loaded weights are "
                              f"model {self.model.NAME} (codec.api.decompress picks the model a file names)")
         if header.weights_id != self.weights_id:
-            wrote = PAST_WEIGHTS.get(header.weights_id.hex(), "the aecodec that wrote it")
+            wrote = registry.PAST_WEIGHTS.get(header.weights_id.hex(), "the aecodec that wrote it")
             raise CodecError(
                 f"file was written by other {header.model} weights ({header.weights_id.hex()}) than "
                 f"the loaded ones ({self.weights_id.hex()}): decode it with {wrote}"

@@ -47,6 +47,7 @@ from .bench_codecs import (  # noqa: F401 (the adapters, re-exported)
     VAE_QUICK,
     AeCodec,
     BenchError,
+    BenchUsageError,
     PillowCodec,
     cpu_name,
     describe_torch_device,
@@ -99,7 +100,8 @@ def measure(codec, image: Image.Image, original: np.ndarray, quality: int, name:
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name."""
     if not folder.is_dir():
-        raise BenchError(f"{folder}: no such directory")
+        raise BenchError(f"{folder}: " + ("not a directory (bench measures a folder of images)" if folder.exists()
+                                          else "no such directory"))
     paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise BenchError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -149,7 +151,7 @@ def _parse_codecs(text: str | None) -> list[str]:
     names = [n.strip().lower() for n in (text or ",".join(ALL_CODECS)).split(",") if n.strip()]
     for n in names:
         if n not in ALL_CODECS:
-            raise BenchError(f"unknown codec {n!r} (choose from {', '.join(ALL_CODECS)})")
+            raise BenchUsageError(f"unknown codec {n!r} (choose from {', '.join(ALL_CODECS)})")
     if "avif" in names and not features.check("avif"):
         if text is not None:
             raise BenchError("avif: this Pillow build has no AVIF support")
@@ -164,9 +166,9 @@ def _parse_qualities(text: str) -> tuple[int, ...]:
     try:
         qs = tuple(int(q) for q in text.split(",") if q.strip())
     except ValueError:
-        raise BenchError(f"--qualities must be integers from 1 to 100, got {text!r}") from None
+        raise BenchUsageError(f"--qualities must be integers from 1 to 100, got {text!r}") from None
     if not qs or any(not 1 <= q <= 100 for q in qs):
-        raise BenchError(f"--qualities must be integers from 1 to 100, got {text!r}")
+        raise BenchUsageError(f"--qualities must be integers from 1 to 100, got {text!r}")
     return tuple(dict.fromkeys(qs))
 
 
@@ -209,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
     except BenchError as e:
         print(f"aecodec bench: error: {e}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(e, BenchUsageError) else 1  # as the other commands: 2 for usage alone
     except KeyboardInterrupt:
         print("aecodec bench: interrupted", file=sys.stderr)
         return 130
@@ -220,7 +222,7 @@ def _run(args: argparse.Namespace) -> int:
     names = _parse_codecs(args.codecs)
     aecodec_qs = _parse_qualities(args.qualities) if args.qualities else None
     if args.limit is not None and args.limit < 1:
-        raise BenchError("--limit must be at least 1")
+        raise BenchUsageError("--limit must be at least 1")
     refs = [load_reference(p) for p in args.reference]
     paths = list_images(Path(args.dir))
     limit = args.limit if args.limit is not None else (QUICK_IMAGES if args.quick else None)

@@ -20,7 +20,11 @@ VAE_QUICK = (1, 100)
 
 
 class BenchError(AecodecError):
-    """Bad input or environment, reported as one line (not a bug)."""
+    """Bad input or environment, reported as one line (not a bug): exit status 1."""
+
+
+class BenchUsageError(BenchError):
+    """A bad argument (unknown codec, quality list, limit): exit status 2, as argparse's."""
 
 
 # --------------------------------------------------------------------------- codecs

@@ -74,6 +74,9 @@ def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[str]:
     if out is None:
         if inputs == ["-"]:
             return ["-"]
+        for p in inputs:  # as gzip: a device or pipe (/dev/stdin, <(cmd)) has no place beside it to write to
+            if p != "-" and (not Path(p).is_file() or Path(p).parent.resolve().parts[1:2] in (("dev",), ("proc",))):
+                raise UsageError(f"{p} is not a regular file: name the output with -o")
         paths = [str(Path(p).with_suffix(suffix)) for p in inputs]
     elif _is_folder(out):
         paths = [str(Path(out) / ("stdin" + suffix if p == "-" else Path(p).with_suffix(suffix).name)) for p in inputs]
@@ -166,6 +169,8 @@ def _run_each(pairs, work, failed: int = 0) -> int:
     for src, dst in pairs:
         try:
             work(src, dst)
+        except BrokenPipeError:  # the reader went away (| head): no fault of this file, nor the next
+            raise
         except known as e:
             print(f"aecodec: error: {src}: {_message(e)}", file=sys.stderr)
             failed += 1
@@ -221,6 +226,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
                 line += f" (target {args.target_psnr} dB not reached: q 100 is the best)"
         if args.target_size is not None and len(data) > args.target_size:
             line += f" (target {args.target_size:,} bytes not met: q 1 is the smallest)"
+        if not args.strip and {"xmp", "XML:com.adobe.xmp"} & image.info.keys():  # Pillow: JPEG/WebP, PNG
+            line += " (XMP not kept: the file carries the ICC profile and EXIF only)"
         _say(args, line)
 
     return _run_each(pairs, work, failed)
@@ -328,6 +335,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     # the container alone: no torch, answers at once
+    from . import registry
     from .bitstream import check_magic, unpack, unpack_metadata
     from .imageio import METADATA, read_bytes
 
@@ -337,7 +345,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         px = h.width * h.height
         print(f"{src}:")
         print(f"  model       {h.model} (id {h.model_id})")
-        print(f"  weights     {h.weights_id.hex()}")
+        past = registry.PAST_WEIGHTS.get(h.weights_id.hex())  # this release decodes none of those
+        print(f"  weights     {h.weights_id.hex()}" + (f" ({past}'s: decode it with {past})" if past else ""))
         print(f"  quality     {h.quality}")
         print(f"  size        {h.width}x{h.height} {h.mode}")
         print(f"  bytes       {len(data)} (streams {', '.join(map(str, h.stream_lengths))})")
@@ -489,12 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "grayscale; an alpha channel is kept losslessly.")
     c.add_argument("inputs", nargs="+", metavar="IMG", help="images to compress (- for standard input)")
     c.add_argument("-q", "--quality", type=int,
-                   help="1-100, higher is better and bigger, like JPEG's (default: 75)")
+                   help="1-100, higher is better and bigger (default: 75). Not JPEG's scale: on photos q 100 "
+                   "is about 1.5 bpp and 36 dB PSNR, the model's ceiling; for more fidelity than that, use "
+                   "JPEG XL or WebP")
     default = registry.MODELS[registry.DEFAULT_MODEL].short
     c.add_argument("-m", "--model", choices=[default] + [e.short for e in registry.MODELS.values() if e.short != default],
                    help="cc: the channel-conditional model (the default: the smallest files); hp: the plain "
                    "hyperprior inside the same weights (faster to encode, files about 18%% larger); vae: the f8 VAE's "
-                   "quantised latent (low rates only). With --weights: the file's own model unless given")
+                   "quantised latent (low rates only, and a ceiling near 24 dB: strong colours and fine detail come back "
+                   "approximate). With --weights: the file's own model unless given")
     c.add_argument("--strip", action="store_true",
                    help="drop the ICC profile and EXIF (kept by default, and restored by decompress)")
     c.add_argument("--target-size", type=_positive(int), metavar="BYTES",
@@ -583,9 +595,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"cannot read weights {weights}: "
                              + ("Is a directory" if Path(weights).is_dir() else "No such file or directory"))
         made = _missing_folders(getattr(args, "output", None))
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not in the interpreter's exit
+        return code
     except UsageError as e:
         args.parser.error(str(e))  # exits 2 with the running command's usage line
+    except BrokenPipeError:  # `aecodec info *.aec | head`: stop quietly, as cat does (Python's docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail too
+        return 1
     except known as e:
         print(f"aecodec: error: {_message(e)}", file=sys.stderr)
         return 1

@@ -55,6 +55,20 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint of ``fit``, or a one-line refusal: a missing file, a file that is not a
+    torch checkpoint, or one that is not ours are all a user's mistake, not a bug."""
+    if not Path(path).is_file():
+        raise SystemExit(f"error: {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # ours: it holds the run's args
+    except Exception as e:  # UnpicklingError, RuntimeError (not a zip), EOFError...
+        raise SystemExit(f"error: {path}: not a training checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or not {"step", "model", "config"} <= ckpt.keys():
+        raise SystemExit(f"error: {path}: not a checkpoint of codec.train fit (no step, model or config)")
+    return ckpt
+
+
 def load_images(files: list[Path], min_side: int) -> list[torch.Tensor]:
     """Decode every image once to uint8 CHW tensors (skipping ones smaller than a crop)."""
     images = []
@@ -211,10 +225,14 @@ def fit(args: argparse.Namespace) -> None:
     for path in (args.resume, args.init):
         if path and not Path(path).is_file():
             raise SystemExit(f"error: {path}: no such file")
+    train_files, val_files = list_images(args.data), list_images(args.val)  # before --out is made
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt and ckpt["step"] >= args.steps:
+        raise SystemExit(f"error: the checkpoint is at step {ckpt['step']}: --steps counts the resumed "
+                         f"steps too, so it must be more")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
-    ckpt = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
     model, retargeted, grown = build_model(args, ckpt)
     # Each rank draws its own crops, noise and quality positions (DDP syncs the weights), and a
     # resumed run draws new ones rather than repeating those its first steps saw.
@@ -255,8 +273,8 @@ def fit(args: argparse.Namespace) -> None:
         if retargeted:  # validation now runs at other anchors: the old best is not comparable
             best = math.inf
 
-    train_images = load_images(list_images(args.data), args.patch_size)
-    val_images = load_images(list_images(args.val), 64)[: args.val_images]
+    train_images = load_images(train_files, args.patch_size)
+    val_images = load_images(val_files, 64)[: args.val_images]
     if not train_images or not val_images:
         raise SystemExit(f"error: need images of at least {args.patch_size} px (training) and 64 px (validation)")
     log = print if rank == 0 else (lambda *a, **k: None)
@@ -516,15 +534,14 @@ def fit_priors(model: KLAutoencoder, latents: torch.Tensor, iters: int, gen: ran
 def export(args: argparse.Namespace) -> None:
     """Checkpoint -> shipped safetensors: builds the rANS tables (``update``) and records the run.
     For the VAE, first measures the latent mean/std per channel and fits the priors on ``--data``."""
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(args.checkpoint)
     a = ckpt.get("args", {})
     if args.ema:
         if "ema" not in ckpt:
             raise SystemExit(f"error: {args.checkpoint} holds no weight average (train with --ema)")
         ckpt["model"] = ckpt["ema"]
     if args.average:
-        ckpt["model"] = _average([ckpt] + [torch.load(p, map_location="cpu", weights_only=False)
-                                           for p in args.average], "ema" if args.ema else "model")
+        ckpt["model"] = _average([ckpt] + [load_checkpoint(p) for p in args.average], "ema" if args.ema else "model")
     info = {"steps": ckpt["step"], "train_minutes": round(ckpt.get("elapsed", 0) / 60, 1),
             "batch_size": a.get("batch_size"), "patch_size": a.get("patch_size"), "lr": a.get("lr"),
             "data": a.get("data"), "best_val_loss": ckpt.get("best")}
@@ -593,7 +610,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=_Formatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{fit,export}")
     f = sub.add_parser("fit", help="train (or resume) the variable-rate model or the VAE", formatter_class=_Formatter,
                        description="Train, or resume. Ctrl-C (or kill PID) writes last.pt and stops. Data-parallel on "
                        "several processes or GPUs: torchrun --nproc_per_node=N -m codec.train fit ...")
@@ -667,7 +684,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
                    help="cc only: write the hyperprior model with the checkpoint's transforms (no slice networks)")
     e.set_defaults(func=export)
     args = p.parse_args(argv)
-    args.func(args)
+    if getattr(args, "steps", 1) < 1:
+        p.error("--steps must be at least 1")
+    try:
+        args.func(args)
+    except SystemExit as e:  # our refusals say "error: ..."; name the program as argparse does
+        if isinstance(e.code, str) and e.code.startswith("error: "):
+            raise SystemExit(f"{prog}: {e.code}") from None
+        raise
 
 
 if __name__ == "__main__":

@@ -33,21 +33,6 @@ CDF = "._quantized_cdf"  # CompressAI's CDF table: rows zero-padded to the longe
 MAX_WEIGHTS_BYTES = 2**30  # read whole into memory: the shipped files are 7.5 and 19.4 MB
 MAX_CDF_ENTRIES = 2**23  # of all padded CDF tables of a file together (shipped: 128 x 77 + 64 x 3133)
 
-# Weights that earlier releases shipped (the 8-byte id every .aec header holds), so that a file
-# this release cannot decode names the release that can. Add the outgoing weights at each release.
-PAST_WEIGHTS: dict[str, str] = {
-    "71cc861f10712727": "aecodec 0.2.0",  # hyperprior-gain
-    "7f0d3914ba2f67a5": "aecodec 0.3.0",  # hyperprior-gain (aecodec-hp.safetensors)
-    "2f9db684f2495987": "aecodec 0.3.0",  # cc-hyperprior-gain
-    "d975257e56c8d8c1": "aecodec 0.4.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "dc591943746a8894": "aecodec 0.5.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "295cd2dae3a9002a": "aecodec 0.6.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "5c548cb32076c783": "aecodec 0.7.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "cd551c7aaabed957": "aecodec 0.8.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "855d16362f8f2b88": "aecodec 0.9.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "0a4f82ef30e252f9": "aecodec 0.10.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "d02e906dc3d64a0d": "aecodec 0.11.0",  # cc-hyperprior-gain, and the hyperprior inside it
-}
 Model = torch.nn.Module  # a registered codec model (codec/registry.py)
 
 

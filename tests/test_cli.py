@@ -158,6 +158,19 @@ def test_a_file_of_an_earlier_release_is_refused_naming_it(folder, capsys, name)
     release = name.split("-")[1]
     assert capsys.readouterr().err.strip().endswith(f"decode it with aecodec {release}")
     assert not (folder / "old.png").exists()
+    assert main(["info", "old.aec"]) == 0  # info reads any header, and says so before a decode fails
+    assert f"(aecodec {release}'s: decode it with aecodec {release})" in capsys.readouterr().out
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`aecodec info *.aec | head -2`: a closed pipe is no file's fault; no error line per file,
+    no traceback from the interpreter's exit."""
+    files = sorted(str(p) for p in RELEASED.glob("*.aec"))
+    p = subprocess.Popen([sys.executable, "-m", "codec.cli", "info", *files], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent)
+    p.stdout.close()  # before the command writes anything
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 1 and err == ""
 
 
 def test_the_hyperprior_inside_the_default_weights_file(folder, capsys):
@@ -392,3 +405,22 @@ def test_info_says_what_the_metadata_stream_holds(folder, capsys):
     assert said == ["icc.aec -> icc.bmp: 50x30 RGB (without its ICC profile: BMP holds none)",
                     "icc.aec -> icc.tif: 50x30 RGB"]
     assert Image.open("icc.tif").info["icc_profile"] == b"\0" * 300
+
+
+@pytest.mark.parametrize("path", ["pipe.png", "/dev/stdin"])
+def test_an_input_that_is_no_regular_file_needs_an_output_name(folder, capsys, path):
+    """As gzip: `aecodec compress /dev/stdin` would write /dev/stdin.aec, `<(cmd)` /dev/fd/63.aec."""
+    os.mkfifo("pipe.png")  # never opened: the refusal comes first
+    with pytest.raises(SystemExit) as e:
+        main(["compress", path, "--device", "cpu"])
+    assert e.value.code == 2 and f"{path} is not a regular file: name the output with -o" in capsys.readouterr().err
+    assert not Path(path + ".aec").exists() and not Path(path).with_suffix(".aec").exists()
+
+
+def test_xmp_that_is_not_kept_is_said(folder, capsys):
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"></x:xmpmeta>'
+    make_image(40, 30).save("x.jpg", xmp=xmp)
+    assert main(["compress", "x.jpg", "--device", "cpu"]) == 0
+    assert "(XMP not kept: the file carries the ICC profile and EXIF only)" in capsys.readouterr().err
+    assert main(["compress", "x.jpg", "-o", "s.aec", "--strip", "--device", "cpu"]) == 0
+    assert "XMP" not in capsys.readouterr().err  # --strip asked for it

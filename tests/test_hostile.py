@@ -16,7 +16,8 @@ from safetensors.torch import save as st_save
 from codec import api, bitstream, entropy, tiles
 from codec.api import Codec, CodecError, FormatError
 from codec.cli import main
-from codec.weights import PAST_WEIGHTS, read_metadata
+from codec.registry import PAST_WEIGHTS
+from codec.weights import read_metadata
 from conftest import make_image, psnr
 
 ROOT = Path(__file__).resolve().parent.parent

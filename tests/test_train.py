@@ -121,9 +121,24 @@ def test_torchrun_two_processes_train_identical_weights_and_resume_with_one(tmp_
     assert torch.load(run / "last.pt", weights_only=False)["step"] == 4
 
 
-def test_missing_data_folder_is_one_line(tmp_path):
-    with pytest.raises(SystemExit, match="no such folder"):
+def test_missing_data_folder_is_one_line_and_makes_no_output_folder(tmp_path):
+    with pytest.raises(SystemExit, match="^python -m codec.train: error: .*nope: no such folder"):
         main(["fit", "--data", str(tmp_path / "nope"), "--val", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit):  # argparse: nothing to train
+        main(["fit", "--data", str(tmp_path), "--val", str(tmp_path), "--out", str(tmp_path / "r"), "--steps", "0"])
+
+
+@pytest.mark.parametrize("content", [None, b"not a checkpoint", "dict"], ids=["missing", "bytes", "foreign-dict"])
+def test_export_refuses_what_is_not_a_checkpoint_in_one_line(tmp_path, content):
+    path = tmp_path / "c.pt"
+    if content == "dict":
+        torch.save({"a": 1}, path)
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SystemExit, match=r"^python -m codec.train: error: .*c\.pt: (no such file|not a)") as e:
+        main(["export", str(path), str(tmp_path / "w.safetensors")])
+    assert "\n" not in str(e.value.code) and not (tmp_path / "w.safetensors").exists()
 
 
 def test_single_group_optimizer_state_resumes_with_slice_networks_in_their_own_group():
