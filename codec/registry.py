@@ -64,6 +64,7 @@ PAST_WEIGHTS: dict[str, str] = {
     "855d16362f8f2b88": "aecodec 0.9.0",  # cc-hyperprior-gain, and the hyperprior inside it
     "0a4f82ef30e252f9": "aecodec 0.10.0",  # cc-hyperprior-gain, and the hyperprior inside it
     "d02e906dc3d64a0d": "aecodec 0.11.0",  # cc-hyperprior-gain, and the hyperprior inside it
+    "6ecb39a0854e110b": "aecodec 0.12.0",  # cc-hyperprior-gain, and the hyperprior inside it
 }
 
 
