@@ -278,6 +278,10 @@ def _run(args: argparse.Namespace) -> int:
         if c is not anchor:
             print(f"  {c.label:40s} {bd_cells(anchor, c)[0]:>8s}")
     print(f"wrote {out}/ (summary.md, per_image.csv, *.json, rd-psnr.png, rd-ms-ssim.png)")
+    stale = sorted(p.name for p in out.glob("*.json") if p.stem not in results)  # an earlier run's, left as they were
+    if stale:
+        print(f"note: {out}/ also holds {', '.join(stale)} from an earlier run, not part of this one's summary",
+              file=sys.stderr)
     return 0
 
 

@@ -408,6 +408,21 @@ def test_info_says_what_the_metadata_stream_holds(folder, capsys):
     assert Image.open("icc.tif").info["icc_profile"] == b"\0" * 300
 
 
+def test_info_names_the_alpha_stream(folder, capsys):
+    Image.open("a.png").convert("RGBA").save("t.png")
+    Image.open("a.png").save("i.png", icc_profile=b"\0" * 300)
+    Image.open("i.png").convert("RGBA").save("ti.png", icc_profile=b"\0" * 300)
+    assert main(["compress", "t.png", "ti.png", "a.png", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    for name, alpha, metadata in (("t", True, False), ("ti", True, True), ("a", False, False)):
+        assert main(["info", f"{name}.aec"]) == 0
+        out = capsys.readouterr().out
+        lengths = [int(n) for n in out.split("(streams ")[1].split(")")[0].split(", ")]
+        assert ("alpha       " in out) == alpha and ("metadata    " in out) == metadata
+        if alpha:  # the alpha stream comes before the metadata one
+            assert f"alpha       {lengths[-1 - metadata]} bytes (lossless)" in out
+
+
 @pytest.mark.parametrize("path", ["pipe.png", "/dev/stdin"])
 def test_an_input_that_is_no_regular_file_needs_an_output_name(folder, capsys, path):
     """As gzip: `aecodec compress /dev/stdin` would write /dev/stdin.aec, `<(cmd)` /dev/fd/63.aec."""
