@@ -351,7 +351,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  size        {h.width}x{h.height} {h.mode}")
         print(f"  bytes       {len(data)} (streams {', '.join(map(str, h.stream_lengths))})")
         if h.has_alpha:  # after the model's streams (and before the metadata): deflated, lossless
-            print(f"  alpha       {h.stream_lengths[len(h.stream_lengths) - 1 - h.metadata]} bytes (lossless)")
+            print(f"  alpha       {h.stream_lengths[-1 - h.metadata]} bytes (lossless)")
         if h.metadata:  # the last stream: say what it is, since it can outweigh the pixels
             kept = [METADATA[k] for k in unpack_metadata(streams[-1])]
             print(f"  metadata    {' and '.join(kept)} ({h.stream_lengths[-1]} bytes; "
