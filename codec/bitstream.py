@@ -76,7 +76,8 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     if len(data) < total:
         raise FormatError(f"truncated file, or a damaged header ({len(data):,} bytes; the header says {total:,})")
     if len(data) > total:
-        raise FormatError(f"trailing data ({len(data) - total} bytes after the end of the file)")
+        raise FormatError(f"trailing data, or a damaged header ({len(data) - total:,} bytes after the end "
+                          "the header gives)")
     (crc,) = _CRC.unpack_from(data, total - _CRC.size)
     if zlib.crc32(data[: total - _CRC.size]) != crc:
         raise FormatError("checksum mismatch: the file is corrupted")

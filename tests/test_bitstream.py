@@ -58,6 +58,13 @@ def test_trailing_bytes(good):
         bitstream.unpack(good + b"\0")
 
 
+def test_lowered_stream_count_names_the_header(good):
+    n_at = struct.calcsize(">4sBB8sBBBII")  # the stream count's offset
+    bad = good[:n_at] + bytes([good[n_at] - 1]) + good[n_at + 1 :]
+    with pytest.raises(FormatError, match="trailing data, or a damaged header"):
+        bitstream.unpack(bad)
+
+
 def test_every_flipped_byte_is_caught(good):
     for i in range(len(good)):
         bad = bytearray(good)
