@@ -88,8 +88,8 @@ def _opened(path: str | Path) -> Iterator[Image.Image]:
             with Image.open(source) as im:
                 if (n := frames(im)) > 1:
                     raise ImageError(f"image has {n} frames: aecodec codes still images (extract one first)")
-                if _deep_samples(im):  # 16-bit RGB: Pillow opens it as 8-bit RGB
-                    raise _too_deep(im.mode)
+                if deep := _deep_samples(im):  # 16-bit RGB: Pillow opens it as 8-bit RGB
+                    raise _too_deep(deep)
                 yield im
     except ImageError:  # ours, said already (a ValueError too, so before Pillow's below)
         raise
@@ -126,18 +126,19 @@ def read_bytes(path: str | Path, check: Callable[[bytes], None] | None = None) -
     return data
 
 
-def _deep_samples(im: Image.Image) -> bool:
+def _deep_samples(im: Image.Image) -> str | None:
     """Whether Pillow will decode more than 8 bits a sample to 8 (its raw modes say ";16", or a
-    PPM's maximum value is over 255), which aecodec refuses rather than silently truncates."""
+    PPM's maximum value is over 255), which aecodec refuses rather than silently truncates; if
+    so, the file's own mode (a 16-bit grey+alpha PNG opens as RGBA but is LA)."""
     for tile in im.tile:
         args = tile[3] if len(tile) > 3 else None
         raw = args[0] if isinstance(args, tuple) and args else args
         if ";16" in str(raw):
-            return True
+            return str(raw).split(";")[0] or im.mode
         if tile[0] in ("ppm", "ppm_plain") and isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], int):
             if args[1] > 255:
-                return True
-    return False
+                return im.mode
+    return None
 
 
 def coded_mode(image: Image.Image) -> str:

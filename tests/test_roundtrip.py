@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -60,6 +62,23 @@ def test_sixteen_bit_images_are_refused(codec):
     image = Image.fromarray(np.full((8, 8), 40000, np.uint16))
     with pytest.raises(ValueError, match="I;16 image with 16-bit or float samples"):
         codec.compress(image)
+
+
+def _png16(path, width: int, height: int, colour_type: int, channels: int) -> None:
+    """A 16-bit PNG (Pillow writes none with more than one channel): signature, IHDR, IDAT, IEND."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    rows = b"".join(b"\0" + bytes(range(2 * width * channels)) for _ in range(height))  # filter 0 rows
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("colour_type, channels, mode", [(4, 2, "LA"), (2, 3, "RGB"), (6, 4, "RGBA")])
+def test_sixteen_bit_png_is_refused_naming_its_own_mode(tmp_path, colour_type, channels, mode):
+    path = tmp_path / "deep.png"
+    _png16(path, 6, 4, colour_type, channels)
+    with pytest.raises(ImageError, match=f"^{mode} image with 16-bit or float samples"):
+        read_image(path)
 
 
 def test_exif_orientation_is_applied(tmp_path):
