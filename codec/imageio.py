@@ -134,7 +134,8 @@ def _deep_samples(im: Image.Image) -> str | None:
         args = tile[3] if len(tile) > 3 else None
         raw = args[0] if isinstance(args, tuple) and args else args
         if ";16" in str(raw):
-            return str(raw).split(";")[0] or im.mode
+            own = str(raw).split(";")[0]  # "LA;16B" -> LA; "I;16B" (a grey PNG) keeps Pillow's I;16
+            return own if own in ("LA", "RGB", "RGBA") else im.mode
         if tile[0] in ("ppm", "ppm_plain") and isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], int):
             if args[1] > 255:
                 return im.mode
