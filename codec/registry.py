@@ -66,6 +66,7 @@ PAST_WEIGHTS: dict[str, str] = {
     "d02e906dc3d64a0d": "aecodec 0.11.0",  # cc-hyperprior-gain, and the hyperprior inside it
     "6ecb39a0854e110b": "aecodec 0.12.0",  # cc-hyperprior-gain, and the hyperprior inside it
     "d37441f475e6a216": "aecodec 0.13.0",  # cc-hyperprior-gain, and the hyperprior inside it
+    "4f295273f8260298": "aecodec 0.14.0",  # cc-hyperprior-gain, and the hyperprior inside it
 }
 
 

@@ -153,7 +153,8 @@ def test_no_traceback_from_the_installed_command(folder):
                                   "aecodec-0.10.0-hp-64x48-q75.aec", "aecodec-0.10.0-cc-64x48-q75.aec",
                                   "aecodec-0.11.0-hp-64x48-q75.aec", "aecodec-0.11.0-cc-64x48-q75.aec",
                                   "aecodec-0.12.0-hp-64x48-q75.aec", "aecodec-0.12.0-cc-64x48-q75.aec",
-                                  "aecodec-0.13.0-hp-64x48-q75.aec", "aecodec-0.13.0-cc-64x48-q75.aec"])
+                                  "aecodec-0.13.0-hp-64x48-q75.aec", "aecodec-0.13.0-cc-64x48-q75.aec",
+                                  "aecodec-0.14.0-hp-64x48-q75.aec", "aecodec-0.14.0-cc-64x48-q75.aec"])
 def test_a_file_of_an_earlier_release_is_refused_naming_it(folder, capsys, name):
     shutil.copy(RELEASED / name, "old.aec")
     assert main(["decompress", "old.aec", "--device", "cpu"]) == 1
