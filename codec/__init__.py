@@ -17,4 +17,9 @@ class AecodecError(Exception):
     a request it cannot carry out (CodecError), bad weights (WeightsError), BenchError."""
 
 
+class CodecError(AecodecError, ValueError):
+    """A request the codec cannot carry out (bad quality, wrong weights, no CUDA, an image too
+    large...); a ValueError, as Pillow's and Python's own bad arguments are. (``codec.api.CodecError``.)"""
+
+
 from . import pillow_plugin  # noqa: E402,F401 (Image.open / save of .aec files; no torch)

@@ -29,26 +29,18 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 
-from . import AecodecError, bitstream, registry
-from .bitstream import FormatError, Header
+from . import AecodecError, CodecError, bitstream, registry  # noqa: F401 (CodecError: public here)
+from .bitstream import LATENT_FORMAT, MAX_LATENT_HEADER, FormatError, Header, check_codable  # noqa: F401 (public here)
 from .imageio import PILLOW_ERRORS, ImageError, frames, merge, normalize, split, upright
 from .registry import DEFAULT_MODEL
-from .weights import load_weights, read_metadata, safetensors_bytes
+from .weights import WeightsError, load_weights, safetensors_bytes, weights_for
 
 DEFAULT_QUALITY = 75
-LATENT_FORMAT = "aecodec-latent-1"
 # Like Pillow's Image.MAX_IMAGE_PIXELS: files that declare more are refused before any work
 # (None: up to the format's own limit, bitstream.MAX_PIXELS). 50 MP is past today's common
 # cameras; decoding in tiles keeps memory bounded at any size, this bounds the time.
-MAX_DECODE_PIXELS: int | None = 50_000_000
-MAX_LATENT_HEADER = 64 * 1024  # bytes of safetensors JSON header a latent file may have
-MAX_JSON_DEPTH = 8  # nesting of that header: a latent file's is 3 deep
+MAX_DECODE_PIXELS: int | None = bitstream.DEFAULT_MAX_DECODE_PIXELS
 LATENT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # an edited latent may be any
-
-
-class CodecError(AecodecError, ValueError):
-    """A request the codec cannot carry out (bad quality, wrong weights, no CUDA...); a
-    ValueError, as Pillow's and Python's own bad arguments are."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -66,28 +58,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def check_codable(size: tuple[int, int], mode: str, alpha: bool = True) -> tuple[int, int]:
-    """Whether the format can hold an image of this size and coded mode (``alpha``: whether the
-    model keeps an alpha channel). A header tells both, so the CLI checks before a model loads."""
-    w, h = size
-    if w == 0 or h == 0:
-        raise CodecError(f"image {w}x{h} has no pixels")
-    if w > bitstream.MAX_SIDE or h > bitstream.MAX_SIDE or w * h > bitstream.MAX_PIXELS:
-        raise CodecError(f"image {w}x{h} is too large (the format holds sides up to {bitstream.MAX_SIDE} pixels, "
-                         f"{bitstream.MAX_PIXELS:,} pixels in all)")
-    if not alpha and mode in ("LA", "RGBA"):
-        raise CodecError("latent files hold no alpha channel: convert the image to RGB first")
-    return w, h
-
-
 def check_decode_size(width: int, height: int, max_pixels: int | None = -1) -> None:
     """Refuse to decode an image of more than ``max_pixels`` (-1: MAX_DECODE_PIXELS, read at the
     call; None: no limit but the format's), as Pillow's MAX_IMAGE_PIXELS guards its decoders."""
-    limit = MAX_DECODE_PIXELS if max_pixels == -1 else max_pixels
-    if limit is not None and width * height > limit:
-        raise CodecError(f"image {width}x{height} ({width * height} pixels) is over the decoding limit "
-                         f"of {limit} pixels (raise it with --max-pixels, Codec(max_pixels=) "
-                         "or codec.api.MAX_DECODE_PIXELS)")
+    bitstream.check_decode_size(width, height, MAX_DECODE_PIXELS if max_pixels == -1 else max_pixels)
 
 
 def _check_image(image: object) -> None:
@@ -242,13 +216,12 @@ class Codec:
         if header.model_id != self.model.MODEL_ID:
             raise CodecError(f"file was written by model {header.model}, but the loaded weights are "
                              f"model {self.model.NAME} (codec.api.decompress picks the model a file names)")
-        if header.weights_id != self.weights_id:
-            wrote = registry.PAST_WEIGHTS.get(header.weights_id.hex(), "the aecodec that wrote it")
-            raise CodecError(
-                f"file was written by other {header.model} weights ({header.weights_id.hex()}) than "
-                f"the loaded ones ({self.weights_id.hex()}): decode it with {wrote}"
-            )
-
+        wid = header.weights_id.hex()
+        if wid != self.weights_id.hex():
+            why = ("codec.api.decompress finds the released weights that wrote it" if wid in registry.RELEASED_WEIGHTS
+                   else "it was written by " + registry.unknown_weights(wid))
+            raise CodecError(f"file was written by {header.model} weights {wid}, not the loaded ones "
+                             f"({self.weights_id.hex()}): {why}")
 
     # --- latents (the VAE only) ---
     def encode_latent(self, image: Image.Image) -> bytes:
@@ -300,18 +273,7 @@ class Codec:
 def read_latent_header(data: bytes) -> dict:
     """The metadata of a latent file, its size and mode checked (no tensor is loaded): what
     ``decode_latent`` will make, known before the work."""
-    try:
-        meta = read_metadata(_as_bytes(data), max_header=MAX_LATENT_HEADER, max_depth=MAX_JSON_DEPTH)
-        if meta.get("format") != LATENT_FORMAT:
-            raise FormatError("not an aecodec latent file")
-        w, h, mode = int(meta["width"]), int(meta["height"]), meta["mode"]
-    except (ValueError, KeyError, TypeError, OverflowError) as e:  # JSONDecodeError is a ValueError; int(Infinity)
-        raise FormatError(f"not an aecodec latent file ({e})" if "header" in str(e)
-                          else "not an aecodec latent file") from None
-    if (mode not in ("L", "RGB") or not (1 <= w <= bitstream.MAX_SIDE and 1 <= h <= bitstream.MAX_SIDE)
-            or w * h > bitstream.MAX_PIXELS):
-        raise FormatError(f"invalid size {w}x{h} or mode {mode!r} in latent file")
-    return {**meta, "width": w, "height": h}
+    return bitstream.read_latent_header(_as_bytes(data))
 
 
 @contextmanager
@@ -351,13 +313,19 @@ def compress(image: Image.Image, quality: int = DEFAULT_QUALITY, device: str = "
 
 
 def decompress(data: bytes, device: str = "auto") -> Image.Image:
-    """One-call decompression with the shipped weights of the model that wrote ``data``."""
-    return codec_for(read_header(data).model, device).decompress(data)
+    """One-call decompression with the released weights that wrote ``data`` (any release from
+    0.15.0 on: ``registry.RELEASED_WEIGHTS``)."""
+    header = read_header(data)
+    try:
+        path = weights_for(header.weights_id.hex())
+    except WeightsError as e:
+        raise CodecError(str(e)) from None
+    return codec_for(header.model, device, path).decompress(data)
 
 
-def codec_for(model: str, device: str = "auto") -> Codec:
-    """A shared Codec with the shipped weights of ``model``, loaded on first use."""
-    key = (model, str(device))
+def codec_for(model: str, device: str = "auto", weights: Path | None = None) -> Codec:
+    """A shared Codec with ``weights`` (default: the shipped weights of ``model``), loaded on first use."""
+    key = (model, str(device), str(weights))
     if key not in _default:
-        _default[key] = Codec(device=device, model=model)
+        _default[key] = Codec(weights=weights, device=device, model=model)
     return _default[key]

@@ -10,13 +10,14 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from . import AecodecError, registry
+from . import AecodecError, CodecError, registry
 
 MAGIC = b"\x89AEC"
 VERSION = 2  # 2: streams coded with constriction's ANS (codec/entropy.py); 1: CompressAI's rANS
 MAX_SIDE = 65_535
 MAX_PIXELS = 1 << 26  # 67 megapixels: far beyond Kodak, far below what would exhaust memory
 MAX_STREAMS = 8
+DEFAULT_MAX_DECODE_PIXELS = 50_000_000  # codec.api.MAX_DECODE_PIXELS, --max-pixels: as Pillow's MAX_IMAGE_PIXELS
 
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # image modes that round-trip
 MODE_IDS = {v: k for k, v in MODES.items()}
@@ -185,3 +186,51 @@ def unpack_alpha(stream: bytes, width: int, height: int) -> bytes:
     if len(raw) != width * height or not d.eof or d.unused_data:
         raise FormatError("corrupted alpha stream (wrong size)")
     return raw
+
+
+# --- limits an image or a file must meet: known from headers, before any model loads ---
+def check_codable(size: tuple[int, int], mode: str, alpha: bool = True) -> tuple[int, int]:
+    """Whether the format can hold an image of this size and coded mode (``alpha``: whether the
+    model keeps an alpha channel). A header tells both, so the CLI checks before a model loads."""
+    w, h = size
+    if w == 0 or h == 0:
+        raise CodecError(f"image {w}x{h} has no pixels")
+    if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
+        raise CodecError(f"image {w}x{h} is too large (the format holds sides up to {MAX_SIDE} pixels, "
+                         f"{MAX_PIXELS:,} pixels in all)")
+    if not alpha and mode in ("LA", "RGBA"):
+        raise CodecError("latent files hold no alpha channel: convert the image to RGB first")
+    return w, h
+
+
+def check_decode_size(width: int, height: int, limit: int | None) -> None:
+    """Refuse to decode an image of more than ``limit`` pixels (None: the format's limit alone)."""
+    if limit is not None and width * height > limit:
+        raise CodecError(f"image {width}x{height} ({width * height} pixels) is over the decoding limit "
+                         f"of {limit} pixels (raise it with --max-pixels, Codec(max_pixels=) "
+                         "or codec.api.MAX_DECODE_PIXELS)")
+
+
+# --- latent files (the VAE's, codec.api.Codec.encode_latent): safetensors with this metadata ---
+LATENT_FORMAT = "aecodec-latent-1"
+MAX_LATENT_HEADER = 64 * 1024  # bytes of safetensors JSON header a latent file may have
+MAX_JSON_DEPTH = 8  # nesting of that header: a latent file's is 3 deep
+
+
+def read_latent_header(data: bytes) -> dict:
+    """The metadata of a latent file, its size and mode checked (no tensor is loaded): what
+    ``decode_latent`` will make, known before the work."""
+    try:
+        from .weights import read_metadata  # safetensors' header, parsed without torch
+
+        meta = read_metadata(bytes(data), max_header=MAX_LATENT_HEADER, max_depth=MAX_JSON_DEPTH)
+        if meta.get("format") != LATENT_FORMAT:
+            raise FormatError("not an aecodec latent file")
+        w, h, mode = int(meta["width"]), int(meta["height"]), meta["mode"]
+    except (ValueError, KeyError, TypeError, OverflowError) as e:  # JSONDecodeError is a ValueError; int(Infinity)
+        raise FormatError(f"not an aecodec latent file ({e})" if "header" in str(e)
+                          else "not an aecodec latent file") from None
+    if (mode not in ("L", "RGB") or not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE)
+            or w * h > MAX_PIXELS):
+        raise FormatError(f"invalid size {w}x{h} or mode {mode!r} in latent file")
+    return {**meta, "width": w, "height": h}

@@ -25,19 +25,14 @@ A file holds the z stream, then one stream per slice.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 
-with warnings.catch_warnings():  # as in model.py: compressai's import trips a torch deprecation
-    warnings.simplefilter("ignore", FutureWarning)
-    from compressai.models.utils import conv
-
 from . import entropy, tiles
 from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round
-from .model import MAX_CHANNELS, GainHyperprior, ModelConfig, check_rd_config, default_lambdas
+from .model import MAX_CHANNELS, GainHyperprior, ModelConfig, check_rd_config, conv, default_lambdas
 
 
 MAX_SLICES = 16  # published models use 5 (ELIC) or 10 (Minnen & Singh)

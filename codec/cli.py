@@ -13,7 +13,6 @@ import math
 import os
 import signal
 import sys
-import warnings
 from pathlib import Path
 
 EPILOG = """examples:
@@ -149,18 +148,20 @@ def _plan(args: argparse.Namespace, suffix: str, check=lambda path: None) -> tup
     return pairs, failed
 
 
-def _codec(args: argparse.Namespace, model: str | None = None):
-    """The Codec for ``--weights`` if given, else the shipped weights of ``model``."""
+def _codec(args: argparse.Namespace, model: str | None = None, weights: str | Path | None = None):
+    """The Codec for ``weights`` (default ``--weights``, else the shipped weights of ``model``)."""
     from .api import Codec
 
     model = model or (registry.by_short(args.model).name if getattr(args, "model", None) else None)
-    return Codec(weights=args.weights, device=args.device, model=model, max_pixels=_max_pixels(args))
+    return Codec(weights=weights or args.weights, device=args.device, model=model, max_pixels=_max_pixels(args))
 
 
 def _max_pixels(args: argparse.Namespace) -> int | None:
-    """--max-pixels as the API takes it: -1 the default limit, None the format's alone (0)."""
+    """--max-pixels as a number of pixels: the default limit unless given, None for the format's alone (0)."""
+    from .bitstream import DEFAULT_MAX_DECODE_PIXELS
+
     limit = getattr(args, "max_pixels", None)
-    return -1 if limit is None else (limit or None)
+    return DEFAULT_MAX_DECODE_PIXELS if limit is None else (limit or None)
 
 
 def _run_each(pairs, work, failed: int = 0) -> int:
@@ -280,8 +281,8 @@ def _check_codable(path: Path, alpha: bool = True) -> None:
 
     _check_not_aec(path)
     header = check_image(path)
-    if header is not None:  # a readable image: torch loads now, as the work needs it anyway
-        from .api import check_codable
+    if header is not None:
+        from .bitstream import check_codable
 
         check_codable(*header, alpha=alpha)
 
@@ -296,7 +297,7 @@ def _check_latent(path: Path) -> None:
         head = f.read(9)
     if len(head) < 9 or head[8:] != b"{":  # safetensors: an 8-byte header length, then JSON
         raise ValueError("not an aecodec latent file (written by aecodec vae encode)")
-    from .api import MAX_LATENT_HEADER, read_latent_header
+    from .bitstream import MAX_LATENT_HEADER, read_latent_header
 
     with open(path, "rb") as f:
         read_latent_header(f.read(8 + MAX_LATENT_HEADER))
@@ -309,21 +310,24 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     pairs, failed = _plan(args, ".png", _check_aec)
     if not pairs:
         return 1
-    from .api import check_decode_size
-    from .bitstream import check_magic, unpack, unpack_metadata
+    from .bitstream import check_decode_size, check_magic, unpack, unpack_metadata
     from .imageio import check_writable, dropped_metadata, image_bytes, read_bytes, write_output
+    from .weights import weights_for
 
-    codecs: dict = {}  # model name -> Codec: each file names the model that wrote it
+    codecs: dict = {}  # (weights file, model) -> Codec: each file names the weights and model that wrote it
 
     def work(src: str, dst: str) -> None:
         data = read_bytes(src, check_magic)
         header, streams = unpack(data)
+        # all from the header, before torch or any model loads
         metadata = unpack_metadata(streams[-1]) if header.metadata else {}
-        check_writable(dst, header.mode, metadata)  # from the header: before the model loads or anything decodes
+        check_writable(dst, header.mode, metadata)
         check_decode_size(header.width, header.height, _max_pixels(args))
-        if header.model not in codecs:
-            codecs[header.model] = _codec(args, header.model)
-        image = codecs[header.model].decompress(data)
+        weights = weights_for(header.weights_id.hex(), args.weights)
+        key = (str(weights), header.model)
+        if key not in codecs:
+            codecs[key] = _codec(args, header.model, weights)
+        image = codecs[key].decompress(data)
         fmt = output_format(dst)
         write_output(dst, image_bytes(image, fmt), force=args.force)
         dropped = dropped_metadata(image, fmt)
@@ -345,8 +349,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         px = h.width * h.height
         print(f"{src}:")
         print(f"  model       {h.model} (id {h.model_id})")
-        past = registry.PAST_WEIGHTS.get(h.weights_id.hex())  # this release decodes none of those
-        print(f"  weights     {h.weights_id.hex()}" + (f" ({past}'s: decode it with {past})" if past else ""))
+        wid = h.weights_id.hex()
+        if wid in registry.RELEASED_WEIGHTS:
+            whose = f" ({registry.RELEASED_WEIGHTS[wid][0]}'s, shipped with this release)"
+        elif wid in registry.PAST_WEIGHTS:  # before files outlived releases
+            release, revision = registry.PAST_WEIGHTS[wid]
+            whose = f" ({release}'s: this release does not decode it; git revision {revision} of aecodec does)"
+        else:
+            whose = " (not shipped by any release: decode it with --weights and the file that wrote it)"
+        print(f"  weights     {wid}{whose}")
         print(f"  quality     {h.quality}")
         print(f"  size        {h.width}x{h.height} {h.mode}")
         print(f"  bytes       {len(data)} (streams {', '.join(map(str, h.stream_lengths))})")
@@ -387,17 +398,20 @@ def cmd_vae_decode(args: argparse.Namespace) -> int:
     pairs, failed = _plan(args, ".png", _check_latent)
     if not pairs:
         return 1
-    from .api import check_decode_size, read_latent_header
+    from .bitstream import check_decode_size, read_latent_header
     from .imageio import check_writable, image_bytes, read_bytes, write_output
 
-    load = functools.cache(lambda: _codec(args, "vae-kl-f8"))  # once, for the first file whose header passes
+    from .weights import weights_for
+
+    load = functools.cache(lambda path: _codec(args, "vae-kl-f8", path))  # once per weights file
 
     def work(src: str, dst: str) -> None:
         data = read_bytes(src)
         header = read_latent_header(data)
         check_writable(dst, header["mode"])  # before the model loads or anything decodes
         check_decode_size(header["width"], header["height"], _max_pixels(args))
-        image = load().decode_latent(data)
+        weights = weights_for(str(header.get("weights_sha256"))[:16], args.weights)  # before torch loads
+        image = load(weights).decode_latent(data)
         write_output(dst, image_bytes(image, output_format(dst)), force=args.force)
         _say(args, f"{src} -> {dst}: {image.size[0]}x{image.size[1]} {image.mode}")
 
@@ -573,8 +587,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # compressai's import trips a torch deprecation warning that says nothing to a user.
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     if argv[:1] == ["train"]:  # argparse cannot hand "--help" on to a sub-program; do it here
         from . import train
 

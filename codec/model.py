@@ -18,19 +18,18 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-import warnings
-
 import torch
 import torch.nn as nn
 
-with warnings.catch_warnings():  # compressai's import trips a torch deprecation that says nothing to users
-    warnings.simplefilter("ignore", FutureWarning)
-    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-    from compressai.layers import GDN
-    from compressai.models import CompressionModel
-    from compressai.models.utils import conv, deconv
+from . import lean_imports
 
-from . import entropy, tiles
+lean_imports.load()  # CompressAI's entropy models, not its point-cloud datasets (see there)
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional  # noqa: E402
+from compressai.layers import GDN  # noqa: E402
+from compressai.models.base import CompressionModel  # noqa: E402
+from compressai.models.utils import conv, deconv  # noqa: E402
+
+from . import entropy, tiles  # noqa: E402
 from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round
 
 

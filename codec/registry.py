@@ -49,25 +49,51 @@ class CodecModel(Protocol):
     def synthesize(self, y_hat, quality: int, device="cpu"): ...  # -> padded image in [0, 1], (1, 3, H, W)
 
 
-# Weights that earlier releases shipped (the 8-byte id every .aec header holds), so that a file
-# this release cannot decode names the release that can (``decompress``, and ``info`` without
-# loading torch). Add the outgoing weights at each release.
-PAST_WEIGHTS: dict[str, str] = {
-    "71cc861f10712727": "aecodec 0.2.0",  # hyperprior-gain
-    "7f0d3914ba2f67a5": "aecodec 0.3.0",  # hyperprior-gain (aecodec-hp.safetensors)
-    "2f9db684f2495987": "aecodec 0.3.0",  # cc-hyperprior-gain
-    "d975257e56c8d8c1": "aecodec 0.4.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "dc591943746a8894": "aecodec 0.5.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "295cd2dae3a9002a": "aecodec 0.6.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "5c548cb32076c783": "aecodec 0.7.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "cd551c7aaabed957": "aecodec 0.8.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "855d16362f8f2b88": "aecodec 0.9.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "0a4f82ef30e252f9": "aecodec 0.10.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "d02e906dc3d64a0d": "aecodec 0.11.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "6ecb39a0854e110b": "aecodec 0.12.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "d37441f475e6a216": "aecodec 0.13.0",  # cc-hyperprior-gain, and the hyperprior inside it
-    "4f295273f8260298": "aecodec 0.14.0",  # cc-hyperprior-gain, and the hyperprior inside it
+# Files outlive releases (README, "Files that outlive releases"): every release from 0.15.0 on
+# decodes the files of every release since, because each released weights file stays in the
+# weights folder, byte for byte (git stores an unchanged file once), found by the 8-byte id every
+# .aec header holds. A release that replaces a shipped file keeps the old one under the name given
+# here (``git mv``, then the new file takes the shipped name) and adds the new file's id.
+RELEASED_WEIGHTS: dict[str, tuple[str, str]] = {  # weights id -> (first release, file in the weights folder)
+    "17f1beb8c8817404": ("aecodec 0.15.0", "aecodec-cc.safetensors"),  # cc, and the hyperprior inside it
+    "3e8a3fbfea39984c": ("aecodec 0.1.0", "aecodec-vae-f8.safetensors"),  # the f8 VAE (unchanged since)
 }
+
+# Weights of releases before that policy, whose files this release cannot decode: each id names
+# its release and the last git revision of it, whose source decodes them (info and decompress say
+# so without loading torch).
+PAST_WEIGHTS: dict[str, tuple[str, str]] = {  # weights id -> (release, git revision)
+    "71cc861f10712727": ("aecodec 0.2.0", "b750ba4"),  # hyperprior-gain
+    "7f0d3914ba2f67a5": ("aecodec 0.3.0", "dc4263b"),  # hyperprior-gain (aecodec-hp.safetensors)
+    "2f9db684f2495987": ("aecodec 0.3.0", "dc4263b"),  # cc-hyperprior-gain
+    "d975257e56c8d8c1": ("aecodec 0.4.0", "91db2db"),  # cc-hyperprior-gain, and the hyperprior inside it
+    "dc591943746a8894": ("aecodec 0.5.0", "a63e79e"),  # from here on: the same
+    "295cd2dae3a9002a": ("aecodec 0.6.0", "a936a49"),
+    "5c548cb32076c783": ("aecodec 0.7.0", "46733bf"),
+    "cd551c7aaabed957": ("aecodec 0.8.0", "90c84bf"),
+    "855d16362f8f2b88": ("aecodec 0.9.0", "3d43896"),
+    "0a4f82ef30e252f9": ("aecodec 0.10.0", "cc1d41d"),
+    "d02e906dc3d64a0d": ("aecodec 0.11.0", "6741169"),
+    "6ecb39a0854e110b": ("aecodec 0.12.0", "636a6d5"),
+    "d37441f475e6a216": ("aecodec 0.13.0", "3069e48"),
+    "4f295273f8260298": ("aecodec 0.14.0", "91b2017"),
+}
+
+
+def past_release(weights_id: str) -> str | None:
+    """For a file of a release before 0.15.0: where it decodes (None for any other id)."""
+    if weights_id not in PAST_WEIGHTS:
+        return None
+    release, revision = PAST_WEIGHTS[weights_id]
+    return (f"{release}'s weights ({weights_id}), which releases from 0.15.0 on do not decode: "
+            f"decode it with the source of {release} (git revision {revision} of aecodec)")
+
+
+def unknown_weights(weights_id: str) -> str:
+    """Why no shipped weights decode a file, and what to do (no torch needed to say it)."""
+    return past_release(weights_id) or (
+        f"weights {weights_id}, which no release of aecodec ships: pass the weights file that wrote it "
+        "with --weights FILE (Codec(weights=FILE) in Python)")
 
 
 @dataclass(frozen=True)

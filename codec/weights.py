@@ -17,15 +17,15 @@ import os
 import stat
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from . import AecodecError, registry
-from .exact import integer_scales
 from .registry import DEFAULT_MODEL
+
+if TYPE_CHECKING:  # torch loads when weights do: finding a file and its id needs none
+    import torch
 
 FORMAT = "aecodec-weights-1"
 INT8_SCALE = ".int8_scale"  # key suffix: per-output-channel scale of an int8-stored weight
@@ -33,7 +33,7 @@ CDF = "._quantized_cdf"  # CompressAI's CDF table: rows zero-padded to the longe
 MAX_WEIGHTS_BYTES = 2**30  # read whole into memory: the shipped files are 7.5 and 19.4 MB
 MAX_CDF_ENTRIES = 2**23  # of all padded CDF tables of a file together (shipped: 128 x 77 + 64 x 3133)
 
-Model = torch.nn.Module  # a registered codec model (codec/registry.py)
+Model = "torch.nn.Module"  # a registered codec model (codec/registry.py)
 
 
 class WeightsError(AecodecError):
@@ -53,6 +53,10 @@ def weights_dir() -> Path:
 
 def save_weights(model: Model, path: str | Path, info: dict | None = None) -> str:
     """Write ``model`` (after ``model.update()``) to ``path`` atomically; returns its hash."""
+    import torch
+
+    from .exact import integer_scales
+
     tensors = {}
     exact = integer_scales(model)  # fixed-point tensors: stored as their exact integers
     cls = type(model)
@@ -87,6 +91,8 @@ def save_weights(model: Model, path: str | Path, info: dict | None = None) -> st
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     """safetensors' bytes with the header's keys sorted. safetensors writes the metadata in a
     different order on each call, so equal tensors would make different files (and hashes)."""
+    from safetensors.torch import save as st_save
+
     data = st_save(tensors, metadata=metadata)
     n = int.from_bytes(data[:8], "little")
     header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
@@ -98,6 +104,10 @@ def _unpack(tensors: dict[str, torch.Tensor], model: Model) -> dict[str, torch.T
     """The state dict that :func:`save_weights` stored, for ``model``: names are checked against
     the model's own before anything is expanded (raises ValueError/KeyError if the tensors do not
     fit together)."""
+    import torch
+
+    from .exact import integer_scales
+
     names = set(model.state_dict())
     unknown = set(tensors) - names - {n + INT8_SCALE for n in names}
     if unknown:
@@ -131,6 +141,8 @@ def _padded_cdf(name: str, flat: torch.Tensor, lengths: torch.Tensor, offsets: t
     """CompressAI's padded CDF table from its rows stored one after another. The lengths come
     from the file: checked, and the table (rows x longest) held to ``budget`` entries, before
     it is allocated."""
+    import torch
+
     n = lengths.tolist()
     if (lengths.dim() != 1 or not n or len(n) != offsets.numel() or min(n) < 3  # 3: the coder's least
             or len(n) * max(n) > budget or sum(n) != flat.numel()):
@@ -184,6 +196,32 @@ def _json_depth(text: bytes) -> int:
     return deepest
 
 
+def weights_id(path: str | Path) -> str:
+    """The 16 hex digits that name a weights file in every .aec header (its SHA-256's first 8 bytes)."""
+    return hashlib.sha256(_read_capped(Path(path))).hexdigest()[:16]
+
+
+def weights_for(file_weights_id: str, given: str | Path | None = None) -> Path:
+    """The weights file that decodes a file written by weights ``file_weights_id``: ``given``
+    (``--weights``) if it is that file, else the released file of that id. Says why not, without
+    loading torch, so a file nothing can decode is refused before any model loads."""
+    if given is not None:
+        own = weights_id(given)
+        if own == file_weights_id:
+            return Path(given)
+        release = registry.RELEASED_WEIGHTS.get(file_weights_id)
+        hint = (f"; without --weights, {release[0]}'s shipped weights decode it" if release
+                else ": " + registry.unknown_weights(file_weights_id))
+        raise WeightsError(f"written by weights {file_weights_id}, not by those of {given} ({own}){hint}")
+    if file_weights_id in registry.RELEASED_WEIGHTS:
+        path = weights_dir() / registry.RELEASED_WEIGHTS[file_weights_id][1]
+        if not path.is_file():
+            raise WeightsError(f"written by {registry.RELEASED_WEIGHTS[file_weights_id][0]}'s weights, "
+                               f"whose file {path} is missing from this installation")
+        return path
+    raise WeightsError(f"written by {registry.unknown_weights(file_weights_id)}")
+
+
 def default_weights(model: str = DEFAULT_MODEL) -> Path:
     """The shipped weights file of a registered model ("hyperprior-gain", "vae-kl-f8", ...)."""
     entry = registry.MODELS[model]
@@ -223,6 +261,8 @@ def load_weights(path: str | Path | None = None, model: str | None = None) -> tu
             raise WeightsError(f"{path} holds an unknown model {meta['model']!r}")
         cls = entry.cls
         config = cls.CONFIG.from_dict(json.loads(meta["config"]))
+        from safetensors.torch import load as st_load
+
         tensors = st_load(data)
     except OSError as e:
         raise WeightsError(f"cannot read weights {path}: {e.strerror or e}") from None

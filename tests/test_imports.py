@@ -1,0 +1,48 @@
+"""What a call pays for at start-up: CompressAI's entropy models without its point-cloud half
+(codec/lean_imports.py), torch only when a model is needed, and no warnings from imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_a_model_loads_without_compressais_point_cloud_half_and_without_warnings():
+    r = _python("import sys; from codec.api import Codec; Codec(device='cpu'); "
+                "print(sorted(m for m in ('torch_geometric', 'torch._dynamo', 'compressai.datasets', "
+                "'scipy.stats._stats_py') if m in sys.modules))")
+    assert r.returncode == 0, r.stderr  # -W error: an import warning would fail here
+    assert r.stdout.strip() == "[]"
+
+
+def test_the_rest_of_compressai_and_scipy_still_work_in_the_same_process():
+    r = subprocess.run([sys.executable, "-c", """
+import codec.model, compressai, scipy
+from codec.lean_imports import is_deferred
+assert is_deferred(compressai) and is_deferred(scipy.stats)
+assert compressai.get_entropy_coder() == "ans"  # answered without the rest
+assert abs(scipy.stats.norm.ppf(0.975) - 1.959964) < 1e-6 and not is_deferred(scipy.stats)
+from compressai.zoo import bmshj2018_factorized  # noqa: F401
+from compressai.datasets import ImageFolder  # noqa: F401
+from compressai.models import ScaleHyperprior  # noqa: F401
+assert callable(compressai.set_entropy_coder) and not is_deferred(compressai)  # the real __init__ ran
+"""], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+
+def test_compressai_imported_first_is_used_as_it_is():
+    r = subprocess.run([sys.executable, "-c", "import compressai, codec.model; from codec.lean_imports import "
+                        "is_deferred; assert not is_deferred(compressai)"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_command_line_answers_without_torch():
+    code = ("import sys; from codec.cli import main; main(sys.argv[1:]) if len(sys.argv) > 1 else None; "
+            "assert 'torch' not in sys.modules")
+    for args in ([], ["--version"], ["info", "--help"]):
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+        assert "torch" not in r.stderr, r.stderr
