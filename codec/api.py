@@ -21,6 +21,7 @@ import math
 import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -99,6 +100,27 @@ def _as_bytes(data: object) -> bytes:
     return bytes(data)
 
 
+@dataclass
+class _Prepared:
+    """An image ready to code: one call to ``file(quality, latent)`` per quality tried."""
+
+    codec: "Codec"
+    image: Image.Image  # normalised (RGB, RGBA, L or LA)
+    x: torch.Tensor  # padded colour, on the codec's device
+    mode: str
+    width: int
+    height: int
+    extra: list[bytes]  # the streams after the model's: alpha, metadata
+    metadata: bool
+
+    def file(self, quality: int, latent: torch.Tensor) -> bytes:
+        codec = self.codec
+        streams, _ = codec.model.encode_streams(latent, quality)
+        header = Header(codec.model.MODEL_ID, codec.weights_id, quality, self.mode, self.width, self.height, (),
+                        self.metadata)
+        return bitstream.pack(header, streams + self.extra)
+
+
 class Codec:
     """A loaded model, ready to code many images (load once, reuse)."""
 
@@ -128,6 +150,11 @@ class Codec:
         (``image.info``) travel with it unless ``strip``; EXIF orientation is applied first."""
         _check_image(image)
         quality = _check_quality(quality)
+        prepared = self._prepare(image, strip)
+        return prepared.file(quality, self.model.analyse(prepared.x, quality))
+
+    def _prepare(self, image: Image.Image, strip: bool) -> _Prepared:
+        """What every quality's file of ``image`` shares: the padded pixels, alpha, metadata."""
         image = upright(image)  # the orientation a viewer shows (EXIF's tag reset)
         info = dict(image.info)
         if image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):  # converted to RGB below: its profile no longer fits
@@ -140,21 +167,22 @@ class Codec:
         w, h = check_codable(image.size, mode)
         x, alpha = split(image, mode)
         x = pad_to_stride(x.to(self.device), self.model.padding)
-        streams, _ = self.model.compress(x, quality)
-        if alpha is not None:
-            streams.append(bitstream.pack_alpha(alpha))
-        if metadata:
-            streams.append(metadata)
-        header = Header(self.model.MODEL_ID, self.weights_id, quality, mode, w, h, (), bool(metadata))
-        return bitstream.pack(header, streams)
+        extra = ([bitstream.pack_alpha(alpha)] if alpha is not None else []) + ([metadata] if metadata else [])
+        return _Prepared(self, image, x, mode, w, h, extra, bool(metadata))
 
     def compress_to(self, image: Image.Image, max_bytes: int | None = None,
-                    min_psnr: float | None = None, strip: bool = False) -> tuple[bytes, int]:
+                    min_psnr: float | None = None, strip: bool = False,
+                    psnr_of: str = "rgb") -> tuple[bytes, int]:
         """Search the quality axis (bytes and PSNR grow with quality) for the highest quality
         whose file fits in ``max_bytes``, or the lowest that reaches ``min_psnr`` dB; returns the
         file and its quality. Falls back to quality 1 (or 100) when no quality meets the target
-        (compare the result with the target to tell, as ``aecodec compress`` does)."""
-        from .metrics import psnr
+        (compare the result with the target to tell, as ``aecodec compress`` does).
+
+        The analysis transform runs once: each quality tried costs the entropy coding (and, for
+        a PSNR, one decode), and the file found is the one ``compress`` writes at that quality.
+        ``psnr_of``: "rgb" (PSNR over the RGB samples, as ``aecodec compress -v`` and the
+        benchmark report it) or "yuv420" (over YCbCr 4:2:0 samples, as cwebp's ``-psnr``)."""
+        from .metrics import psnr, psnr_yuv420
 
         _check_image(image)
         if (max_bytes is None) == (min_psnr is None):
@@ -164,26 +192,31 @@ class Codec:
         if min_psnr is not None and not (isinstance(min_psnr, numbers.Real) and not isinstance(min_psnr, bool)
                                          and 0 < min_psnr < math.inf):  # True is not 1 dB
             raise CodecError(f"min_psnr must be a finite number of dB above 0, got {min_psnr!r}")
-        image = upright(image)
-        rgb = image.convert("RGB")
+        measure = {"rgb": psnr, "yuv420": psnr_yuv420}.get(psnr_of)
+        if measure is None:
+            raise CodecError(f"psnr_of must be 'rgb' or 'yuv420', got {psnr_of!r}")
+        prepared = self._prepare(image, strip)
+        model = self.model
+        if hasattr(model, "transform"):  # g_a once; each quality only scales and codes its latent
+            features = model.transform(prepared.x)
+            latent = lambda q: model.at_quality(features, q)  # noqa: E731
+        else:
+            latent = lambda q: model.analyse(prepared.x, q)  # noqa: E731
+        reference = prepared.image.convert("RGB")
         tried: dict[int, bytes] = {}
 
-        def meets(q: int) -> bool:
-            tried[q] = data = self.compress(image, q, strip)
+        def value(q: int) -> float:  # grows with q: log of the file's size, or its PSNR
+            tried[q] = data = prepared.file(q, latent(q))
             if max_bytes is not None:
-                return len(data) <= max_bytes
-            return psnr(rgb, self._decompress(data, None).convert("RGB")) >= min_psnr  # ours: any size
+                return math.log(len(data))
+            return measure(reference, self._decompress(data, None).convert("RGB"))  # ours: any size
 
-        lo, hi = 1, 100  # size: the answer is the last q that meets; PSNR: the first
-        if max_bytes is not None:
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                lo, hi = (mid, hi) if meets(mid) else (lo, mid - 1)
-        else:
-            while lo < hi:
-                mid = (lo + hi) // 2
-                lo, hi = (lo, mid) if meets(mid) else (mid + 1, hi)
-        return tried.get(lo) or self.compress(image, lo, strip), lo
+        if max_bytes is not None:  # the highest quality that fits
+            k = search_quality(value, math.log(max_bytes), slope=0.026, inclusive=True)
+            q = max(k, 1)
+        else:  # the lowest quality that reaches the PSNR
+            q = min(search_quality(value, float(min_psnr), slope=0.11, inclusive=False) + 1, 100)
+        return tried.get(q) or prepared.file(q, latent(q)), q
 
     def decompress(self, data: bytes) -> Image.Image:
         """Decode the bytes of an ``.aec`` file to a PIL image of the original size and mode."""
@@ -268,6 +301,37 @@ class Codec:
         if not hasattr(self.model, "encode_scaled"):
             raise CodecError(f"latents need the VAE, but the loaded weights are model {self.model.NAME}")
         return self.model
+
+
+def search_quality(value, target: float, slope: float, inclusive: bool) -> int:
+    """The last quality k in 0..100 that is still below ``target`` (``value(k) <= target`` if
+    ``inclusive``, else ``<``), for a ``value(q)`` that grows with q (0: none is). A secant search:
+    each probe goes where the two measured values nearest the target (before there are two: the
+    first and ``slope``, value per quality step) say the target lies, on the side of it not yet
+    known; two probes that fail to halve the interval are followed by a bisection. About three
+    calls of ``value`` where bisecting 1..100 takes seven."""
+    below = (lambda v: v <= target) if inclusive else (lambda v: v < target)
+    lo, hi = 0, 101  # lo is below the target (or 0), hi is not (or 101): the answer is in lo..hi-1
+    seen: dict[int, float] = {}
+    q, slow = 50, 0
+    while True:
+        q = min(max(q, lo + 1), hi - 1)
+        seen[q] = value(q)
+        width = hi - lo
+        lo, hi = (q, hi) if below(seen[q]) else (lo, q)
+        if hi - lo <= 1:
+            return lo
+        slow = slow + 1 if hi - lo > width / 2 else 0
+        if slow >= 2:  # the secant creeps (a curve far from straight): halve the interval instead
+            q, slow = (lo + hi) // 2, 0
+            continue
+        near = sorted(seen, key=lambda p: abs(seen[p] - target))[:2]
+        a, b = (near[0], near[1]) if len(near) == 2 and seen[near[0]] != seen[near[1]] else (near[0], None)
+        step = slope if b is None else (seen[b] - seen[a]) / (b - a)
+        x = a + (target - seen[a]) / step if step > 0 else (lo + hi) / 2  # where value(x) = target
+        q = math.floor(x)
+        if q in seen:  # its side is known: the boundary's other side is what is left to learn
+            q = q + 1 if below(seen[q]) else q - 1
 
 
 def read_latent_header(data: bytes) -> dict:

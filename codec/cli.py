@@ -206,7 +206,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if not pairs:
         return 1
     from .imageio import read_image, write_output
-    from .metrics import psnr
+    from .metrics import psnr, psnr_yuv420
 
     codec = _codec(args)
     codec.max_pixels = None  # -v and --target-psnr decode what this command itself wrote
@@ -214,15 +214,17 @@ def cmd_compress(args: argparse.Namespace) -> int:
     def work(src: str, dst: str) -> None:
         image = read_image(src)
         if args.target_size is not None or args.target_psnr is not None:
-            data, quality = codec.compress_to(image, args.target_size, args.target_psnr, strip=args.strip)
+            data, quality = codec.compress_to(image, args.target_size, args.target_psnr, strip=args.strip,
+                                              psnr_of=args.psnr_space)
         else:
             data, quality = codec.compress(image, args.quality, strip=args.strip), args.quality
         write_output(dst, data, force=args.force)
         w, h = image.size
         line = f"{src} -> {dst}: {len(data):,} bytes, {8 * len(data) / (w * h):.3f} bpp, q {quality}"
         if args.verbose or (args.target_psnr is not None and quality == 100):
-            db = psnr(image.convert("RGB"), codec.decompress(data).convert("RGB"))
-            line += f", PSNR {db:.2f} dB"
+            measure = psnr_yuv420 if args.psnr_space == "yuv420" else psnr
+            db = measure(image.convert("RGB"), codec.decompress(data).convert("RGB"))
+            line += f", PSNR-{'YUV420' if args.psnr_space == 'yuv420' else 'RGB'} {db:.2f} dB"
             if args.target_psnr is not None and db < args.target_psnr:
                 line += f" (target {args.target_psnr} dB not reached: q 100 is the best)"
         if args.target_size is not None and len(data) > args.target_size:
@@ -526,11 +528,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strip", action="store_true",
                    help="drop the ICC profile and EXIF (kept by default, and restored by decompress)")
     c.add_argument("--target-size", type=_positive(int), metavar="BYTES",
-                   help="instead of -q: the highest quality whose file fits in BYTES (like cwebp -size); "
-                   "q 1 if none does, and the result line says so")
+                   help="instead of -q: the highest quality whose file fits in BYTES (like cwebp -size; the "
+                   "analysis runs once, then each quality tried is only entropy coded); q 1 if none does, and the "
+                   "result line says so")
     c.add_argument("--target-psnr", type=_positive(float), metavar="DB",
-                   help="instead of -q: the lowest quality that reaches DB of PSNR (like cwebp -psnr); "
-                   "q 100 if none does, and the result line says so")
+                   help="instead of -q: the lowest quality that reaches DB of PSNR, by default PSNR-RGB "
+                   "(over the R, G and B samples, as -v reports); q 100 if none does, and the result line says so")
+    c.add_argument("--psnr-space", choices=["rgb", "yuv420"], default="rgb",
+                   help="the PSNR that --target-psnr and -v mean: rgb (default), or yuv420, over YCbCr 4:2:0 "
+                   "samples as cwebp's -psnr measures it (luma weighs more: the same number needs fewer bytes)")
     common(c, verbose=True)
     c.set_defaults(func=cmd_compress, parser=c)
 

@@ -29,6 +29,24 @@ def psnr(a, b) -> float:
     return psnr_from_mse(float(np.mean(np.square(x - y), dtype=np.float64)), 255.0)
 
 
+def psnr_yuv420(a, b) -> float:
+    """PSNR in dB over the samples of two RGB images in YCbCr 4:2:0 (BT.601, each 2x2 block's
+    chroma averaged): one luma sample per pixel and a Cb and a Cr per four, the measure cwebp's
+    ``-psnr`` targets. Luma weighs 4 to 1 to 1 here, where PSNR-RGB weighs the channels equally."""
+    def planes(image) -> list[np.ndarray]:
+        ycc = np.asarray(image.convert("RGB").convert("YCbCr"), dtype=np.float64)
+        h, w = ycc.shape[0] + ycc.shape[0] % 2, ycc.shape[1] + ycc.shape[1] % 2
+        ycc_even = np.pad(ycc, ((0, h - ycc.shape[0]), (0, w - ycc.shape[1]), (0, 0)), mode="edge")
+        chroma = ycc_even[..., 1:].reshape(h // 2, 2, w // 2, 2, 2).mean(axis=(1, 3))
+        return [ycc[..., 0], chroma[..., 0], chroma[..., 1]]
+
+    sse = count = 0.0
+    for x, y in zip(planes(a), planes(b)):
+        sse += float(np.sum(np.square(x - y)))
+        count += x.size
+    return psnr_from_mse(sse / count, 255.0)
+
+
 def ms_ssim_rgb(a: np.ndarray, b: np.ndarray) -> float:
     """MS-SSIM of two HxWx3 uint8 arrays (5 scales); NaN if the short side is 160 px or less."""
     if min(a.shape[:2]) < MSSSIM_MIN_SIDE:

@@ -207,9 +207,18 @@ class GainHyperprior(CompressionModel):
     @torch.no_grad()
     def analyse(self, x: torch.Tensor, quality: float) -> torch.Tensor:
         """Padded image batch of one -> the gained latent y (before rounding)."""
-        gain, _ = self.gains(self.position(quality).reshape(1))
+        return self.at_quality(self.transform(x), quality)
+
+    @torch.no_grad()
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of :meth:`analyse` that no quality changes (g_a): computed once, a search
+        over qualities (``Codec.compress_to``) tries each one with :meth:`at_quality` alone."""
         with plain_cpu_kernels():
-            return self._g_a(x) * gain.to(x.device)
+            return self._g_a(x)
+
+    def at_quality(self, features: torch.Tensor, quality: float) -> torch.Tensor:
+        gain, _ = self.gains(self.position(quality).reshape(1))
+        return features * gain.to(features.device)
 
     @torch.no_grad()
     def encode_streams(self, y: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:

@@ -41,6 +41,8 @@ class CodecModel(Protocol):
         :meth:`decode_streams` is given."""
 
     def analyse(self, x, quality: int): ...  # padded image (1, 3, H, W) in [0, 1] -> latent
+    # optional: transform(x) and at_quality(features, quality), the two halves of analyse (the
+    # quality-free transform once, then each quality cheaply: the --target-size search uses them)
 
     def encode_streams(self, y, quality: int) -> tuple[list[bytes], tuple[int, int]]: ...
 

@@ -297,7 +297,14 @@ class KLAutoencoder(CompressionModel):
     # Coding in two halves, as for the hyperprior: analysis / coding, decoding / synthesis.
     def analyse(self, x: torch.Tensor, quality: int) -> torch.Tensor:
         """Padded image -> the scaled latent divided by the quality's step (before rounding)."""
-        return (self.encode_scaled(x) / self.step(quality)[0]).float().cpu()
+        return self.at_quality(self.transform(x), quality)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The quality-free part of :meth:`analyse` (the encoder), as in the rate-distortion models."""
+        return self.encode_scaled(x)
+
+    def at_quality(self, features: torch.Tensor, quality: int) -> torch.Tensor:
+        return (features / self.step(quality)[0]).float().cpu()
 
     def encode_streams(self, y: torch.Tensor, quality: int) -> tuple[list[bytes], tuple[int, int]]:
         stream, _ = entropy.encode_factorized(self.priors[self.step(quality)[1]], y)
