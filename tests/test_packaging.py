@@ -36,6 +36,13 @@ def test_every_built_in_model_ships_its_weights():
         assert entry.weights_file is None or f"weights/{entry.weights_file}" in shipped
 
 
+def test_every_released_weights_file_ships():
+    """Files outlive releases: an installed aecodec carries every release's weights since 0.15.0."""
+    shipped = PYPROJECT["tool"]["setuptools"]["data-files"]["share/aecodec/weights"]
+    for _, name in registry.RELEASED_WEIGHTS.values():
+        assert f"weights/{name}" in shipped
+
+
 def test_shipped_weights_files_are_at_most_20_mb():
     """One download for every quality (issue 13's bound); the hyperprior lives inside the cc file."""
     for name in {e.weights_file for e in registry.MODELS.values() if e.weights_file}:
