@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from compressai.entropy_models import EntropyBottleneck
-from compressai.models import CompressionModel
 from PIL import Image
 
 from codec import entropy, registry
 from codec.api import Codec, read_header
+from codec.model import CompressionModel, EntropyBottleneck  # CompressAI's, through codec/lean_imports.py
 from codec.cli import main
 from codec.registry import CodecModel, ModelEntry
 from codec.weights import load_weights, save_weights
