@@ -1,4 +1,4 @@
-"""The benchmark pipeline on small generated images (no /work/shared, no trained weights needed)."""
+"""The benchmark pipeline on small generated images (no ../shared data, no trained weights needed)."""
 
 from __future__ import annotations
 
