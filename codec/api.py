@@ -182,7 +182,7 @@ class Codec:
         a PSNR, one decode), and the file found is the one ``compress`` writes at that quality.
         ``psnr_of``: "rgb" (PSNR over the RGB samples, as ``aecodec compress -v`` and the
         benchmark report it) or "yuv420" (over YCbCr 4:2:0 samples, as cwebp's ``-psnr``)."""
-        from .metrics import psnr, psnr_yuv420
+        from .metrics import PSNR_SPACES
 
         _check_image(image)
         if (max_bytes is None) == (min_psnr is None):
@@ -192,9 +192,9 @@ class Codec:
         if min_psnr is not None and not (isinstance(min_psnr, numbers.Real) and not isinstance(min_psnr, bool)
                                          and 0 < min_psnr < math.inf):  # True is not 1 dB
             raise CodecError(f"min_psnr must be a finite number of dB above 0, got {min_psnr!r}")
-        measure = {"rgb": psnr, "yuv420": psnr_yuv420}.get(psnr_of)
+        measure = PSNR_SPACES.get(psnr_of)
         if measure is None:
-            raise CodecError(f"psnr_of must be 'rgb' or 'yuv420', got {psnr_of!r}")
+            raise CodecError(f"psnr_of must be one of {', '.join(map(repr, PSNR_SPACES))}, got {psnr_of!r}")
         prepared = self._prepare(image, strip)
         model = self.model
         if hasattr(model, "transform"):  # g_a once; each quality only scales and codes its latent

@@ -206,7 +206,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if not pairs:
         return 1
     from .imageio import read_image, write_output
-    from .metrics import psnr, psnr_yuv420
+    from .metrics import PSNR_SPACES
 
     codec = _codec(args)
     codec.max_pixels = None  # -v and --target-psnr decode what this command itself wrote
@@ -222,9 +222,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         w, h = image.size
         line = f"{src} -> {dst}: {len(data):,} bytes, {8 * len(data) / (w * h):.3f} bpp, q {quality}"
         if args.verbose or (args.target_psnr is not None and quality == 100):
-            measure = psnr_yuv420 if args.psnr_space == "yuv420" else psnr
-            db = measure(image.convert("RGB"), codec.decompress(data).convert("RGB"))
-            line += f", PSNR-{'YUV420' if args.psnr_space == 'yuv420' else 'RGB'} {db:.2f} dB"
+            db = PSNR_SPACES[args.psnr_space](image.convert("RGB"), codec.decompress(data).convert("RGB"))
+            line += f", PSNR-{args.psnr_space.upper()} {db:.2f} dB"
             if args.target_psnr is not None and db < args.target_psnr:
                 line += f" (target {args.target_psnr} dB not reached: q 100 is the best)"
         if args.target_size is not None and len(data) > args.target_size:
@@ -534,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target-psnr", type=_positive(float), metavar="DB",
                    help="instead of -q: the lowest quality that reaches DB of PSNR, by default PSNR-RGB "
                    "(over the R, G and B samples, as -v reports); q 100 if none does, and the result line says so")
-    c.add_argument("--psnr-space", choices=["rgb", "yuv420"], default="rgb",
+    c.add_argument("--psnr-space", choices=["rgb", "yuv420"], default="rgb",  # metrics.PSNR_SPACES
                    help="the PSNR that --target-psnr and -v mean: rgb (default), or yuv420, over YCbCr 4:2:0 "
                    "samples as cwebp's -psnr measures it (luma weighs more: the same number needs fewer bytes)")
     common(c, verbose=True)

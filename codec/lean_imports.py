@@ -25,10 +25,6 @@ import importlib.util
 import sys
 import types
 
-# Packages whose __init__ imports far more than aecodec uses.
-DEFERRED = ("compressai", "compressai.models", "compressai.latent_codecs", "scipy.stats")
-
-
 def _defer(name: str, **early: object) -> None:
     """Put package ``name`` in sys.modules with its ``__init__`` not yet run; ``early``: names it
     answers before then."""
@@ -55,7 +51,7 @@ def _defer(name: str, **early: object) -> None:
 
 
 def load() -> None:
-    """Defer the packages of :data:`DEFERRED` (once; a no-op when CompressAI is loaded already)."""
+    """Defer CompressAI's packages and scipy.stats (a no-op when CompressAI is loaded already)."""
     if "compressai" in sys.modules:
         return
     import scipy  # noqa: F401 (scipy.stats' parent package: small)

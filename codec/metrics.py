@@ -47,6 +47,9 @@ def psnr_yuv420(a, b) -> float:
     return psnr_from_mse(sse / count, 255.0)
 
 
+PSNR_SPACES = {"rgb": psnr, "yuv420": psnr_yuv420}  # what --psnr-space / compress_to(psnr_of=) name
+
+
 def ms_ssim_rgb(a: np.ndarray, b: np.ndarray) -> float:
     """MS-SSIM of two HxWx3 uint8 arrays (5 scales); NaN if the short side is 160 px or less."""
     if min(a.shape[:2]) < MSSSIM_MIN_SIDE:

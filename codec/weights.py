@@ -11,6 +11,7 @@ corrections whose int8 error is lost in them), and the CDF tables without their 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -197,7 +198,15 @@ def _json_depth(text: bytes) -> int:
 
 
 def weights_id(path: str | Path) -> str:
-    """The 16 hex digits that name a weights file in every .aec header (its SHA-256's first 8 bytes)."""
+    """The 16 hex digits that name a weights file in every .aec header (its SHA-256's first 8 bytes).
+    Hashed once per file version (path, size, modification time): a decompress of many files with
+    --weights asks for each."""
+    info = os.stat(path)
+    return _hashed_id(str(Path(path).resolve()), info.st_size, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _hashed_id(path: str, size: int, mtime_ns: int) -> str:
     return hashlib.sha256(_read_capped(Path(path))).hexdigest()[:16]
 
 
