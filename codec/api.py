@@ -117,7 +117,7 @@ class _Prepared:
         codec = self.codec
         streams, _ = codec.model.encode_streams(latent, quality)
         header = Header(codec.model.MODEL_ID, codec.weights_id, quality, self.mode, self.width, self.height, (),
-                        self.metadata)
+                        self.metadata, centred=True)
         return bitstream.pack(header, streams + self.extra)
 
 
@@ -166,7 +166,7 @@ class Codec:
         image, mode = normalize(image)
         w, h = check_codable(image.size, mode)
         x, alpha = split(image, mode)
-        x = pad_to_stride(x.to(self.device), self.model.padding)
+        x = pad_to_stride(x.to(self.device), self.model.padding, centred=True)
         extra = ([bitstream.pack_alpha(alpha)] if alpha is not None else []) + ([metadata] if metadata else [])
         return _Prepared(self, image, x, mode, w, h, extra, bool(metadata))
 
@@ -236,7 +236,8 @@ class Codec:
             if header.has_alpha:
                 alpha = bitstream.unpack_alpha(streams.pop(), header.width, header.height)
             x = self.model.decompress(streams, shape, header.quality, self.device)
-            image = merge(x[..., : header.height, : header.width], header.mode, alpha)
+            top, left = header.origin(*x.shape[-2:])
+            image = merge(x[..., top : top + header.height, left : left + header.width], header.mode, alpha)
         image.info.update(info)
         return image
 
@@ -358,13 +359,17 @@ def read_header(data: bytes) -> Header:
     return bitstream.unpack(_as_bytes(data))[0]
 
 
-def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
-    """Replicate-pad to a multiple of ``stride`` (edges cost fewer bits than zeros)."""
+def pad_to_stride(x: torch.Tensor, stride: int, centred: bool = False) -> torch.Tensor:
+    """Replicate-pad to a multiple of ``stride`` (edges cost fewer bits than zeros): after the
+    image, or split between both sides (``centred``: every edge of the image then lies inside
+    the canvas, away from the transforms' zero-padded borders, and decodes as well as the
+    interior; bitstream.Header.origin finds it again)."""
     h, w = x.shape[-2:]
     ph, pw = -h % stride, -w % stride
     if ph == 0 and pw == 0:
         return x
-    return F.pad(x, (0, pw, 0, ph), mode="replicate")
+    top, left = (ph // 2, pw // 2) if centred else (0, 0)
+    return F.pad(x, (left, pw - left, top, ph - top), mode="replicate")
 
 
 _default: dict[tuple[str, str], Codec] = {}

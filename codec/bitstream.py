@@ -24,6 +24,7 @@ MODE_IDS = {v: k for k, v in MODES.items()}
 
 MAX_METADATA = 16 << 20  # bytes of ICC profile + EXIF a file may carry
 FLAG_METADATA = 1  # flags bit 0: the last stream is metadata (ICC profile, EXIF)
+FLAG_CENTRED = 2  # flags bit 1: the image sits in the middle of its padded canvas, not at its top left
 _METADATA_TAGS = {b"ICCP": "icc_profile", b"EXIF": "exif"}  # stream tag -> Pillow's im.info key
 EXIF_PREFIX = b"Exif\x00\x00"
 
@@ -46,6 +47,14 @@ class Header:
     height: int
     stream_lengths: tuple[int, ...]
     metadata: bool = False  # a metadata stream (ICC profile, EXIF) comes last
+    centred: bool = False  # the padding is split between both sides (since 0.16.0), else right and bottom only
+
+    def origin(self, padded_height: int, padded_width: int) -> tuple[int, int]:
+        """Where the image starts (top, left) in the decoded canvas of a model that padded it to
+        this size: the padding split evenly (the extra pixel after), or all of it after."""
+        if not self.centred:
+            return 0, 0
+        return (padded_height - self.height) // 2, (padded_width - self.width) // 2
 
     @property
     def model(self) -> str:
@@ -63,7 +72,8 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
         raise ValueError("wrong number of streams for this mode")
     fixed = _FIXED.pack(
         MAGIC, VERSION, header.model_id, header.weights_id, header.quality,
-        MODE_IDS[header.mode], FLAG_METADATA if header.metadata else 0, header.width, header.height, len(streams),
+        MODE_IDS[header.mode], FLAG_METADATA * header.metadata | FLAG_CENTRED * header.centred,
+        header.width, header.height, len(streams),
     )
     lengths = b"".join(struct.pack(">I", len(s)) for s in streams)
     body = fixed + lengths + b"".join(streams)
@@ -118,7 +128,7 @@ def parse_header(data: bytes) -> tuple[Header, int]:
         raise FormatError(f"invalid image mode id {mode_id} in header")
     if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE) or w * h > MAX_PIXELS:
         raise FormatError(f"invalid image size {w}x{h} in header (limit {MAX_PIXELS} pixels)")
-    if flags & ~FLAG_METADATA:
+    if flags & ~(FLAG_METADATA | FLAG_CENTRED):
         raise FormatError(f"unknown flags {flags:#04x} in header")
     mode = MODES[mode_id]
     metadata = bool(flags & FLAG_METADATA)
@@ -131,7 +141,8 @@ def parse_header(data: bytes) -> tuple[Header, int]:
     lengths = struct.unpack_from(f">{n}I", data, _FIXED.size)
     if metadata and lengths[-1] > MAX_METADATA:  # checked before anyone reads (or allocates) that much
         raise FormatError("corrupted metadata stream (too large)")
-    return Header(model_id, weights_id, quality, mode, w, h, tuple(lengths), metadata), offset
+    return Header(model_id, weights_id, quality, mode, w, h, tuple(lengths), metadata,
+                  bool(flags & FLAG_CENTRED)), offset
 
 
 HEADER_MAX = _FIXED.size + 4 * MAX_STREAMS  # bytes that always hold a header and its length table

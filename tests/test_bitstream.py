@@ -29,7 +29,15 @@ def test_header_round_trip(good):
     header, streams = bitstream.unpack(good)
     assert (header.width, header.height, header.mode, header.quality) == (70, 40, "RGBA", 40)
     assert header.model == "hyperprior-gain" and len(streams) == 3
+    assert header.centred and header.origin(64, 128) == (12, 29)  # the padding split, the extra pixel after
     assert bitstream.pack(header, streams) == good
+
+
+def test_flags_beyond_metadata_and_centred_are_refused(good):
+    body = bytearray(good[:-4])
+    body[16] |= 4  # bit 2: no meaning yet
+    with pytest.raises(FormatError, match="unknown flags 0x06"):
+        bitstream.unpack(_with_crc(bytes(body)))
 
 
 def test_wrong_magic(good):
