@@ -519,9 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "is about 1.5 bpp and 36 dB PSNR, the model's ceiling; for more fidelity than that, use "
                    "JPEG XL or WebP")
     default = registry.MODELS[registry.DEFAULT_MODEL].short
-    c.add_argument("-m", "--model", choices=[default] + [e.short for e in registry.MODELS.values() if e.short != default],
-                   help="cc: the channel-conditional model (the default: the smallest files); hp: the plain "
-                   "hyperprior inside the same weights (faster to encode, files about 18%% larger); vae: the f8 VAE's "
+    c.add_argument("-m", "--model", choices=[default] + [e.short for e in registry.MODELS.values()
+                                                         if e.short != default and e.on_command_line],
+                   help="cc: the channel-conditional model (the default: the smallest files); vae: the f8 VAE's "
                    "quantised latent (low rates only, and a ceiling near 24 dB: strong colours and fine detail come back "
                    "approximate). With --weights: the file's own model unless given")
     c.add_argument("--strip", action="store_true",

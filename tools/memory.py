@@ -1,7 +1,6 @@
 """Peak memory and time of the command line on large images (issue: bounded memory).
 
     python tools/memory.py --mp 1 6 24                  # the default model (cc), 2 threads
-    python tools/memory.py --mp 1 6 24 --model hp       # the hyperprior inside the same file
     python tools/memory.py --mp 24 --model vae          # the f8 VAE
     python tools/memory.py --mp 67.1 --decode-only      # the largest size the format allows
 
@@ -56,7 +55,7 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mp", type=float, nargs="+", default=[1, 6, 24], help="sizes in megapixels (default: 1 6 24)")
-    p.add_argument("--model", choices=["cc", "hp", "vae"], default="cc",
+    p.add_argument("--model", choices=["cc", "vae"], default="cc",
                    help="which model codes (default: cc, the command line's default)")
     p.add_argument("--quality", type=int, default=75, help="quality (default: 75)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
