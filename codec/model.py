@@ -35,7 +35,7 @@ from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round
 
 def default_lambdas(k: int = 7, lo: float = 0.00065, hi: float = 0.1) -> tuple[float, ...]:
     """Log-spaced rate-distortion trade-offs (MSE on [0, 1] images, scaled by 255^2). The lowest
-    reaches about 0.1 bpp on Kodak, the highest about 1.5 bpp."""
+    reaches about 0.1 bpp on Kodak, the highest about 1.4 bpp."""
     return tuple(float(lo * (hi / lo) ** (i / (k - 1))) for i in range(k))
 
 
