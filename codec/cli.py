@@ -593,9 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # argparse cannot hand "--help" on to a sub-program; do it here
-        from . import train
+        from . import train_cli
 
-        train.main(argv[1:], prog="aecodec train")
+        train_cli.main(argv[1:], prog="aecodec train")
         return 0
     if argv[:1] in (["--version"], ["-V"]):  # answered without loading torch
         from . import __version__
