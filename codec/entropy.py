@@ -70,8 +70,9 @@ def _check_indexes(indexes: np.ndarray, tables: CdfTables) -> np.ndarray:
     return indexes
 
 
-def encode(values: np.ndarray | torch.Tensor, indexes: np.ndarray | torch.Tensor, tables: CdfTables) -> bytes:
-    """Code integer ``values`` (any shape), each with the table its ``indexes`` entry names."""
+def _push(coder: "AnsCoder", values: np.ndarray | torch.Tensor, indexes: np.ndarray | torch.Tensor,
+          tables: CdfTables) -> None:
+    """Push one part onto ``coder`` (a stack: parts are pushed in the reverse of decoding order)."""
     values = np.asarray(values).reshape(-1).astype(np.int64)
     indexes = _check_indexes(np.asarray(indexes), tables)
     if values.shape != indexes.shape:
@@ -86,7 +87,6 @@ def encode(values: np.ndarray | torch.Tensor, indexes: np.ndarray | torch.Tensor
         raise ValueError(f"a latent value is too far outside its table (more than 2^{ESCAPE_BITS - 1})")
     bits = np.frexp(codes.astype(np.float64))[1].astype(np.int32)  # bit length; 0 for 0
 
-    coder = AnsCoder()  # a stack: push in the reverse of the decoding order
     for b in range(ESCAPE_BITS, 1, -1):
         low = codes[bits == b] - (1 << (b - 1))
         if low.size:
@@ -99,43 +99,77 @@ def encode(values: np.ndarray | torch.Tensor, indexes: np.ndarray | torch.Tensor
     for t in range(len(counts) - 1, -1, -1):
         if counts[t]:
             coder.encode_reverse(symbols[order[ends[t] - counts[t] : ends[t]]], tables.model(t))
+
+
+def encode(values: np.ndarray | torch.Tensor, indexes: np.ndarray | torch.Tensor, tables: CdfTables) -> bytes:
+    """Code integer ``values`` (any shape), each with the table its ``indexes`` entry names."""
+    return encode_parts([(values, indexes)], tables)
+
+
+def encode_parts(parts: list[tuple], tables: CdfTables) -> bytes:
+    """Several (values, indexes) parts in one stream, decoded in this order by :class:`Reader`:
+    a later part's indexes may depend on the values of the parts before it."""
+    coder = AnsCoder()
+    for values, indexes in reversed(parts):
+        _push(coder, values, indexes, tables)
     return coder.get_compressed().astype("<u4").tobytes()
+
+
+class Reader:
+    """Decodes the parts of one stream in order (:meth:`read`), then :meth:`close` requires that
+    nothing is left over. Every damage is a :class:`~codec.bitstream.FormatError`."""
+
+    def __init__(self, data: bytes, tables: CdfTables):
+        if len(data) % 4:
+            raise FormatError("corrupted entropy-coded data (length is not a whole number of words)")
+        self.tables, self._empty = tables, not data
+        try:
+            self.coder = AnsCoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+        except (ValueError, OverflowError) as e:  # constriction's answer to data that is no ANS stream
+            raise FormatError(f"corrupted entropy-coded data ({e})") from None
+
+    def read(self, indexes: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The next part's int64 values, in the order (and count) of ``indexes``."""
+        tables, coder = self.tables, self.coder
+        indexes = _check_indexes(np.asarray(indexes), tables)
+        if indexes.size and self._empty:  # coding even one symbol leaves a word: an empty coder is cut data
+            raise FormatError("corrupted entropy-coded data (empty stream)")
+        try:
+            counts = np.bincount(indexes, minlength=len(tables.length))
+            order = np.argsort(indexes, kind="stable")
+            symbols = np.empty(indexes.size, np.int64)
+            start = 0
+            for t, count in enumerate(counts):
+                if count:
+                    symbols[order[start : start + count]] = coder.decode(tables.model(t), int(count))
+                    start += count
+            n_symbols = tables.length[indexes] - 1
+            escaped = symbols == n_symbols - 1
+            n_escaped = int(escaped.sum())
+            bits = coder.decode(Uniform(ESCAPE_BITS + 1), n_escaped).astype(np.int64) if n_escaped else np.zeros(0, np.int64)
+            codes = np.where(bits > 0, 1, 0).astype(np.int64)
+            for b in range(2, ESCAPE_BITS + 1):
+                sel = bits == b
+                if sel.any():
+                    codes[sel] = (1 << (b - 1)) + coder.decode(Uniform(1 << (b - 1)), int(sel.sum()))
+        except (ValueError, OverflowError) as e:  # constriction's answer to data that is no ANS stream
+            raise FormatError(f"corrupted entropy-coded data ({e})") from None
+        tail = np.where(codes & 1, -(codes + 1) // 2, codes // 2 + n_symbols[escaped] - 1)
+        s = symbols.copy()
+        s[escaped] = tail
+        return s + tables.offset[indexes]
+
+    def close(self) -> None:
+        if not self.coder.is_empty():
+            raise FormatError("corrupted entropy-coded data (data left over after the last symbol)")
 
 
 def decode(data: bytes, indexes: np.ndarray | torch.Tensor, tables: CdfTables) -> np.ndarray:
     """Inverse of :func:`encode`: the int64 values, in the order (and count) of ``indexes``."""
-    indexes = _check_indexes(np.asarray(indexes), tables)
-    if len(data) % 4:
-        raise FormatError("corrupted entropy-coded data (length is not a whole number of words)")
-    if indexes.size and not data:  # coding even one symbol leaves a word: an empty coder is cut data
-        raise FormatError("corrupted entropy-coded data (empty stream)")
-    try:
-        coder = AnsCoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
-        counts = np.bincount(indexes, minlength=len(tables.length))
-        order = np.argsort(indexes, kind="stable")
-        symbols = np.empty(indexes.size, np.int64)
-        start = 0
-        for t, count in enumerate(counts):
-            if count:
-                symbols[order[start : start + count]] = coder.decode(tables.model(t), int(count))
-                start += count
-        n_symbols = tables.length[indexes] - 1
-        escaped = symbols == n_symbols - 1
-        n_escaped = int(escaped.sum())
-        bits = coder.decode(Uniform(ESCAPE_BITS + 1), n_escaped).astype(np.int64) if n_escaped else np.zeros(0, np.int64)
-        codes = np.where(bits > 0, 1, 0).astype(np.int64)
-        for b in range(2, ESCAPE_BITS + 1):
-            sel = bits == b
-            if sel.any():
-                codes[sel] = (1 << (b - 1)) + coder.decode(Uniform(1 << (b - 1)), int(sel.sum()))
-        if not coder.is_empty():
-            raise FormatError("corrupted entropy-coded data (data left over after the last symbol)")
-    except (ValueError, OverflowError) as e:  # constriction's answer to data that is no ANS stream
-        raise FormatError(f"corrupted entropy-coded data ({e})") from None
-    tail = np.where(codes & 1, -(codes + 1) // 2, codes // 2 + n_symbols[escaped] - 1)
-    s = symbols.copy()
-    s[escaped] = tail
-    return s + tables.offset[indexes]
+    reader = Reader(data, tables)
+    values = reader.read(indexes)
+    reader.close()
+    return values
 
 
 # --- CompressAI's two entropy models, coded through the functions above --------------------
@@ -180,4 +214,18 @@ def decode_gaussian(conditional: torch.nn.Module, data: bytes, scales: torch.Ten
     """Inverse of :func:`encode_gaussian`: the dequantised latent, float64."""
     indexes = conditional.build_indexes(scales)
     values = decode(data, indexes.numpy(), CdfTables.of(conditional))
+    return torch.from_numpy(values).reshape(scales.shape).double() + means
+
+
+def encode_gaussian_parts(conditional: torch.nn.Module, parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> bytes:
+    """Several (latent, scales, means) parts of a ``GaussianConditional`` latent in one stream,
+    read back in this order with :func:`read_gaussian` (later parts may be predicted from earlier ones)."""
+    return encode_parts([(torch.round(y.double().cpu() - means).to(torch.int64).numpy(),
+                          conditional.build_indexes(scales).numpy()) for y, scales, means in parts],
+                        CdfTables.of(conditional))
+
+
+def read_gaussian(reader: Reader, conditional: torch.nn.Module, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """The next part of an :func:`encode_gaussian_parts` stream: the dequantised latent, float64."""
+    values = reader.read(conditional.build_indexes(scales).numpy())
     return torch.from_numpy(values).reshape(scales.shape).double() + means

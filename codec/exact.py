@@ -46,25 +46,59 @@ class FixedPointConvStack(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The training path (any device and float type), on the same grids as :meth:`exact`."""
-        x = fixed(x, ACT_FRAC_BITS, ACT_LIMIT)
+    def _weights(self, layer: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        w = fixed(layer.weight, WEIGHT_FRAC_BITS, WEIGHT_LIMIT).to(dtype)
+        b = fixed(layer.bias, WEIGHT_FRAC_BITS + ACT_FRAC_BITS, WEIGHT_LIMIT).to(dtype)
+        return w, b
+
+    @staticmethod
+    def _conv(layer: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(layer, nn.ConvTranspose2d):
+            return F.conv_transpose2d(x, w, b, layer.stride, layer.padding, layer.output_padding)
+        return F.conv2d(x, w, b, layer.stride, layer.padding)
+
+    def _after_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The stack from the first layer's sums (bias included) on."""
         for i, layer in enumerate(self.layers):
-            w = fixed(layer.weight, WEIGHT_FRAC_BITS, WEIGHT_LIMIT).to(x.dtype)
-            b = fixed(layer.bias, WEIGHT_FRAC_BITS + ACT_FRAC_BITS, WEIGHT_LIMIT).to(x.dtype)
-            if isinstance(layer, nn.ConvTranspose2d):
-                x = F.conv_transpose2d(x, w, b, layer.stride, layer.padding, layer.output_padding)
-            else:
-                x = F.conv2d(x, w, b, layer.stride, layer.padding)
+            if i:
+                x = self._conv(layer, x, *self._weights(layer, x.dtype))
             x = fixed(x, ACT_FRAC_BITS, ACT_LIMIT)
             if i < len(self.layers) - 1:
                 x = F.relu(x)
         return x
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The training path (any device and float type), on the same grids as :meth:`exact`."""
+        x = fixed(x, ACT_FRAC_BITS, ACT_LIMIT)
+        return self._after_first(self._conv(self.layers[0], x, *self._weights(self.layers[0], x.dtype)))
+
     @torch.no_grad()
     def exact(self, x: torch.Tensor) -> torch.Tensor:
         """The coding path: float64 on CPU, where every sum is exact."""
         return self.forward(x.detach().to("cpu", torch.float64))
+
+    # A network run twice on inputs that share their leading channels (a checkerboard's two
+    # passes) computes the first layer's sums over those channels once: the sums are exact, so
+    # splitting them changes nothing. exact(cat([a, b])) == exact_rest(exact_first(a), b).
+
+    @torch.no_grad()
+    def exact_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The first layer's sums over the leading input channels ``x`` (no bias), exactly."""
+        layer = self.layers[0]
+        x = fixed(x.detach().to("cpu", torch.float64), ACT_FRAC_BITS, ACT_LIMIT)
+        w, _ = self._weights(layer, x.dtype)
+        return self._conv(layer, x, w[:, : x.shape[1]] if isinstance(layer, nn.Conv2d) else w[: x.shape[1]], None)
+
+    @torch.no_grad()
+    def exact_rest(self, partial: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+        """The output for the input (leading channels, ``rest``), given :meth:`exact_first` of the
+        leading channels."""
+        layer = self.layers[0]
+        rest = fixed(rest.detach().to("cpu", torch.float64), ACT_FRAC_BITS, ACT_LIMIT)
+        w, b = self._weights(layer, rest.dtype)
+        n = rest.shape[1]
+        w = w[:, -n:] if isinstance(layer, nn.Conv2d) else w[-n:]
+        return self._after_first(partial + self._conv(layer, rest, w, b))
 
 
 def integer_scales(model: nn.Module) -> dict[str, int]:

@@ -70,47 +70,34 @@ class ModelConfig:
         return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(x) for x in d["lambdas"]))
 
 
-class GainHyperprior(CompressionModel):
-    """Mean-scale hyperprior with gain units; ``quality`` in [1, 100] selects the rate."""
+def analysis(N: int, M: int) -> nn.Sequential:
+    """g_a: image -> latent of M channels at 1/16 of the size (CompressAI's mbt2018-mean)."""
+    return nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
 
-    # the codec model interface (codec/registry.py)
-    MODEL_ID = 1
-    NAME = "hyperprior-gain"
-    CONFIG = ModelConfig
-    FP16_PREFIXES = ("g_a.", "g_s.")  # h_s is stored as exact integers, entropy models float32
-    INT8_PREFIXES = ("h_a.",)  # encoder-only: picks z, never changes how a file decodes
-    device_parts = ("g_a", "h_a", "g_s")  # what runs on the chosen device; the rest stays on CPU
+
+def synthesis(N: int, M: int) -> nn.Sequential:
+    """g_s: the inverse of :func:`analysis`."""
+    return nn.Sequential(
+        deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+        deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
+    )
+
+
+class GainedTransforms(CompressionModel):
+    """What the rate-distortion models share: the transforms ``g_a`` / ``g_s`` and gain units
+    for a continuous quality. A model adds its latent codec (``encode_streams`` / ``decode_streams``)."""
+
+    FP16_PREFIXES = ("g_a.", "g_s.")  # the big transforms; the exact parts are stored as integers
+    device_parts = ("g_a", "g_s")  # what runs on the chosen device; the rest stays on CPU
     padding = 64  # the image passes through g_a (x16) and h_a (x4)
-    num_streams = 2  # z and y
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int]:
         """z's shape, which decoding starts from."""
         return -(-height // 64), -(-width // 64)
 
-    def __init__(self, config: ModelConfig | None = None):
-        super().__init__()
-        self.config = config = config or ModelConfig()
-        N, M = config.N, config.M
-        self.g_a = nn.Sequential(
-            conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)
-        )
-        self.g_s = nn.Sequential(
-            deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
-            deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
-        )
-        self.h_a = nn.Sequential(
-            conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
-            conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N),
-        )
-        # h_s turns the side information into the means and scales that pick the CDF tables:
-        # fixed point, so encoder and decoder always agree (codec/exact.py)
-        self.h_s = FixedPointConvStack(
-            [deconv(N, M), deconv(M, M * 3 // 2), conv(M * 3 // 2, M * 2, stride=1, kernel_size=3)]
-        )
-        self.entropy_bottleneck = EntropyBottleneck(N)
-        self.gaussian_conditional = GaussianConditional(None)
+    def _init_gains(self, lambdas: tuple[float, ...], M: int) -> None:
         # Start each anchor's quantiser step near 1/sqrt(lambda): a good warm start.
-        log_l = torch.log(torch.tensor(config.lambdas))
+        log_l = torch.log(torch.tensor(lambdas))
         init = 0.5 * (log_l - log_l.mean())
         self.log_gain = nn.Parameter(init[:, None].repeat(1, M))
         self.log_inv_gain = nn.Parameter(-init[:, None].repeat(1, M))
@@ -141,62 +128,22 @@ class GainHyperprior(CompressionModel):
         ig = torch.exp(self._interp(self.log_inv_gain, pos))
         return g[:, :, None, None], ig[:, :, None, None]
 
-    def with_lambdas(self, lambdas: tuple[float, ...]) -> "GainHyperprior":
-        """A copy of this model for other anchor lambdas, to widen or move the quality range of
-        trained weights: each gain table is read off at the new lambdas, linear in log(lambda)
-        between the old anchors and extrapolated beyond them; everything else is copied."""
-        new = GainHyperprior(ModelConfig(self.config.N, self.config.M, tuple(float(l) for l in lambdas)))
-        state = {k: v for k, v in self.state_dict().items() if k not in ("log_gain", "log_inv_gain")}
-        new.load_state_dict(state, strict=False)
+    def gain_tables_at(self, lambdas: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gain tables read off at other anchor lambdas: linear in log(lambda) between the
+        anchors, extrapolated beyond them (to widen or move the quality range of trained weights)."""
         old = torch.log(torch.tensor(self.config.lambdas, dtype=torch.float64))
-        target = torch.log(torch.tensor(new.config.lambdas, dtype=torch.float64))
+        target = torch.log(torch.tensor(lambdas, dtype=torch.float64))
         lo = (torch.searchsorted(old, target) - 1).clamp(0, len(old) - 2)
         pos = lo + (target - old[lo]) / (old[lo + 1] - old[lo])  # on the old anchor axis
-        with torch.no_grad():
-            for name in ("log_gain", "log_inv_gain"):
-                table = getattr(self, name).detach().to(torch.float64)
-                getattr(new, name).copy_(self._interp(table, pos))
-        return new
-
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict:
-        """Training pass; ``pos`` is one position per image. The rate term uses additive noise,
-        the synthesis the rounded latent with a straight-through gradient (as the published
-        channel-conditional models train), so the decoder trains on what it will decode."""
-        gain, inv_gain = self.gains(pos)
-        y = self.g_a(x).float() * gain
-        # Under CUDA autocast only the big transforms run in bf16: the entropy models and the
-        # fixed-point h_s need float32.
-        with torch.autocast(x.device.type, enabled=False):
-            z = self.h_a(y)
-            z_hat, z_likelihoods = self.entropy_bottleneck(z)
-            scales, means = self.h_s(z_hat).chunk(2, dim=1)
-            y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
-            if self.training:  # mixed quantisation: the rate sees noise, the decoder what it will decode
-                y_hat = ste_round(y - means) + means
-        x_hat = self.g_s(y_hat * inv_gain)
-        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
-
-    # -- the coding path ---------------------------------------------------------------------
-    # Everything that decides a CDF index happens on CPU: z symbols, z_hat, h_s (exact), the
-    # index lookup. The transforms g_a / h_a / g_s may run on any device.
+        return tuple(self._interp(t.detach().to(torch.float64), pos) for t in (self.log_gain, self.log_inv_gain))
 
     # Large images run in tiles (codec/tiles.py), so memory stays bounded: g_a in tiles of
-    # TILE pixels, h_a, h_s and g_s over the matching latents, each with a halo wider than its
-    # receptive field. The decoder's tiles give exactly the one-pass result.
+    # TILE pixels, the latent codec's networks over the matching latents, each with a halo wider
+    # than its receptive field. The decoder's tiles give exactly the one-pass result.
     TILE = 768  # pixels; a multiple of 64 (the stride), and a Kodak image is one tile
 
     def _g_a(self, x: torch.Tensor) -> torch.Tensor:
         return tiles.exact(self.g_a, x, self.TILE, 64, down=16)
-
-    def _h_a(self, y: torch.Tensor) -> torch.Tensor:
-        return tiles.exact(self.h_a, y, self.TILE // 16, 8, down=4)
-
-    def _hyper(self, z_hat: torch.Tensor) -> torch.Tensor:
-        """h_s, exactly (float64 on CPU), in tiles: scales and means, concatenated."""
-        return tiles.exact(self.h_s.exact, z_hat, self.TILE // 64, 2, up=4)
-
-    def _h_s(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._hyper(z_hat).chunk(2, dim=1)
 
     def _g_s(self, y_hat: torch.Tensor) -> torch.Tensor:
         return tiles.exact(self.g_s, y_hat, self.TILE // 16, 4, up=16)
@@ -221,6 +168,97 @@ class GainHyperprior(CompressionModel):
         return features * gain.to(features.device)
 
     @torch.no_grad()
+    def synthesize(self, y_hat: torch.Tensor, quality: float, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Dequantised latent -> the padded reconstruction in [0, 1]."""
+        _, inv_gain = self.gains(self.position(quality).reshape(1))
+        y_hat = y_hat.to(device, torch.float32) * inv_gain.to(device)
+        with plain_cpu_kernels():
+            return self._g_s(y_hat).clamp_(0, 1)
+
+    def compress(self, x: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
+        """Code a padded image batch of one; returns the streams and z's shape."""
+        return self.encode_streams(self.analyse(x, quality), quality)
+
+    def decompress(self, strings: list[bytes], z_shape: tuple[int, int], quality: float,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+        """Inverse of :meth:`compress`: returns the padded reconstruction in [0, 1]."""
+        return self.synthesize(self.decode_streams(strings, z_shape, quality), quality, device)
+
+
+class GainHyperprior(GainedTransforms):
+    """Mean-scale hyperprior with gain units; ``quality`` in [1, 100] selects the rate."""
+
+    # the codec model interface (codec/registry.py)
+    MODEL_ID = 1
+    NAME = "hyperprior-gain"
+    CONFIG = ModelConfig
+    INT8_PREFIXES = ("h_a.",)  # encoder-only: picks z, never changes how a file decodes
+    device_parts = ("g_a", "h_a", "g_s")
+    num_streams = 2  # z and y
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        N, M = config.N, config.M
+        self.g_a = analysis(N, M)
+        self.g_s = synthesis(N, M)
+        self.h_a = nn.Sequential(
+            conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+            conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N),
+        )
+        # h_s turns the side information into the means and scales that pick the CDF tables:
+        # fixed point, so encoder and decoder always agree (codec/exact.py)
+        self.h_s = FixedPointConvStack(
+            [deconv(N, M), deconv(M, M * 3 // 2), conv(M * 3 // 2, M * 2, stride=1, kernel_size=3)]
+        )
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None)
+        self._init_gains(config.lambdas, M)
+
+    def with_lambdas(self, lambdas: tuple[float, ...]) -> "GainHyperprior":
+        """A copy of this model for other anchor lambdas (:meth:`gain_tables_at`); everything
+        else is copied."""
+        new = GainHyperprior(ModelConfig(self.config.N, self.config.M, tuple(float(l) for l in lambdas)))
+        state = {k: v for k, v in self.state_dict().items() if k not in ("log_gain", "log_inv_gain")}
+        new.load_state_dict(state, strict=False)
+        with torch.no_grad():
+            for name, table in zip(("log_gain", "log_inv_gain"), self.gain_tables_at(new.config.lambdas)):
+                getattr(new, name).copy_(table)
+        return new
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict:
+        """Training pass; ``pos`` is one position per image. The rate term uses additive noise,
+        the synthesis the rounded latent with a straight-through gradient (as the published
+        channel-conditional models train), so the decoder trains on what it will decode."""
+        gain, inv_gain = self.gains(pos)
+        y = self.g_a(x).float() * gain
+        # Under CUDA autocast only the big transforms run in bf16: the entropy models and the
+        # fixed-point h_s need float32.
+        with torch.autocast(x.device.type, enabled=False):
+            z = self.h_a(y)
+            z_hat, z_likelihoods = self.entropy_bottleneck(z)
+            scales, means = self.h_s(z_hat).chunk(2, dim=1)
+            y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+            if self.training:  # mixed quantisation: the rate sees noise, the decoder what it will decode
+                y_hat = ste_round(y - means) + means
+        x_hat = self.g_s(y_hat * inv_gain)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    # -- the coding path ---------------------------------------------------------------------
+    # Everything that decides a CDF index happens on CPU: z symbols, z_hat, h_s (exact), the
+    # index lookup. The transforms g_a / h_a / g_s may run on any device.
+
+    def _h_a(self, y: torch.Tensor) -> torch.Tensor:
+        return tiles.exact(self.h_a, y, self.TILE // 16, 8, down=4)
+
+    def _hyper(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """h_s, exactly (float64 on CPU), in tiles: scales and means, concatenated."""
+        return tiles.exact(self.h_s.exact, z_hat, self.TILE // 64, 2, up=4)
+
+    def _h_s(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._hyper(z_hat).chunk(2, dim=1)
+
+    @torch.no_grad()
     def encode_streams(self, y: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
         """Latent -> [z_stream, y_stream] and z's shape (the gain already holds the quality)."""
         with plain_cpu_kernels():
@@ -237,23 +275,6 @@ class GainHyperprior(CompressionModel):
         scales, means = self._h_s(z_hat)
         del z_hat
         return entropy.decode_gaussian(self.gaussian_conditional, strings[1], scales, means)
-
-    @torch.no_grad()
-    def synthesize(self, y_hat: torch.Tensor, quality: float, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Dequantised latent -> the padded reconstruction in [0, 1]."""
-        _, inv_gain = self.gains(self.position(quality).reshape(1))
-        y_hat = y_hat.to(device, torch.float32) * inv_gain.to(device)
-        with plain_cpu_kernels():
-            return self._g_s(y_hat).clamp_(0, 1)
-
-    def compress(self, x: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
-        """Code a padded image batch of one; returns [z_stream, y_stream] and z's shape."""
-        return self.encode_streams(self.analyse(x, quality), quality)
-
-    def decompress(self, strings: list[bytes], z_shape: tuple[int, int], quality: float,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-        """Inverse of :meth:`compress`: returns the padded reconstruction in [0, 1]."""
-        return self.synthesize(self.decode_streams(strings, z_shape, quality), quality, device)
 
 
 def count_parameters(model: nn.Module) -> int:

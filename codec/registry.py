@@ -147,4 +147,6 @@ register(ModelEntry(1, "hyperprior-gain", "hp", "codec.model:GainHyperprior", "a
                     on_command_line=False))
 register(ModelEntry(2, "vae-kl-f8", "vae", "codec.vae:KLAutoencoder", "aecodec-vae-f8.safetensors"))
 register(ModelEntry(3, "cc-hyperprior-gain", "cc", "codec.ccmodel:ChannelConditional", "aecodec-cc.safetensors"))
+register(ModelEntry(4, "space-channel", "sc", "codec.scmodel:SpaceChannel", "aecodec-sc.safetensors",
+                    on_command_line=False))  # in training: no weights shipped yet
 DEFAULT_MODEL = "cc-hyperprior-gain"  # the best rate-distortion (weights/README.md)

@@ -38,11 +38,14 @@ from tqdm import tqdm
 
 from . import registry
 from .ccmodel import CCConfig, ChannelConditional
+from .scmodel import SCConfig, SpaceChannel
 from .metrics import psnr_from_mse
 from .model import GainHyperprior, ModelConfig, bpp_of, count_parameters, default_lambdas
 from .vae import KLAutoencoder, VAEConfig, kl_divergence
 from .weights import WeightsError, load_weights, save_weights
 
+# the entropy models' context networks: trained at --slice-lr (they start from zero on trained transforms)
+CONTEXT_PREFIXES = ("slice_nets.", "lrp.", "latent_codec.slice_nets.")
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -167,19 +170,27 @@ def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperp
     elif args.model == "vae":
         channels = tuple(int(c) for c in args.channels.split(","))
         return KLAutoencoder(VAEConfig(block_out_channels=channels, layers_per_block=args.layers_per_block)), False, False
+    elif args.model == "sc":
+        return SpaceChannel(SCConfig(**({"lambdas": args.lambdas} if args.lambdas else {}))), False, False
     elif args.model == "cc":
         lambdas = args.lambdas or default_lambdas()
         return ChannelConditional(CCConfig(args.N, args.M, lambdas, args.slices, args.cc_width, args.lrp)), False, False
     else:
         return GainHyperprior(ModelConfig(N=args.N, M=args.M, lambdas=args.lambdas or default_lambdas())), False, False
     kind = registry.MODELS[model.NAME].short
-    if args.model is not None and args.model != kind and not (args.model == "cc" and kind == "hp"):
+    grows = (args.model, kind) in (("cc", "hp"), ("sc", "cc"))
+    if args.model is not None and args.model != kind and not grows:
         raise SystemExit(f"error: --model {args.model}, but the checkpoint or weights hold a {kind} model")
-    if args.lambdas and type(model) is not GainHyperprior and args.lambdas != getattr(model.config, "lambdas", None):
+    if args.lambdas and type(model) is not GainHyperprior and not grows and args.lambdas != getattr(model.config, "lambdas", None):
         raise SystemExit("error: --lambdas retargets hp models only (retarget first, then convert with --model cc)")
     retargeted = False
     if args.lambdas and type(model) is GainHyperprior and args.lambdas != model.config.lambdas:
         model, retargeted = model.with_lambdas(args.lambdas), True
+    if args.model == "sc" and isinstance(model, ChannelConditional):
+        # model 3 grows into model 4: its latents, slices and pixels carry over (SpaceChannel.grown_from)
+        if model.lrp is not None:
+            raise SystemExit("error: --model sc grows a cc model without residual prediction")
+        return SpaceChannel.grown_from(model, lambdas=args.lambdas), True, False
     if args.model == "cc" and type(model) is GainHyperprior:
         # the transforms and hyperprior carry over; the slice networks start as "no correction",
         # so the new model codes exactly as the old one did. New parameters: fresh Adam state.
@@ -242,7 +253,7 @@ def fit(args: argparse.Namespace) -> None:
     # The channel-conditional model's slice networks (and residual prediction) start from zero on
     # trained transforms: they may learn at their own rate (--slice-lr) while the transforms keep theirs.
     groups = [{"params": [p for n, p in model.named_parameters() if p in main_params_set and
-                          n.startswith(("slice_nets.", "lrp.")) == new], "lr": lr}
+                          n.startswith(CONTEXT_PREFIXES) == new], "lr": lr}
               for new, lr in ((False, args.lr), (True, args.slice_lr or args.lr))]
     if args.slice_lr and not groups[1]["params"]:
         raise SystemExit("error: --slice-lr is for the channel-conditional model (--model cc)")
@@ -281,8 +292,11 @@ def fit(args: argparse.Namespace) -> None:
             if vae:
                 r = vae_loss(model, x, args.kl_weight, args.rec_loss, net=net)
             else:  # each image its own position on the quality axis
-                pos = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(gen.getrandbits(32)))
-                r = rd_loss(model, x, pos * (K - 1), net=net)
+                g = torch.Generator().manual_seed(gen.getrandbits(32))
+                pos = torch.rand(x.shape[0], generator=g) * (K - 1)
+                top = torch.rand(x.shape[0], generator=g) < args.top_share  # --top-share: the top interval more often
+                pos = torch.where(top, K - 2 + pos / (K - 1), pos)
+                r = rd_loss(model, x, pos, net=net)
         opt.zero_grad(set_to_none=True)
         r["loss"].backward()
         return r

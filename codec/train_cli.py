@@ -42,10 +42,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f = sub.add_parser("fit", help="train (or resume) the variable-rate model or the VAE", formatter_class=_Formatter,
                        description="Train, or resume. Ctrl-C (or kill PID) writes last.pt and stops. Data-parallel on "
                        "several processes or GPUs: torchrun --nproc_per_node=N -m codec.train fit ...")
-    f.add_argument("--model", choices=["hp", "cc", "vae"],
+    f.add_argument("--model", choices=["hp", "cc", "sc", "vae"],
                    help="hp: the rate-distortion hyperprior (new runs: the default; from --init of a cc file: "
                    "the hyperprior inside it); cc: the channel-conditional model (from --init/--resume of an hp "
-                   "model, its transforms carry over); vae: the KL-regularised f8 autoencoder. "
+                   "model, its transforms carry over); sc: the space-channel model (from --init/--resume of a cc "
+                   "model, grown from it: it starts out coding as the cc model does); vae: the KL-regularised f8 autoencoder. "
                    "Default: the model of --resume/--init")
     f.add_argument("--data", required=True, help="folder of training images")
     f.add_argument("--val", required=True, help="folder of held-out validation images")
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
     f.add_argument("--slice-lr", type=float, help="cc: learning rate of the slice networks and the residual "
                    "prediction (default: --lr)")
+    f.add_argument("--top-share", type=float, default=0.0, metavar="P",
+                   help="share of training images placed between the two highest anchors (the rest: uniform "
+                   "over the whole axis): new high anchors catch up faster")
     f.add_argument("--lr-drop", type=float, default=0.0, help="fraction of --steps after which lr /= 10 (0: never)")
     f.add_argument("--lambdas", type=parse_lambdas, help="comma-separated anchor lambdas, low to high (default: the model's; "
                    "on --resume/--init, retargets the gain tables to them)")
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     args = p.parse_args(argv)
     if getattr(args, "steps", 1) < 1:
         p.error("--steps must be at least 1")
+    if not 0 <= getattr(args, "top_share", 0) <= 1:
+        p.error("--top-share must be between 0 and 1")
     from . import train  # torch and the models load only now: --help and usage errors answer without them
 
     try:

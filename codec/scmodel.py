@@ -1,0 +1,297 @@
+"""The space-channel model (model id 4): transforms plus a latent codec, wide enough for high rates.
+
+As CompressAI composes its models, ``g_a`` -> latent codec -> ``g_s``:
+
+* the transforms and gain units are :class:`~codec.model.GainedTransforms`' (N=128), with a
+  latent of M=320 channels (CompressAI's width for every quality above its fourth) and anchor
+  lambdas up to 0.23, so ``quality`` 100 asks for a high-quality image;
+* the latent codec, :class:`SpaceChannelContext`, is a hyperprior plus a context in space and
+  channel (He et al., "ELIC", CVPR 2022): the latent is coded in channel slices of uneven sizes,
+  and each slice in two passes over a checkerboard (He et al., "Checkerboard context model",
+  CVPR 2021): first the anchors (where row + column is even), predicted from the hyperprior and
+  the slices before, then the rest, predicted from those *and the decoded anchors around them*.
+  One slice network does both passes: its input holds the slice's decoded anchors (zeros in the
+  first pass). It picks CDF tables, so it runs in fixed point (``codec/exact.py``) as the
+  hyperprior's synthesis does: a file decodes bit-identically on any machine and thread count.
+
+It is grown from model 3 (:meth:`SpaceChannel.grown_from`), not trained from scratch: model 3's
+four slices of 48 channels and their networks are kept, the 128 new channels are a fifth slice
+after them with gain units of their own, and every layer that gains inputs gets them with zero
+weights, so the grown model codes model 3's latents bit for bit and its pixels to within a level
+until training moves it. A file holds the z stream, then one stream per slice (anchors, then the
+rest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+
+from . import entropy, tiles
+from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round
+from .model import (MAX_CHANNELS, EntropyBottleneck, GainedTransforms, GaussianConditional, analysis, check_rd_config,
+                    conv, deconv, default_lambdas, synthesis)
+
+MAX_SLICES = 16  # published models use 5 (ELIC) or 10 (Minnen & Singh)
+
+
+def _lambdas() -> tuple[float, ...]:
+    """Model 3's seven anchors and one more on the same log scale: 0.23 (CompressAI's top
+    quality, bmshj2018 at lambda 0.18, reaches 40.6 dB on Kodak)."""
+    return (0.00065, 0.00150462, 0.00348291, 0.00806226, 0.0186626, 0.0432002, 0.1, 0.23148)
+
+
+@dataclass(frozen=True)
+class SCConfig:
+    N: int = 128
+    M: int = 320
+    lambdas: tuple[float, ...] = field(default_factory=_lambdas)
+    slices: tuple[int, ...] = (48, 48, 48, 48, 128)  # channels per slice, coded in this order; sum M
+    width: int = 128  # channels of the slice networks
+    hyper: tuple[int, int] = (192, 288)  # channels of h_s's two hidden layers (model 3's)
+
+    def __post_init__(self) -> None:
+        check_rd_config(self)
+        if not (1 <= len(self.slices) <= MAX_SLICES and min(self.slices) >= 1 and sum(self.slices) == self.M):
+            raise ValueError(f"slices={self.slices}: 1..{MAX_SLICES} positive sizes that add up to M={self.M}")
+        if not (1 <= self.width <= MAX_CHANNELS and len(self.hyper) == 2 and all(1 <= h <= MAX_CHANNELS for h in self.hyper)):
+            raise ValueError(f"width={self.width}, hyper={self.hyper}: channel counts 1..{MAX_CHANNELS}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SCConfig":
+        return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(x) for x in d["lambdas"]),
+                   slices=tuple(int(x) for x in d["slices"]), width=int(d["width"]),
+                   hyper=tuple(int(x) for x in d["hyper"]))
+
+
+def anchors(shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+    """The checkerboard's first pass: True where row + column is even, as (1, 1, H, W)."""
+    H, W = shape[-2:]
+    rows, cols = torch.arange(H, device=device)[:, None], torch.arange(W, device=device)[None, :]
+    return ((rows + cols) % 2 == 0)[None, None]
+
+
+class SpaceChannelContext(nn.Module):
+    """The latent codec: y -> (z stream, one stream per slice) -> y_hat."""
+
+    TILE = 48  # latent units (768 pixels): the networks run in tiles, as the transforms do
+
+    def __init__(self, N: int, M: int, slices: tuple[int, ...], width: int, hyper: tuple[int, int]):
+        super().__init__()
+        self.slices = tuple(slices)
+        self.h_a = nn.Sequential(
+            conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+            conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N),
+        )
+        h1, h2 = hyper
+        self.h_s = FixedPointConvStack([deconv(N, h1), deconv(h1, h2), conv(h2, 2 * M, stride=1, kernel_size=3)])
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None)
+        # slice i sees the hyperprior output (scales, then means, of all M channels), the decoded
+        # slices before it, and its own decoded anchors; it predicts corrections to its scales and means
+        starts = [sum(self.slices[:i]) for i in range(len(self.slices))]
+        self.slice_nets = nn.ModuleList(
+            FixedPointConvStack([
+                conv(2 * M + start + C, width, stride=1, kernel_size=3),
+                conv(width, width, stride=1, kernel_size=3),
+                conv(width, 2 * C, stride=1, kernel_size=3),
+            ])
+            for start, C in zip(starts, self.slices)
+        )
+        with torch.no_grad():  # start as the hyperprior alone: no correction
+            for net in self.slice_nets:
+                net.layers[-1].weight.zero_()
+                net.layers[-1].bias.zero_()
+
+    def _params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor], own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: scales and means of slice ``i`` from the hyperprior output, the slices before
+        it and its own decoded anchors (``own``: zero where not decoded yet)."""
+        out = self.slice_nets[i](torch.cat([hp, *done, own], dim=1))
+        return self._corrected(i, hp, out)
+
+    def _corrected(self, i: int, hp: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, C = sum(self.slices[:i]), self.slices[i]
+        scales, means = hp.chunk(2, dim=1)
+        d_scale, d_mean = out.chunk(2, dim=1)
+        return scales[:, start : start + C] + d_scale, means[:, start : start + C] + d_mean
+
+    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Training pass: noise for the rate, rounded values (straight-through) for the contexts
+        and for the synthesis. Returns y_hat and the likelihoods of y and z."""
+        z = self.h_a(y)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        hp = self.h_s(z_hat)
+        first = anchors(y.shape, y.device)
+        done, likelihoods = [], []
+        for i, part in enumerate(y.split(self.slices, dim=1)):
+            s1, m1 = self._params(i, hp, done, torch.zeros_like(part))
+            s2, m2 = self._params(i, hp, done, (ste_round(part - m1) + m1) * first)
+            scales, means = torch.where(first, s1, s2), torch.where(first, m1, m2)
+            _, lik = self.gaussian_conditional(part, scales, means=means)
+            likelihoods.append(lik)
+            done.append(ste_round(part - means) + means)
+        return torch.cat(done, dim=1), {"y": torch.cat(likelihoods, dim=1), "z": z_likelihoods}
+
+    # -- coding: everything that picks a CDF table runs exactly, on CPU, in tiles ---------------
+
+    def _exact_params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor]):
+        """Coding: slice ``i``'s scales and means as a function of its own decoded anchors, exact,
+        in tiles; the first layer's sums over the hyperprior and the slices before are made once
+        for both passes."""
+        net = self.slice_nets[i]
+        partial = tiles.exact(net.exact_first, torch.cat([hp, *done], dim=1), self.TILE, 2)
+        W = partial.shape[1]
+        rest = lambda t: net.exact_rest(t[:, :W], t[:, W:])  # noqa: E731
+        return lambda own: self._corrected(i, hp, tiles.exact(rest, torch.cat([partial, own], dim=1), self.TILE, 4))
+
+    def _hyper(self, z_hat: torch.Tensor) -> torch.Tensor:
+        return tiles.exact(self.h_s.exact, z_hat, self.TILE // 4, 2, up=4)
+
+    @torch.no_grad()
+    def compress(self, y: torch.Tensor) -> tuple[list[bytes], tuple[int, int]]:
+        with plain_cpu_kernels():
+            z = tiles.exact(self.h_a, y.float().cpu(), self.TILE, 8, down=4)
+        z_stream, z_hat = entropy.encode_factorized(self.entropy_bottleneck, z)
+        hp = self._hyper(z_hat)
+        first = anchors(y.shape)
+        streams, done = [z_stream], []
+        for i, part in enumerate(y.double().cpu().split(self.slices, dim=1)):
+            params, a = self._exact_params(i, hp, done), first.expand_as(part)
+            s1, m1 = params(torch.zeros_like(part))
+            s2, m2 = params((torch.round(part - m1) + m1) * first)
+            streams.append(entropy.encode_gaussian_parts(
+                self.gaussian_conditional, [(part[a], s1[a], m1[a]), (part[~a], s2[~a], m2[~a])]))
+            means = torch.where(first, m1, m2)
+            done.append(torch.round(part - means) + means)  # what the decoder will have
+        return streams, tuple(z.shape[-2:])
+
+    @torch.no_grad()
+    def decompress(self, strings: list[bytes], z_shape: tuple[int, int]) -> torch.Tensor:
+        """The dequantised latent (float64 on CPU; exact on any machine)."""
+        z_hat = entropy.decode_factorized(self.entropy_bottleneck, strings[0], z_shape)
+        hp = self._hyper(z_hat)
+        first = anchors(hp.shape)
+        tables = entropy.CdfTables.of(self.gaussian_conditional)
+        done = []
+        for i, C in enumerate(self.slices):
+            params, part = self._exact_params(i, hp, done), hp.new_zeros(1, C, *hp.shape[-2:])
+            a = first.expand_as(part)
+            reader = entropy.Reader(strings[1 + i], tables)
+            s1, m1 = params(part)
+            part[a] = entropy.read_gaussian(reader, self.gaussian_conditional, s1[a], m1[a])
+            s2, m2 = params(part)
+            part[~a] = entropy.read_gaussian(reader, self.gaussian_conditional, s2[~a], m2[~a])
+            reader.close()
+            done.append(part)
+        return torch.cat(done, dim=1)
+
+
+class SpaceChannel(GainedTransforms):
+    """Gained transforms + the space-channel latent codec; ``quality`` 1-100."""
+
+    MODEL_ID = 4
+    NAME = "space-channel"
+    CONFIG = SCConfig
+    INT8_PREFIXES = ("latent_codec.h_a.",)  # encoder-only: picks z, never changes how a file decodes
+
+    def __init__(self, config: SCConfig | None = None):
+        super().__init__()
+        self.config = config = config or SCConfig()
+        self.g_a = analysis(config.N, config.M)
+        self.g_s = synthesis(config.N, config.M)
+        self.latent_codec = SpaceChannelContext(config.N, config.M, config.slices, config.width, config.hyper)
+        self._init_gains(config.lambdas, config.M)
+
+    @property
+    def num_streams(self) -> int:
+        return 1 + len(self.config.slices)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict:
+        """Training pass; ``pos`` is one position on the anchor axis per image."""
+        gain, inv_gain = self.gains(pos)
+        y = self.g_a(x).float() * gain
+        with torch.autocast(x.device.type, enabled=False):  # the entropy model stays float32
+            y_hat, likelihoods = self.latent_codec(y)
+        return {"x_hat": self.g_s(y_hat * inv_gain), "likelihoods": likelihoods}
+
+    def encode_streams(self, y: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
+        """Latent (the gain already holds the quality) -> [z stream, one per slice], z's shape."""
+        return self.latent_codec.compress(y)
+
+    def decode_streams(self, strings: list[bytes], z_shape: tuple[int, int], quality: float) -> torch.Tensor:
+        return self.latent_codec.decompress(strings, z_shape)
+
+    @classmethod
+    def grown_from(cls, cc, extra: int = 128, lambdas: tuple[float, ...] | None = None,
+                   seed: int = 0) -> "SpaceChannel":
+        """A model 4 that starts out coding as ``cc`` (a trained model 3 without residual
+        prediction) does, with ``extra`` latent channels as a fifth slice and the anchors
+        ``lambdas`` (default: cc's and one more, as :class:`SCConfig`'s).
+
+        The new channels must be able to move: with zero weights on both sides (g_a's new
+        outputs, g_s's new inputs) and latents that round to 0 neither side gets a gradient. So
+        g_s's new inputs start small and random (the decoder sees rounded zeros, so the pixels do
+        not change), g_a's new outputs random and small, and their gains at the level of the old
+        channels': distortion reaches them through g_s from the first step."""
+        c = cc.config
+        if getattr(c, "lrp", 0) or c.M % c.slices:
+            raise ValueError("grow a model 3 without residual prediction")
+        M0, S = c.M, c.slices
+        lambdas = tuple(lambdas or (*c.lambdas, round(c.lambdas[-1] ** 2 / c.lambdas[-2], 5)))
+        M = M0 + extra
+        torch.manual_seed(seed)
+        model = cls(SCConfig(c.N, M, lambdas, (M0 // S,) * S + (extra,), c.width, (M0, M0 * 3 // 2)))
+        old, new = cc.state_dict(), model.state_dict()
+
+        def put(name: str, value: torch.Tensor) -> None:
+            if new[name].shape != value.shape:
+                raise ValueError(f"{name}: {tuple(value.shape)} does not fit {tuple(new[name].shape)}")
+            new[name] = value
+
+        with torch.no_grad():
+            for k, v in old.items():
+                if k.startswith(("g_a.", "g_s.")) and new[k].shape == v.shape:
+                    put(k, v)
+                elif k.startswith(("h_a.", "h_s.layers.0", "h_s.layers.1", "entropy_bottleneck.", "gaussian_conditional.")) \
+                        and new["latent_codec." + k].shape == v.shape:
+                    put("latent_codec." + k, v)
+            last = f"g_a.{len(model.g_a) - 1}"
+            w = new[last + ".weight"] * 0.1
+            w[:M0] = old[last + ".weight"]
+            put(last + ".weight", w)
+            b = new[last + ".bias"] * 0.1
+            b[:M0] = old[last + ".bias"]
+            put(last + ".bias", b)
+            w = new["g_s.0.weight"] * 0.1  # ConvTranspose2d: (in, out, k, k)
+            w[:M0] = old["g_s.0.weight"]
+            put("g_s.0.weight", w)
+            w = torch.zeros_like(new["latent_codec.h_a.0.weight"])
+            w[:, :M0] = old["h_a.0.weight"]
+            put("latent_codec.h_a.0.weight", w)
+            # h_s's output: (scales, means) of M0 channels -> of M; the new ones start at zero
+            # (a scale of zero is the entropy model's lower bound: the new slice costs nothing yet)
+            for kind in ("weight", "bias"):
+                o = old[f"h_s.layers.2.{kind}"]
+                n = torch.zeros_like(new[f"latent_codec.h_s.layers.2.{kind}"])
+                n[:M0], n[M : M + M0] = o[:M0], o[M0:]
+                put(f"latent_codec.h_s.layers.2.{kind}", n)
+            for i in range(S):  # inputs (scales, means, slices before): spread out, zeros between
+                o = old[f"slice_nets.{i}.layers.0.weight"]
+                n = torch.zeros_like(new[f"latent_codec.slice_nets.{i}.layers.0.weight"])
+                n[:, :M0], n[:, M : M + M0] = o[:, :M0], o[:, M0 : 2 * M0]
+                n[:, 2 * M : 2 * M + i * (M0 // S)] = o[:, 2 * M0 :]
+                put(f"latent_codec.slice_nets.{i}.layers.0.weight", n)
+                for k in ("layers.0.bias", "layers.1.weight", "layers.1.bias", "layers.2.weight", "layers.2.bias"):
+                    put(f"latent_codec.slice_nets.{i}.{k}", old[f"slice_nets.{i}.{k}"])
+            for name, table in zip(("log_gain", "log_inv_gain"), cc.gain_tables_at(lambdas)):
+                t = table.float().new_empty(len(lambdas), M)
+                t[:, :M0] = table
+                t[:, M0:] = table.mean(1, keepdim=True)
+                put(name, t)
+        model.load_state_dict(new)
+        return model
