@@ -22,4 +22,4 @@ class CodecError(AecodecError, ValueError):
     large...); a ValueError, as Pillow's and Python's own bad arguments are. (``codec.api.CodecError``.)"""
 
 
-from . import pillow_plugin  # noqa: E402,F401 (Image.open / save of .aec files; no torch)
+from codec import pillow_plugin  # noqa: E402,F401 (Image.open / save of .aec files; no torch)

@@ -7,10 +7,10 @@
     data = coder.compress(Image.open("kodim01.png"), quality=75)
     Image.Image.save(coder.decompress(data), "restored.png")
 
-    Codec(model="vae-kl-f8")                          # the f8 VAE (codec/vae.py) as a codec
+    Codec(model="vae-kl-f8")                          # the f8 VAE (codec/models/vae.py) as a codec
 
 The analysis and synthesis transforms run on the chosen device; everything that decides the
-rANS tables runs on CPU in exact arithmetic (see ``codec/model.py``), or is a fixed table (the
+rANS tables runs on CPU in exact arithmetic (see ``codec/models/hyperprior.py``), or is a fixed table (the
 VAE's prior), so a file written on any device, with any thread count, decodes the same way.
 """
 
@@ -30,11 +30,19 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 
-from . import AecodecError, CodecError, bitstream, registry  # noqa: F401 (CodecError: public here)
-from .bitstream import LATENT_FORMAT, MAX_LATENT_HEADER, FormatError, Header, check_codable  # noqa: F401 (public here)
-from .imageio import PILLOW_ERRORS, ImageError, frames, merge, normalize, split, upright
-from .registry import DEFAULT_MODEL
-from .weights import WeightsError, load_weights, safetensors_bytes, weights_for
+from codec import AecodecError, CodecError, registry  # noqa: F401 (CodecError: public here)
+from codec.format import bitstream
+from codec.format.bitstream import (  # noqa: F401 (public here)
+    LATENT_FORMAT,
+    MAX_LATENT_HEADER,
+    AecFile,
+    FormatError,
+    Header,
+    check_codable,
+)
+from codec.image import PILLOW_ERRORS, ImageError, frames, merge, normalize, split, upright
+from codec.registry import DEFAULT_MODEL
+from codec.weights import WeightsError, load_weights, safetensors_bytes, weights_for
 
 DEFAULT_QUALITY = 75
 # Like Pillow's Image.MAX_IMAGE_PIXELS: files that declare more are refused before any work
@@ -104,21 +112,21 @@ def _as_bytes(data: object) -> bytes:
 class _Prepared:
     """An image ready to code: one call to ``file(quality, latent)`` per quality tried."""
 
-    codec: "Codec"
+    codec: Codec
     image: Image.Image  # normalised (RGB, RGBA, L or LA)
     x: torch.Tensor  # padded colour, on the codec's device
     mode: str
     width: int
     height: int
-    extra: list[bytes]  # the streams after the model's: alpha, metadata
-    metadata: bool
+    alpha: bytes | None  # deflated
+    metadata: bytes  # packed; empty: none
 
     def file(self, quality: int, latent: torch.Tensor) -> bytes:
         codec = self.codec
         streams, _ = codec.model.encode_streams(latent, quality)
         header = Header(codec.model.MODEL_ID, codec.weights_id, quality, self.mode, self.width, self.height, (),
-                        self.metadata, centred=True)
-        return bitstream.pack(header, streams + self.extra)
+                        centred=True)
+        return bitstream.write(header, streams, self.alpha, self.metadata)
 
 
 class Codec:
@@ -167,8 +175,7 @@ class Codec:
         w, h = check_codable(image.size, mode)
         x, alpha = split(image, mode)
         x = pad_to_stride(x.to(self.device), self.model.padding, centred=True)
-        extra = ([bitstream.pack_alpha(alpha)] if alpha is not None else []) + ([metadata] if metadata else [])
-        return _Prepared(self, image, x, mode, w, h, extra, bool(metadata))
+        return _Prepared(self, image, x, mode, w, h, None if alpha is None else bitstream.pack_alpha(alpha), metadata)
 
     def compress_to(self, image: Image.Image, max_bytes: int | None = None,
                     min_psnr: float | None = None, strip: bool = False,
@@ -182,7 +189,7 @@ class Codec:
         a PSNR, one decode), and the file found is the one ``compress`` writes at that quality.
         ``psnr_of``: "rgb" (PSNR over the RGB samples, as ``aecodec compress -v`` and the
         benchmark report it) or "yuv420" (over YCbCr 4:2:0 samples, as cwebp's ``-psnr``)."""
-        from .metrics import PSNR_SPACES
+        from codec.metrics import PSNR_SPACES
 
         _check_image(image)
         if (max_bytes is None) == (min_psnr is None):
@@ -209,7 +216,7 @@ class Codec:
             tried[q] = data = prepared.file(q, latent(q))
             if max_bytes is not None:
                 return math.log(len(data))
-            return measure(reference, self._decompress(data, None).convert("RGB"))  # ours: any size
+            return measure(reference, self._decompress(bitstream.parse(data), None).convert("RGB"))  # ours: any size
 
         if max_bytes is not None:  # the highest quality that fits
             k = search_quality(value, math.log(max_bytes), slope=0.026, inclusive=True)
@@ -218,27 +225,26 @@ class Codec:
             q = min(search_quality(value, float(min_psnr), slope=0.11, inclusive=False) + 1, 100)
         return tried.get(q) or prepared.file(q, latent(q)), q
 
-    def decompress(self, data: bytes) -> Image.Image:
-        """Decode the bytes of an ``.aec`` file to a PIL image of the original size and mode."""
-        return self._decompress(data, self.max_pixels)
+    def decompress(self, data: bytes | AecFile) -> Image.Image:
+        """Decode an ``.aec`` file (its bytes, or as :func:`codec.format.bitstream.parse` gave it)
+        to a PIL image of the original size and mode."""
+        return self._decompress(data if isinstance(data, AecFile) else bitstream.parse(_as_bytes(data)),
+                                self.max_pixels)
 
-    def _decompress(self, data: bytes, max_pixels: int | None) -> Image.Image:
-        data = _as_bytes(data)
-        header, streams = bitstream.unpack(data)
+    def _decompress(self, file: AecFile, max_pixels: int | None) -> Image.Image:
+        header = file.header
         self.check_weights(header)
         check_decode_size(header.width, header.height, max_pixels)
-        if len(streams) != self.model.num_streams + header.has_alpha + header.metadata:
-            raise FormatError(f"invalid stream count {len(streams)} for mode {header.mode} and model {header.model}")
+        if len(file.streams) != self.model.num_streams:
+            raise FormatError(f"invalid stream count {len(header.stream_lengths)} for mode {header.mode} "
+                              f"and model {header.model}")
         shape = self.model.latent_shape(header.height, header.width)
-        info = bitstream.unpack_metadata(streams.pop()) if header.metadata else {}
         with _out_of_memory(header.width, header.height):
-            alpha = None
-            if header.has_alpha:
-                alpha = bitstream.unpack_alpha(streams.pop(), header.width, header.height)
-            x = self.model.decompress(streams, shape, header.quality, self.device)
+            alpha = None if file.alpha is None else bitstream.unpack_alpha(file.alpha, header.width, header.height)
+            x = self.model.decompress(list(file.streams), shape, header.quality, self.device)
             top, left = header.origin(*x.shape[-2:])
             image = merge(x[..., top : top + header.height, left : left + header.width], header.mode, alpha)
-        image.info.update(info)
+        image.info.update(file.metadata)
         return image
 
     def check_size(self, width: int, height: int) -> None:
@@ -381,15 +387,15 @@ def compress(image: Image.Image, quality: int = DEFAULT_QUALITY, device: str = "
     return codec_for(model, device).compress(image, quality)
 
 
-def decompress(data: bytes, device: str = "auto") -> Image.Image:
+def decompress(data: bytes | AecFile, device: str = "auto") -> Image.Image:
     """One-call decompression with the released weights that wrote ``data`` (any release from
     0.15.0 on: ``registry.RELEASED_WEIGHTS``)."""
-    header = read_header(data)
+    file = data if isinstance(data, AecFile) else bitstream.parse(_as_bytes(data))
     try:
-        path = weights_for(header.weights_id.hex())
+        path = weights_for(file.header.weights_id.hex())
     except WeightsError as e:
         raise CodecError(str(e)) from None
-    return codec_for(header.model, device, path).decompress(data)
+    return codec_for(file.header.model, device, path).decompress(file)
 
 
 def codec_for(model: str, device: str = "auto", weights: Path | None = None) -> Codec:

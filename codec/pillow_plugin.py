@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from PIL import Image, ImageFile
 
-from . import AecodecError, bitstream
+from codec import AecodecError
+from codec.format import bitstream
 
 FORMAT = "AEC"
 
@@ -32,16 +33,14 @@ class AecImageFile(ImageFile.ImageFile):
     format_description = "aecodec learned image codec"
 
     def _open(self) -> None:
+        # the header (and the metadata, as PNG and WebP expose their chunks) now; the rest of the
+        # file is parsed, checksum first, when it is verified or decoded: opening stays cheap
         head = self.fp.read(bitstream.HEADER_MAX)
         try:
             header, offset = bitstream.parse_header(head)
             info = {"quality": header.quality, "model": header.model}
-            if header.metadata:  # the last stream: read it now, as PNG and WebP expose their chunks
-                self.fp.seek(offset + sum(header.stream_lengths[:-1]))
-                stream = self.fp.read(header.stream_lengths[-1])
-                if len(stream) != header.stream_lengths[-1]:
-                    raise bitstream.FormatError("truncated file")
-                info.update(bitstream.unpack_metadata(stream))
+            if header.metadata:
+                info.update(bitstream.read_metadata(self.fp, header, offset))
         except AecodecError as e:
             raise SyntaxError(str(e)) from None  # Pillow's signal for "not a valid file of this format"
         self._size = (header.width, header.height)
@@ -55,7 +54,7 @@ class AecImageFile(ImageFile.ImageFile):
             raise RuntimeError("verify must be called directly after open")
         self.fp.seek(0)
         try:
-            bitstream.unpack(self.fp.read())
+            bitstream.parse(self.fp.read())
         except AecodecError as e:
             raise SyntaxError(f"broken .aec file ({e})") from None
         super().verify()
@@ -67,7 +66,7 @@ class AecDecoder(ImageFile.PyDecoder):
     _pulls_fd = True
 
     def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
-        from .api import decompress
+        from codec.api import decompress
 
         self.fd.seek(0)
         try:
@@ -79,8 +78,8 @@ class AecDecoder(ImageFile.PyDecoder):
 
 
 def _save(im: Image.Image, fp, filename: str | bytes) -> None:
-    from .api import DEFAULT_QUALITY, compress
-    from .imageio import ImageError
+    from codec.api import DEFAULT_QUALITY, compress
+    from codec.image import ImageError
 
     quality = im.encoderinfo.get("quality")  # checked by compress as in the API: 60.7 is refused, not cut to 60
     image = im.copy()  # the current frame

@@ -104,8 +104,19 @@ class ModelEntry:
     name: str
     short: str  # the command line's --model choice
     target: str  # "module:Class", imported on first use
-    weights_file: str  # shipped file name in the weights folder (may hold a model containing this one)
+    weights_file: str | None  # shipped file name in the weights folder (may hold a model containing this
+    # one); None: none ships yet (--weights FILE)
     on_command_line: bool = True  # a choice of ``aecodec compress --model`` (its files decode either way)
+    about: str = ""  # what it is, for the command line's help
+    label: str = ""  # in the benchmark's tables and plots (default: "aecodec " + name)
+    qualities: tuple[int, ...] = ()  # the benchmark's qualities, and its --quick ones (default: the benchmark's)
+    quick: tuple[int, ...] = ()
+
+    @property
+    def bench_key(self) -> str:
+        """The benchmark's name for it (its result file): "aecodec-SHORT"; the hyperprior, the first
+        model, is plain "aecodec"."""
+        return "aecodec" if self.short == "hp" else f"aecodec-{self.short}"
 
     @property
     def cls(self) -> type:
@@ -143,10 +154,15 @@ def by_short(short: str) -> ModelEntry:
 # The hyperprior inside the cc file is not offered by compress since 0.16.0: it needs about 32% more
 # bits (BD-rate on Kodak) for a 25% faster encode, a trade no user is better served by. Its files
 # decode, the API, training and the benchmark keep it (it is what cc grew from).
-register(ModelEntry(1, "hyperprior-gain", "hp", "codec.model:GainHyperprior", "aecodec-cc.safetensors",
-                    on_command_line=False))
-register(ModelEntry(2, "vae-kl-f8", "vae", "codec.vae:KLAutoencoder", "aecodec-vae-f8.safetensors"))
-register(ModelEntry(3, "cc-hyperprior-gain", "cc", "codec.ccmodel:ChannelConditional", "aecodec-cc.safetensors"))
-register(ModelEntry(4, "space-channel", "sc", "codec.scmodel:SpaceChannel", "aecodec-sc.safetensors",
+register(ModelEntry(1, "hyperprior-gain", "hp", "codec.models.hyperprior:GainHyperprior", "aecodec-cc.safetensors",
+                    on_command_line=False, label="aecodec"))
+register(ModelEntry(2, "vae-kl-f8", "vae", "codec.models.vae:KLAutoencoder", "aecodec-vae-f8.safetensors",
+                    about="the f8 VAE's quantised latent (low rates only, and a ceiling near 24 dB: strong colours "
+                    "and fine detail come back approximate)",
+                    label="aecodec VAE f8", qualities=(1, 34, 67, 100), quick=(1, 100)))  # a narrow, low rate range
+register(ModelEntry(3, "cc-hyperprior-gain", "cc", "codec.models.cc:ChannelConditional", "aecodec-cc.safetensors",
+                    about="the channel-conditional model (the default: the smallest files)",
+                    label="aecodec channel-conditional"))
+register(ModelEntry(4, "space-channel", "sc", "codec.models.sc:SpaceChannel", None,
                     on_command_line=False))  # in training: no weights shipped yet
 DEFAULT_MODEL = "cc-hyperprior-gain"  # the best rate-distortion (weights/README.md)

@@ -5,8 +5,8 @@ decoder ever recomputes a probability table (which could differ by machine). The
 hyper synthesis is stored as its exact integers. To keep the file small, the analysis/synthesis
 transforms are stored in float16, the layers a model names in ``INT8_PREFIXES`` as int8 with a
 scale per output channel (encoder-only layers, which only choose what is coded, and small
-corrections whose int8 error is lost in them), and the CDF tables without their zero padding. The file's SHA-256 identifies the exact weights in every
-``.aec`` header.
+corrections whose int8 error is lost in them), and the CDF tables without their zero padding.
+The file's SHA-256 identifies the exact weights in every ``.aec`` header.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError
 
-from . import AecodecError, registry
-from .registry import DEFAULT_MODEL
+from codec import AecodecError, registry
+from codec.files import write_atomic
+from codec.registry import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # torch loads when weights do: finding a file and its id needs none
     import torch
@@ -56,7 +57,7 @@ def save_weights(model: Model, path: str | Path, info: dict | None = None) -> st
     """Write ``model`` (after ``model.update()``) to ``path`` atomically; returns its hash."""
     import torch
 
-    from .exact import integer_scales
+    from codec.models.exact import integer_scales
 
     tensors = {}
     exact = integer_scales(model)  # fixed-point tensors: stored as their exact integers
@@ -83,9 +84,7 @@ def save_weights(model: Model, path: str | Path, info: dict | None = None) -> st
     data = safetensors_bytes(tensors, meta)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data, force=True)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -107,7 +106,7 @@ def _unpack(tensors: dict[str, torch.Tensor], model: Model) -> dict[str, torch.T
     fit together)."""
     import torch
 
-    from .exact import integer_scales
+    from codec.models.exact import integer_scales
 
     names = set(model.state_dict())
     unknown = set(tensors) - names - {n + INT8_SCALE for n in names}

@@ -10,7 +10,7 @@ import pytest
 from scipy.integrate import trapezoid
 from scipy.interpolate import PchipInterpolator
 
-from codec.bdrate import bd_psnr, bd_rate, load_curve, msssim_db
+from codec.bench.bdrate import bd_psnr, bd_rate, load_curve, msssim_db
 
 # A JPEG-like curve: PSNR rises with log(bpp), a little concave.
 BPP = np.array([0.2, 0.35, 0.55, 0.8, 1.1, 1.5, 2.2])

@@ -9,9 +9,9 @@ import zlib
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from codec import bitstream
+from codec.format import bitstream
 from codec.api import CodecError
-from codec.bitstream import FormatError, Header
+from codec.format.bitstream import FormatError, Header
 from conftest import make_image
 
 

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from codec.api import Codec, CodecError, pad_to_stride, read_header
-from codec.ccmodel import CCConfig, ChannelConditional
-from codec.exact import integer_scales
-from codec.imageio import normalize, split
+from codec.models.cc import CCConfig, ChannelConditional
+from codec.models.exact import integer_scales
+from codec.image import normalize, split
 from codec.train import main
 from codec.weights import WeightsError, load_weights, save_weights
 from conftest import make_image, psnr

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codec import bitstream, registry
-from codec.bitstream import MAGIC
+from codec.format import bitstream
+from codec import registry
+from codec.format.bitstream import MAGIC
 from codec.cli import main
 from codec.weights import default_weights, load_weights, save_weights, weights_dir, weights_id
 from conftest import make_image

@@ -18,7 +18,7 @@ from codec import pillow_plugin as codec_plugin
 from codec.api import Codec, read_header
 from codec import AecodecError
 from codec.cli import main
-from codec.imageio import check_writable
+from codec.cli.files import check_writable
 from conftest import make_image, psnr
 
 ROOT = Path(__file__).resolve().parent.parent

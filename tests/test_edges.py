@@ -40,7 +40,7 @@ def test_files_padded_at_the_top_left_still_decode_there(codec):
     their decoded pixels are checked in test_golden and test_cli; here the flag is what moves it."""
     import dataclasses
 
-    from codec import bitstream
+    from codec.format import bitstream
 
     data = codec.compress(Image.fromarray(_gradient(40, 30)), 80)
     header, streams = bitstream.unpack(data)

@@ -1,5 +1,5 @@
 """docs/format.md describes the bytes the code writes: its header table is read here and held
-against codec/bitstream.py's layout, so the two cannot drift apart unseen."""
+against codec/format/bitstream.py's layout, so the two cannot drift apart unseen."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import re
 import struct
 from pathlib import Path
 
-from codec import bitstream, registry
+from codec.format import bitstream
+from codec import registry
 
 SPEC = (Path(__file__).resolve().parent.parent / "docs" / "format.md").read_text(encoding="utf-8")
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load as st_load
 
-from codec import bitstream
+from codec.format import bitstream
 from codec.api import Codec
 from conftest import make_image
 

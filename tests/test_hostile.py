@@ -13,7 +13,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from codec import api, bitstream, entropy, tiles
+from codec import api
+from codec.format import bitstream, entropy
+from codec.models import tiles
 from codec.api import Codec, CodecError, FormatError
 from codec.cli import main
 from codec.registry import PAST_WEIGHTS
@@ -173,13 +175,13 @@ def test_vae_decode_names_a_header_too_large_from_its_first_bytes(tmp_path, caps
 
 
 def test_endless_inputs_are_read_up_to_a_bound(monkeypatch):
-    from codec import imageio
+    from codec import image
 
-    monkeypatch.setattr(imageio, "MAX_INPUT_BYTES", 4096)
-    with pytest.raises(imageio.ImageError, match="too large \\(over 4,096 bytes"):
-        imageio.read_bytes("/dev/zero")
-    with pytest.raises(imageio.ImageError, match="too large"):
-        imageio.read_image("/dev/zero")
+    monkeypatch.setattr(image, "MAX_INPUT_BYTES", 4096)
+    with pytest.raises(image.ImageError, match="too large \\(over 4,096 bytes"):
+        image.read_bytes("/dev/zero")
+    with pytest.raises(image.ImageError, match="too large"):
+        image.read_image("/dev/zero")
 
 
 def test_a_tiff_whose_second_directory_is_broken_is_one_error(tmp_path, codec):
@@ -188,7 +190,7 @@ def test_a_tiff_whose_second_directory_is_broken_is_one_error(tmp_path, codec):
 
     from PIL import Image
 
-    from codec.imageio import ImageError, check_image
+    from codec.image import ImageError, check_image
 
     b = io.BytesIO()
     Image.new("RGB", (8, 8)).save(b, "TIFF")
@@ -204,7 +206,7 @@ def test_a_tiff_whose_second_directory_is_broken_is_one_error(tmp_path, codec):
 
 
 def test_the_plain_kernel_switch_is_counted_across_threads():
-    from codec.exact import plain_cpu_kernels
+    from codec.models.exact import plain_cpu_kernels
 
     before = torch.backends.mkldnn.enabled
     first, second = plain_cpu_kernels(), plain_cpu_kernels()  # as two threads' decodes would overlap
@@ -312,7 +314,7 @@ def test_default_limit_is_documented_in_the_api():
 def test_an_endless_device_is_refused_from_its_first_bytes():
     """`aecodec info /dev/zero` once read 512 MB before saying it was too large; the magic is
     asked of the first bytes."""
-    from codec.imageio import read_bytes
+    from codec.image import read_bytes
 
     with pytest.raises(FormatError, match="not an .aec file"):
         read_bytes("/dev/zero", bitstream.check_magic)

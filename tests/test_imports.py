@@ -1,5 +1,5 @@
 """What a call pays for at start-up: CompressAI's entropy models without its point-cloud half
-(codec/lean_imports.py), torch only when a model is needed, and no warnings from imports."""
+(codec/models/lean_imports.py), torch only when a model is needed, and no warnings from imports."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def test_a_model_loads_without_compressais_point_cloud_half_and_without_warnings
 
 def test_the_rest_of_compressai_and_scipy_still_work_in_the_same_process():
     r = subprocess.run([sys.executable, "-c", """
-import codec.model, compressai, scipy
-from codec.lean_imports import is_deferred
+import codec.models.hyperprior, compressai, scipy
+from codec.models.lean_imports import is_deferred
 assert is_deferred(compressai) and is_deferred(scipy.stats)
 assert compressai.get_entropy_coder() == "ans"  # answered without the rest
 assert abs(scipy.stats.norm.ppf(0.975) - 1.959964) < 1e-6 and not is_deferred(scipy.stats)
@@ -35,7 +35,7 @@ assert callable(compressai.set_entropy_coder) and not is_deferred(compressai)  #
 
 
 def test_compressai_imported_first_is_used_as_it_is():
-    r = subprocess.run([sys.executable, "-c", "import compressai, codec.model; from codec.lean_imports import "
+    r = subprocess.run([sys.executable, "-c", "import compressai, codec.models.hyperprior; from codec.models.lean_imports import "
                         "is_deferred; assert not is_deferred(compressai)"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
 

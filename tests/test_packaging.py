@@ -62,4 +62,4 @@ def test_wheel_carries_every_weights_file(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for entry in [e for e in registry.MODELS.values() if e.weights_file]:
         assert any(n.endswith(f"data/data/share/aecodec/weights/{entry.weights_file}") for n in names)
-    assert "codec/registry.py" in names and "codec/entropy.py" in names
+    assert "codec/registry.py" in names and "codec/format/entropy.py" in names

@@ -11,9 +11,13 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from codec import entropy, registry
+from codec.format import entropy
+from codec import registry
 from codec.api import Codec, read_header
-from codec.model import CompressionModel, EntropyBottleneck  # CompressAI's, through codec/lean_imports.py
+from codec.models.hyperprior import (  # CompressAI's, through codec/models/lean_imports.py
+    CompressionModel,
+    EntropyBottleneck,
+)
 from codec.cli import main
 from codec.registry import CodecModel, ModelEntry
 from codec.weights import load_weights, save_weights
@@ -28,7 +32,7 @@ class TinyConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TinyConfig":
+    def from_dict(cls, d: dict) -> TinyConfig:
         return cls(**d)
 
 

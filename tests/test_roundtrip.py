@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codec.imageio import ImageError, read_image
+from codec.image import ImageError, read_image
 from conftest import make_image, psnr
 
 
@@ -69,7 +69,8 @@ def _png16(path, width: int, height: int, colour_type: int, channels: int) -> No
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     rows = b"".join(b"\0" + bytes(range(2 * width * channels)) for _ in range(height))  # filter 0 rows
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
                      + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from codec.api import Codec, pad_to_stride
-from codec.bitstream import FormatError
-from codec.ccmodel import CCConfig, ChannelConditional
-from codec.exact import FixedPointConvStack
-from codec.model import conv
-from codec.imageio import normalize, split
-from codec.scmodel import SCConfig, SpaceChannel, anchors
+from codec.format.bitstream import FormatError
+from codec.models.cc import CCConfig, ChannelConditional
+from codec.models.exact import FixedPointConvStack
+from codec.models.hyperprior import conv
+from codec.image import normalize, split
+from codec.models.sc import SCConfig, SpaceChannel, anchors
 from codec.train import main
 from codec.weights import save_weights
 from conftest import make_image
@@ -91,7 +91,7 @@ def test_round_trip_threads_and_tiles(sc_weights, monkeypatch):
     torch.set_num_threads(2)
     assert codec.compress(image, 80) == data
     assert np.array_equal(np.asarray(codec.decompress(data)), one)
-    monkeypatch.setattr(codec.model.latent_codec, "TILE", 5)  # tiles smaller than the latent
+    monkeypatch.setattr(codec.model.latent_codec, "TILE", 8)  # tiles smaller than the latent
     monkeypatch.setattr(codec.model, "TILE", 128)
     assert codec.compress(image, 80) == data
     assert np.array_equal(np.asarray(codec.decompress(data)), one)

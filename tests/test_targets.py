@@ -24,7 +24,7 @@ def test_the_search_finds_what_trying_every_quality_finds_in_few_calls(inclusive
         target = rng.uniform(curve[0] - 0.1, curve[101] + 0.1)
         below = [q for q in range(1, 101) if (curve[q] <= target if inclusive else curve[q] < target)]
         asked = []
-        found = search_quality(lambda q: asked.append(q) or curve[q], target, slope=0.026, inclusive=inclusive)
+        found = search_quality(lambda q: asked.append(q) or curve[q], target, slope=0.026, inclusive=inclusive)  # noqa: B023
         assert found == (below[-1] if below else 0)
         assert len(set(asked)) == len(asked)  # no quality is coded twice
         calls.append(len(asked))

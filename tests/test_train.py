@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from codec.api import Codec
-from codec.model import GainHyperprior, ModelConfig
+from codec.models.hyperprior import GainHyperprior, ModelConfig
 from codec.train import main
 from codec.weights import save_weights, weights_info
 from conftest import make_image
@@ -143,8 +143,8 @@ def test_export_refuses_what_is_not_a_checkpoint_in_one_line(tmp_path, content):
 
 def test_single_group_optimizer_state_resumes_with_slice_networks_in_their_own_group():
     """Checkpoints from before --slice-lr hold one Adam group; it splits without losing state."""
-    from codec.ccmodel import CCConfig, ChannelConditional
-    from codec.train import _regroup
+    from codec.models.cc import CCConfig, ChannelConditional
+    from codec.train.fit import _regroup
 
     model = ChannelConditional(CCConfig(N=8, M=16, slices=2, width=8))
     params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
@@ -166,7 +166,7 @@ def test_single_group_optimizer_state_resumes_with_slice_networks_in_their_own_g
 def test_init_from_a_cc_file_trains_the_model_asked_for(tmp_path):
     """--init of a channel-conditional file continues that model; --model hp trains the hyperprior
     inside it (one file ships both)."""
-    from codec.ccmodel import CCConfig, ChannelConditional
+    from codec.models.cc import CCConfig, ChannelConditional
 
     cc = ChannelConditional(CCConfig(N=16, M=24, slices=2, width=8))
     cc.update(force=True)

@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from codec import bitstream
+from codec.format import bitstream
 from codec.api import Codec, CodecError, FormatError
 from codec.cli import main as cli
 from codec.train import main as train
-from codec.vae import KLAutoencoder, VAEConfig, kl_divergence
+from codec.models.vae import KLAutoencoder, VAEConfig, kl_divergence
 from codec.weights import read_metadata, weights_info
 from conftest import make_image, psnr
 
@@ -109,7 +109,8 @@ def test_latent_file_is_checked(vae, tmp_path):
     with pytest.raises(FormatError, match="NaN or infinite"):
         vae.decode_latent(st_save({"latent": torch.full((1, 4, 2, 3), math.nan)}, metadata=_meta(data)))
     with pytest.raises(CodecError, match="weights"):
-        vae.decode_latent(st_save({"latent": torch.zeros(1, 4, 2, 3)}, metadata={**_meta(data), "weights_sha256": "0" * 64}))
+        other = {**_meta(data), "weights_sha256": "0" * 64}
+        vae.decode_latent(st_save({"latent": torch.zeros(1, 4, 2, 3)}, metadata=other))
     with pytest.raises(CodecError, match="alpha"):
         vae.encode_latent(make_image(8, 8, "RGBA"))
 

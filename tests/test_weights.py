@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from codec import weights
-from codec.ccmodel import CCConfig, ChannelConditional
-from codec.exact import integer_scales
+from codec.models.cc import CCConfig, ChannelConditional
+from codec.models.exact import integer_scales
 from codec.weights import WeightsError, load_weights, read_metadata, save_weights
 
 
@@ -112,7 +112,8 @@ def test_tensors_that_do_not_fit_together_are_refused(small, tmp_path, damage):
     bad = tmp_path / "bad.safetensors"
     save_file(raw, bad, metadata=meta)
     # a config is refused for what it says, before a model of its size is built
-    reason = {"config-huge": "N=100000", "config-slices": "slices=100", "config-lrp": "lrp=1000000", "config-no-lambdas": "lambdas: 2..64",
+    reason = {"config-huge": "N=100000", "config-slices": "slices=100", "config-lrp": "lrp=1000000",
+              "config-no-lambdas": "lambdas: 2..64",
               "cdf-junk-tables": "unexpected tensor junk0", "exact-as-float": "not stored as exact"}.get(damage, "")
     with pytest.raises(WeightsError, match=f"(does not fit|not a valid).*{reason}"):
         load_weights(bad)
@@ -122,7 +123,7 @@ def test_tensors_that_do_not_fit_together_are_refused(small, tmp_path, damage):
                                     {"scaling_factor": "abc"}, {"block_out_channels": [4096] * 4}])
 def test_a_vae_config_out_of_range_is_refused(tmp_path, change):
     """Values the VAE would only trip over while coding are refused when the file loads."""
-    from codec.vae import KLAutoencoder, VAEConfig
+    from codec.models.vae import KLAutoencoder, VAEConfig
 
     model = KLAutoencoder(VAEConfig(block_out_channels=(8, 8, 8, 8), norm_num_groups=4,
                                     latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4))

@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from codec.metrics import psnr_from_mse
-    from codec.model import bpp_of
-    from codec.train import list_images, load_images
+    from codec.models.hyperprior import bpp_of
+    from codec.train.fit import list_images, load_images
     from codec.weights import load_weights
 
     torch.set_num_threads(args.threads)
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no images in {args.val}")
     crops = [im[:, : im.shape[1] // 64 * 64, : im.shape[2] // 64 * 64].float()[None] / 255 for im in images]
     print(f"{sha[:16]} ({model.NAME}), {len(crops)} validation images\n")
-    print("| anchor | lambda | bpp | PSNR as coded | PSNR unquantised (ceiling) | gap |\n|---:|---:|---:|---:|---:|---:|")
+    print("| anchor | lambda | bpp | PSNR as coded | PSNR unquantised (ceiling) | gap |")
+    print("|---:|---:|---:|---:|---:|---:|")
     with torch.no_grad():
         for k, lmbda in enumerate(model.config.lambdas):
             pos = torch.tensor([float(k)])
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                 coded += float(psnr_from_mse(((out["x_hat"].clamp(0, 1) - x) ** 2).mean())) / len(crops)
                 x_hat = model.g_s(model.g_a(x) * gain * inv_gain).clamp(0, 1)
                 ceiling += float(psnr_from_mse(((x_hat - x) ** 2).mean())) / len(crops)
-            print(f"| {k} | {lmbda:.5f} | {bpp:.3f} | {coded:.2f} | {ceiling:.2f} | {ceiling - coded:.2f} |", flush=True)
+            cells = (f"{k}", f"{lmbda:.5f}", f"{bpp:.3f}", f"{coded:.2f}", f"{ceiling:.2f}", f"{ceiling - coded:.2f}")
+            print("| " + " | ".join(cells) + " |", flush=True)
     return 0
 
 

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from codec.api import Codec, pad_to_stride
     from codec.bench import list_images
-    from codec.imageio import split
+    from codec.image import split
     from codec.metrics import psnr
 
     w, h = (int(v) for v in args.size.split("x"))
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             total[centred][0] += n
             total[centred][1] += psnr(a, b) / args.images
     (b0, p0), (b1, p1) = total[False], total[True]
-    print(f"padding after: {b0:,} B, mean {p0:.2f} dB; centred: {b1:,} B ({100 * (b1 / b0 - 1):+.1f}%), mean {p1:.2f} dB")
+    print(f"padding after: {b0:,} B, mean {p0:.2f} dB; "
+          f"centred: {b1:,} B ({100 * (b1 / b0 - 1):+.1f}%), mean {p1:.2f} dB")
     return 0
 
 

@@ -9,8 +9,9 @@ the entropy decoder and the networks instead of stopping at the checksum.
 
 Cases run in a worker process under a memory cap (RLIMIT_AS), each with a timeout. Each case
 is decoded twice. Acceptable outcomes: the same pixels both times, or one of aecodec's own
-errors (FormatError, CodecError, WeightsError: a one-line message on the command line). Anything else is a failure: a crash (the worker dies by a signal), a hang, a
-MemoryError, any other exception, or two different results from one file. The worker is
+errors (FormatError, CodecError, WeightsError: a one-line message on the command line).
+Anything else is a failure: a crash (the worker dies by a signal), a hang, a MemoryError,
+any other exception, or two different results from one file. The worker is
 restarted after a failure and the run goes on; the failing inputs are saved with --save.
 ``tests/test_hostile.py`` runs a few hundred cases of the same harness.
 """

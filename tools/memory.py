@@ -66,7 +66,8 @@ def main() -> int:
         raise SystemExit("needs /usr/bin/time (GNU time: apt-get install time)")
     aecodec = shutil.which("aecodec") or raise_missing()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    print("| image | pixels | compress s | compress peak RSS MB | .aec bytes | bpp | decompress s | decompress peak RSS MB |")
+    print("| image | pixels | compress s | compress peak RSS MB | .aec bytes | bpp | decompress s "
+          "| decompress peak RSS MB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for mp in args.mp:

@@ -2,7 +2,7 @@
 BD-rate (one number over the whole overlap) can be traced to the rates that make it.
 
     A=../shared/anchors/kodak
-    python tools/rd_gap.py weights/kodak-aecodec-cc.json --reference "JPEG 4:2:0=$A/measured-jpeg-420.json" \\
+    python tools/rd_gap.py results/kodak-aecodec-cc.json --reference "JPEG 4:2:0=$A/measured-jpeg-420.json" \\
         "WebP=$A/measured-webp.json" "mbt2018-mean=$A/published-compressai-mbt2018-mean_mse_cuda.json"
 
 Each curve is interpolated linearly in log-rate between its measured points, never beyond
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"rates to compare at (default: {' '.join(map(str, RATES))})")
     args = p.parse_args(argv)
 
-    from codec.bdrate import load_curve
+    from codec.bench.bdrate import load_curve
 
     def curve(path: str) -> tuple[np.ndarray, np.ndarray]:
         try:

@@ -3,7 +3,7 @@ curves measured here solid, references dashed, as ``aecodec bench`` draws its ow
 
     A=../shared/anchors/kodak
     python tools/rd_plot.py docs/rd-psnr-kodak.png \\
-        --ours "aecodec (cc)=weights/kodak-aecodec-cc.json" "aecodec --model hp=weights/kodak-aecodec.json" \\
+        --ours "aecodec (cc)=results/kodak-aecodec-cc.json" "aecodec --model hp=results/kodak-aecodec.json" \\
         --reference "JPEG 4:2:0=$A/measured-jpeg-420.json" "WebP=$A/measured-webp.json" \\
         "JPEG XL=$A/measured-jxl.json" "AVIF=$A/measured-avif.json" \\
         "mbt2018-mean (published)=$A/published-compressai-mbt2018-mean_mse_cuda.json"
@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--title", default="Kodak (24 images)")
     args = p.parse_args(argv)
 
-    from codec.bench_plot import plot_rd
-    from codec.bench_report import curve_from_results
+    from codec.bench.plot import plot_rd
+    from codec.bench.report import curve_from_results
 
     def curves(items: list[str], reference: bool) -> list:
         out = []

@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         data = codec.compress(image, args.quality)
         cells = [f"{statistics.median(t):.3f} ({min(t):.3f}-{max(t):.3f})"
-                 for t in (timed(lambda: codec.compress(image, args.quality), args.runs),
-                           timed(lambda: codec.decompress(data), args.runs))]
+                 for t in (timed(lambda: codec.compress(image, args.quality), args.runs),  # noqa: B023
+                           timed(lambda: codec.decompress(data), args.runs))]  # noqa: B023
         print(f"| {short} | {codec.weights_sha256[:16]} | {len(data):,} | {cells[0]} | {cells[1]} |")
     return 0
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from codec.api import Codec, pad_to_stride
 from codec.bench import list_images
 from codec.metrics import ms_ssim_rgb, psnr
-from codec.imageio import merge, split
+from codec.image import merge, split
 
 
 def reconstruct(codec: Codec, image: Image.Image) -> tuple[np.ndarray, torch.Tensor]:

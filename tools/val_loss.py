@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from codec.train import list_images, load_images, validate
+    from codec.train.fit import list_images, load_images, validate
     from codec.weights import load_weights
 
     torch.set_num_threads(args.threads)

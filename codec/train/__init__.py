@@ -1,5 +1,5 @@
 """The command line of training (``python -m codec.train``, ``aecodec train``): parsed here, with
-no torch, so that ``--help`` and usage errors answer at once; the work is codec/train.py's."""
+no torch, so that ``--help`` and usage errors answer at once; the work is codec/train/fit.py's."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 
 def _train_docstring() -> str:
-    """codec/train.py's docstring (the guide to training), read without importing torch."""
-    origin = importlib.util.find_spec("codec.train").origin
+    """codec/train/fit.py's docstring (the guide to training), read without importing torch."""
+    origin = importlib.util.find_spec("codec.train.fit").origin
     return ast.get_docstring(ast.parse(Path(origin).read_text(encoding="utf-8"))) or ""
 
 
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
                    help="hp: the rate-distortion hyperprior (new runs: the default; from --init of a cc file: "
                    "the hyperprior inside it); cc: the channel-conditional model (from --init/--resume of an hp "
                    "model, its transforms carry over); sc: the space-channel model (from --init/--resume of a cc "
-                   "model, grown from it: it starts out coding as the cc model does); vae: the KL-regularised f8 autoencoder. "
+                   "model, grown from it: it starts out coding as the cc model does); vae: the KL-regularised f8 "
+                   "autoencoder. "
                    "Default: the model of --resume/--init")
     f.add_argument("--data", required=True, help="folder of training images")
     f.add_argument("--val", required=True, help="folder of held-out validation images")
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
                    help="share of training images placed between the two highest anchors (the rest: uniform "
                    "over the whole axis): new high anchors catch up faster")
     f.add_argument("--lr-drop", type=float, default=0.0, help="fraction of --steps after which lr /= 10 (0: never)")
-    f.add_argument("--lambdas", type=parse_lambdas, help="comma-separated anchor lambdas, low to high (default: the model's; "
+    f.add_argument("--lambdas", type=parse_lambdas,
+                   help="comma-separated anchor lambdas, low to high (default: the model's; "
                    "on --resume/--init, retargets the gain tables to them)")
     f.add_argument("--N", type=int, default=128, help="transform channels (new models only)")
     f.add_argument("--M", type=int, default=192, help="latent channels (new models only)")
@@ -120,10 +122,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
         p.error("--steps must be at least 1")
     if not 0 <= getattr(args, "top_share", 0) <= 1:
         p.error("--top-share must be between 0 and 1")
-    from . import train  # torch and the models load only now: --help and usage errors answer without them
+    from codec.train import fit  # torch and the models load only now: --help and usage errors answer without them
 
     try:
-        getattr(train, args.func)(args)
+        getattr(fit, args.func)(args)
     except SystemExit as e:  # our refusals say "error: ..."; name the program as argparse does
         if isinstance(e.code, str) and e.code.startswith("error: "):
             raise SystemExit(f"{prog}: {e.code}") from None

@@ -11,7 +11,7 @@ Here, without a spatial context:
   mean for its own channels. Its last layer starts at zero, so a model made from trained
   hyperprior weights (:meth:`ChannelConditional.from_hyperprior`) starts out coding exactly as
   they do, and training can only move it from there;
-* the slice networks pick CDF tables, so they run in fixed point (``codec/exact.py``): a file
+* the slice networks pick CDF tables, so they run in fixed point (``codec/models/exact.py``): a file
   decodes bit-identically on any machine and thread count, like the hyperprior's;
 * optionally (``lrp`` > 0) *latent residual prediction*: once every slice is decoded, a small
   network sees the hyperprior's output and the whole decoded latent and adds a prediction of the
@@ -30,9 +30,17 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from . import entropy, tiles
-from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round
-from .model import MAX_CHANNELS, GainHyperprior, ModelConfig, check_rd_config, conv, default_lambdas
+from codec.format import entropy
+from codec.models import tiles
+from codec.models.exact import FixedPointConvStack, plain_cpu_kernels, ste_round
+from codec.models.hyperprior import (
+    MAX_CHANNELS,
+    GainHyperprior,
+    ModelConfig,
+    check_rd_config,
+    conv,
+    default_lambdas,
+)
 
 
 MAX_SLICES = 16  # published models use 5 (ELIC) or 10 (Minnen & Singh)
@@ -59,7 +67,7 @@ class CCConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CCConfig":
+    def from_dict(cls, d: dict) -> CCConfig:
         return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(x) for x in d["lambdas"]),
                    slices=int(d["slices"]), width=int(d["width"]), lrp=int(d.get("lrp", 0)))  # 0.6.0 and before: none
 
@@ -107,7 +115,7 @@ class ChannelConditional(GainHyperprior):
         return 1 + self.config.slices
 
     @classmethod
-    def from_hyperprior(cls, hp: GainHyperprior, slices: int = 4, width: int = 128, lrp: int = 0) -> "ChannelConditional":
+    def from_hyperprior(cls, hp: GainHyperprior, slices: int = 4, width: int = 128, lrp: int = 0) -> ChannelConditional:
         """A channel-conditional model that starts out coding exactly as ``hp``."""
         c = hp.config
         model = cls(CCConfig(c.N, c.M, tuple(c.lambdas), slices, width, lrp))
@@ -116,7 +124,7 @@ class ChannelConditional(GainHyperprior):
             raise ValueError(f"not a hyperprior of this shape ({unexpected or missing})")
         return model
 
-    def with_lrp(self, width: int) -> "ChannelConditional":
+    def with_lrp(self, width: int) -> ChannelConditional:
         """This model with a residual prediction of ``width`` channels added, starting at zero:
         it decodes exactly as this one until trained; ``width`` 0: this model without its own."""
         c = self.config
@@ -137,7 +145,8 @@ class ChannelConditional(GainHyperprior):
         hp.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith(("slice_nets.", "lrp."))})
         return hp
 
-    def _slice_params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor], net) -> tuple[torch.Tensor, torch.Tensor]:
+    def _slice_params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor],
+                      net) -> tuple[torch.Tensor, torch.Tensor]:
         """Scales and means of slice ``i`` from the hyperprior output and the slices before it."""
         C = self.config.M // self.config.slices
         scales, means = hp.chunk(2, dim=1)
@@ -211,7 +220,7 @@ class ChannelConditional(GainHyperprior):
         hp, y_hat = self._decode(strings, z_shape)
         if self.lrp is not None:
             with plain_cpu_kernels():
-                net = lambda t: self._refine(t[:, : hp.shape[1]], t[:, hp.shape[1] :], self.lrp)
+                net = lambda t: self._refine(t[:, : hp.shape[1]], t[:, hp.shape[1] :], self.lrp)  # noqa: E731
                 y_hat = tiles.exact(net, torch.cat([hp, y_hat], dim=1).float(), self.TILE // 16, 4)
         return self.synthesize(y_hat, quality, device)
 

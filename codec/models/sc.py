@@ -11,7 +11,7 @@ As CompressAI composes its models, ``g_a`` -> latent codec -> ``g_s``:
   CVPR 2021): first the anchors (where row + column is even), predicted from the hyperprior and
   the slices before, then the rest, predicted from those *and the decoded anchors around them*.
   One slice network does both passes: its input holds the slice's decoded anchors (zeros in the
-  first pass). It picks CDF tables, so it runs in fixed point (``codec/exact.py``) as the
+  first pass). It picks CDF tables, so it runs in fixed point (``codec/models/exact.py``) as the
   hyperprior's synthesis does: a file decodes bit-identically on any machine and thread count.
 
 It is grown from model 3 (:meth:`SpaceChannel.grown_from`), not trained from scratch: model 3's
@@ -29,10 +29,20 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from . import entropy, tiles
-from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round
-from .model import (MAX_CHANNELS, EntropyBottleneck, GainedTransforms, GaussianConditional, analysis, check_rd_config,
-                    conv, deconv, default_lambdas, synthesis)
+from codec.format import entropy
+from codec.models import tiles
+from codec.models.exact import FixedPointConvStack, plain_cpu_kernels, ste_round
+from codec.models.hyperprior import (
+    MAX_CHANNELS,
+    EntropyBottleneck,
+    GainedTransforms,
+    GaussianConditional,
+    analysis,
+    check_rd_config,
+    conv,
+    deconv,
+    synthesis,
+)
 
 MAX_SLICES = 16  # published models use 5 (ELIC) or 10 (Minnen & Singh)
 
@@ -56,14 +66,15 @@ class SCConfig:
         check_rd_config(self)
         if not (1 <= len(self.slices) <= MAX_SLICES and min(self.slices) >= 1 and sum(self.slices) == self.M):
             raise ValueError(f"slices={self.slices}: 1..{MAX_SLICES} positive sizes that add up to M={self.M}")
-        if not (1 <= self.width <= MAX_CHANNELS and len(self.hyper) == 2 and all(1 <= h <= MAX_CHANNELS for h in self.hyper)):
+        widths = (self.width, *self.hyper)
+        if len(self.hyper) != 2 or not all(1 <= w <= MAX_CHANNELS for w in widths):
             raise ValueError(f"width={self.width}, hyper={self.hyper}: channel counts 1..{MAX_CHANNELS}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SCConfig":
+    def from_dict(cls, d: dict) -> SCConfig:
         return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(x) for x in d["lambdas"]),
                    slices=tuple(int(x) for x in d["slices"]), width=int(d["width"]),
                    hyper=tuple(int(x) for x in d["hyper"]))
@@ -108,7 +119,8 @@ class SpaceChannelContext(nn.Module):
                 net.layers[-1].weight.zero_()
                 net.layers[-1].bias.zero_()
 
-    def _params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor], own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor],
+                own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: scales and means of slice ``i`` from the hyperprior output, the slices before
         it and its own decoded anchors (``own``: zero where not decoded yet)."""
         out = self.slice_nets[i](torch.cat([hp, *done, own], dim=1))
@@ -228,7 +240,7 @@ class SpaceChannel(GainedTransforms):
 
     @classmethod
     def grown_from(cls, cc, extra: int = 128, lambdas: tuple[float, ...] | None = None,
-                   seed: int = 0) -> "SpaceChannel":
+                   seed: int = 0) -> SpaceChannel:
         """A model 4 that starts out coding as ``cc`` (a trained model 3 without residual
         prediction) does, with ``extra`` latent channels as a fifth slice and the anchors
         ``lambdas`` (default: cc's and one more, as :class:`SCConfig`'s).
@@ -248,6 +260,9 @@ class SpaceChannel(GainedTransforms):
         model = cls(SCConfig(c.N, M, lambdas, (M0 // S,) * S + (extra,), c.width, (M0, M0 * 3 // 2)))
         old, new = cc.state_dict(), model.state_dict()
 
+        # kept as they are: h_a (its new inputs are filled in below), h_s up to its last layer, the entropy models
+        kept = ("h_a.", "h_s.layers.0", "h_s.layers.1", "entropy_bottleneck.", "gaussian_conditional.")
+
         def put(name: str, value: torch.Tensor) -> None:
             if new[name].shape != value.shape:
                 raise ValueError(f"{name}: {tuple(value.shape)} does not fit {tuple(new[name].shape)}")
@@ -257,8 +272,7 @@ class SpaceChannel(GainedTransforms):
             for k, v in old.items():
                 if k.startswith(("g_a.", "g_s.")) and new[k].shape == v.shape:
                     put(k, v)
-                elif k.startswith(("h_a.", "h_s.layers.0", "h_s.layers.1", "entropy_bottleneck.", "gaussian_conditional.")) \
-                        and new["latent_codec." + k].shape == v.shape:
+                elif k.startswith(kept) and new["latent_codec." + k].shape == v.shape:
                     put("latent_codec." + k, v)
             last = f"g_a.{len(model.g_a) - 1}"
             w = new[last + ".weight"] * 0.1

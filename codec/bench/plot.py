@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bdrate import msssim_db
-from .bench_report import Curve
+from codec.bench.bdrate import msssim_db
+from codec.bench.report import Curve
 
 
 MARKERS = "os^Dv<>pP*Xh"

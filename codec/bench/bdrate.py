@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -69,7 +69,8 @@ def bd_psnr(
     """Average quality difference (dB for PSNR) of (rate, quality) against the reference at equal log-rate."""
     log_ref = np.log(np.asarray(ref_rate, dtype=np.float64))
     log_rate = np.log(np.asarray(rate, dtype=np.float64))
-    return _mean_gap(log_ref, np.asarray(ref_quality, dtype=np.float64), log_rate, np.asarray(quality, dtype=np.float64))
+    ref_quality, quality = np.asarray(ref_quality, dtype=np.float64), np.asarray(quality, dtype=np.float64)
+    return _mean_gap(log_ref, ref_quality, log_rate, quality)
 
 
 def msssim_db(values: Sequence[float]) -> np.ndarray:

@@ -33,28 +33,26 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, features
 
-from .bench_codecs import (  # noqa: F401 (the adapters, re-exported)
-    JxlCodec,
-    AECODEC_MODELS,
+from codec.bench.codecs import (  # noqa: F401 (the adapters, re-exported)
     AECODEC_QUALITIES,
     AECODEC_QUICK,
-    VAE_QUALITIES,
-    VAE_QUICK,
     AeCodec,
     BenchError,
     BenchUsageError,
+    JxlCodec,
     PillowCodec,
+    aecodec_models,
     cpu_name,
     describe_torch_device,
     pillow_codecs,
 )
-from .bench_plot import plot_rd  # noqa: F401
-from .bench_report import (  # noqa: F401
+from codec.bench.plot import plot_rd  # noqa: F401
+from codec.bench.report import (  # noqa: F401
     ANCHOR,
     Curve,
     Row,
@@ -67,11 +65,16 @@ from .bench_report import (  # noqa: F401
     write_json,
     write_summary,
 )
-from .imageio import ImageError, read_image
-from .metrics import MSSSIM_MIN_SIDE, PSNR_CAP, ms_ssim_rgb, psnr  # noqa: F401 (re-exported)
+from codec.image import ImageError, read_image
+from codec.metrics import MSSSIM_MIN_SIDE, PSNR_CAP, ms_ssim_rgb, psnr  # noqa: F401 (re-exported)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
-ALL_CODECS = ("aecodec", "aecodec-vae", "aecodec-cc", "jpeg420", "jpeg444", "webp", "avif", "jpeg2000", "jpegxl")
+CLASSICAL = ("jpeg420", "jpeg444", "webp", "avif", "jpeg2000", "jpegxl")
+
+
+def all_codecs() -> tuple[str, ...]:
+    """Every name --codecs takes: each registered aecodec model, then the classical codecs."""
+    return (*aecodec_models(), *CLASSICAL)
 QUICK_IMAGES = 3
 QUICK_CROP = 256  # centre crop: small enough for CI, big enough for 5-scale MS-SSIM
 
@@ -147,11 +150,11 @@ def sweep(codecs: list, paths: list[Path], qualities: dict[str, Sequence[int]], 
 # --------------------------------------------------------------------------- CLI
 
 
-def _parse_codecs(text: str | None) -> list[str]:
-    names = [n.strip().lower() for n in (text or ",".join(ALL_CODECS)).split(",") if n.strip()]
+def _parse_codecs(text: str | None, default: tuple[str, ...]) -> list[str]:
+    names = [n.strip().lower() for n in (text or ",".join(default)).split(",") if n.strip()]
     for n in names:
-        if n not in ALL_CODECS:
-            raise BenchUsageError(f"unknown codec {n!r} (choose from {', '.join(ALL_CODECS)})")
+        if n not in all_codecs():
+            raise BenchUsageError(f"unknown codec {n!r} (choose from {', '.join(all_codecs())})")
     if "avif" in names and not features.check("avif"):
         if text is not None:
             raise BenchError("avif: this Pillow build has no AVIF support")
@@ -175,16 +178,20 @@ def _parse_qualities(text: str) -> tuple[int, ...]:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", help="folder of images (PNG, JPEG, ...), e.g. the 24 Kodak images")
     p.add_argument("--codecs", metavar="LIST",
-                   help=f"comma list from {','.join(ALL_CODECS)} (default: all; {ANCHOR} always runs, "
-                   "as the BD-rate anchor)")
+                   help=f"comma list from {','.join(all_codecs())} (default: all, the aecodec models without "
+                   f"weights to measure left out; {ANCHOR} always runs, as the BD-rate anchor)")
     p.add_argument("--qualities", metavar="LIST",
                    help="aecodec qualities, comma list of 1-100 "
                    f"(default: {','.join(map(str, AECODEC_QUALITIES))}; --quick: {','.join(map(str, AECODEC_QUICK))})")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where aecodec runs (default: auto)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where aecodec runs (default: auto)")
     p.add_argument("--weights", metavar="FILE", help="aecodec (the hyperprior) weights: a file of that model, or a "
                    "channel-conditional file, whose hyperprior it is (default: --cc-weights, else the shipped file)")
-    p.add_argument("--vae-weights", metavar="FILE", help="aecodec-vae weights (default: the shipped weights)")
-    p.add_argument("--cc-weights", metavar="FILE", help="aecodec-cc weights (default: the shipped weights)")
+    for key, entry in aecodec_models().items():  # --cc-weights, --vae-weights, ...: one per registered model
+        if entry.short != "hp":
+            p.add_argument(f"--{entry.short}-weights", metavar="FILE",
+                           help=f"{key} weights (default: " + ("the shipped weights)" if entry.weights_file
+                                                               else "none ships yet: needed to measure it)"))
     p.add_argument("--out", default="bench-out", metavar="DIR", help="output folder (default: bench-out)")
     p.add_argument("--reference", nargs="+", action="extend", default=[], metavar="FILE.json",
                    help="CompressAI-style result JSONs to compare and plot against")
@@ -219,7 +226,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    names = _parse_codecs(args.codecs)
+    models = aecodec_models()
+    given = {key: getattr(args, "weights" if e.short == "hp" else f"{e.short}_weights", None)
+             for key, e in models.items()}
+    for key, e in models.items():  # a model shipped inside another's file (the hyperprior): that file, if given
+        given[key] = given[key] or next((given[k] for k, o in models.items()
+                                         if o.weights_file == e.weights_file and e.weights_file and given[k]), None)
+    measurable = tuple(k for k, e in models.items() if e.weights_file or given[k])
+    names = _parse_codecs(args.codecs, (*measurable, *CLASSICAL))
     aecodec_qs = _parse_qualities(args.qualities) if args.qualities else None
     if args.limit is not None and args.limit < 1:
         raise BenchUsageError("--limit must be at least 1")
@@ -234,15 +248,14 @@ def _run(args: argparse.Namespace) -> int:
         raise BenchError(f"{out}: cannot create output folder ({e.strerror or e})") from None
 
     classical = {**pillow_codecs(), "jpegxl": JxlCodec()}
-    # the hyperprior ships inside the channel-conditional file: by default aecodec measures that one
-    weights = {"aecodec": args.weights or args.cc_weights, "aecodec-vae": args.vae_weights, "aecodec-cc": args.cc_weights}
     codecs: list = []
     for n in names:
-        codecs.append(_load_aecodec(args.device, weights[n], n) if n in AECODEC_MODELS else classical[n])
+        codecs.append(_load_aecodec(args.device, given[n], n) if n in models else classical[n])
     qualities = {c.key: (c.quick if args.quick else c.qualities) for c in codecs}
-    if aecodec_qs is not None:
-        for key in ("aecodec", "aecodec-cc"):
-            qualities[key] = aecodec_qs
+    if aecodec_qs is not None:  # --qualities: the models on the benchmark's own qualities
+        for c in codecs:
+            if c.key in models and not models[c.key].qualities:
+                qualities[c.key] = aecodec_qs
 
     try:
         rows = sweep(codecs, paths, qualities, QUICK_CROP if args.quick else None)
@@ -266,8 +279,9 @@ def _run(args: argparse.Namespace) -> int:
         f"classical codecs: CPU {cpu_name()} ({os.cpu_count()} logical cores), Pillow {Image.__version__}",
         f"python {platform.python_version()} on {platform.system()} {platform.machine()}",
     ]
-    if any(c.key == "aecodec" for c in codecs):
-        device_lines.insert(0, f"aecodec: {describe_torch_device(codecs[names.index('aecodec')].device)}")
+    ours_loaded = [c for c in codecs if c.key in models]
+    if ours_loaded:
+        device_lines.insert(0, f"aecodec: {describe_torch_device(ours_loaded[0].device)}")
     command = getattr(args, "command_line", None) or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     write_summary(out / "summary.md", ours, results, descriptions, refs, len(paths), device_lines,
                   command, time.perf_counter() - start)
@@ -306,6 +320,3 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = shlex.join(["python", "-m", "codec.bench", *argv])
     return args.func(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

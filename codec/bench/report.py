@@ -7,12 +7,12 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from .bdrate import bd_psnr, bd_rate, msssim_db
-from .bench_codecs import BenchError
+from codec.bench.bdrate import bd_psnr, bd_rate, msssim_db
+from codec.bench.codecs import BenchError
 
 ANCHOR = "jpeg420"  # BD numbers in summary.md are against this codec; it is always run
 

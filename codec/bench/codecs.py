@@ -6,17 +6,15 @@ from __future__ import annotations
 import io
 import platform
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, features
 
-from . import AecodecError
+from codec import AecodecError
 
-AECODEC_QUALITIES = (1, 10, 25, 40, 55, 70, 85, 100)
+AECODEC_QUALITIES = (1, 10, 25, 40, 55, 70, 85, 100)  # a model's own (registry) qualities replace these
 AECODEC_QUICK = (10, 55, 100)
-VAE_QUALITIES = (1, 34, 67, 100)  # the f8 VAE's codec covers a narrow, low rate range
-VAE_QUICK = (1, 100)
 
 
 class BenchError(AecodecError):
@@ -129,25 +127,24 @@ class JxlCodec:
         return f"imagecodecs {imagecodecs.__version__} (libjxl {imagecodecs.jpegxl_version()}); effort 7, quality 1-100"
 
 
-# benchmark name -> (registered model, plot label, qualities, --quick qualities)
-AECODEC_MODELS = {
-    "aecodec": ("hyperprior-gain", "aecodec", AECODEC_QUALITIES, AECODEC_QUICK),
-    "aecodec-vae": ("vae-kl-f8", "aecodec VAE f8", VAE_QUALITIES, VAE_QUICK),
-    "aecodec-cc": ("cc-hyperprior-gain", "aecodec channel-conditional", AECODEC_QUALITIES, AECODEC_QUICK),
-}
+def aecodec_models() -> dict:
+    """Benchmark name -> registered model (codec/registry.py): every model the registry holds."""
+    from codec import registry
+
+    return {e.bench_key: e for e in registry.MODELS.values()}
 
 
 class AeCodec:
     """aecodec through its public API, one registered model; it loads once, here."""
 
     def __init__(self, device: str = "auto", weights: str | None = None, key: str = "aecodec"):
-        from .api import (
-            Codec,  # late: torch and the weights load only when aecodec is benchmarked
-        )
+        from codec.api import Codec  # late: torch and the weights load only when aecodec is benchmarked
 
-        model, self.label, self.qualities, self.quick = AECODEC_MODELS[key]
+        entry = aecodec_models()[key]
+        self.label = entry.label or f"aecodec {entry.name}"
+        self.qualities, self.quick = entry.qualities or AECODEC_QUALITIES, entry.quick or AECODEC_QUICK
         self.key = key
-        self.codec = Codec(weights=weights, device=device, model=model)
+        self.codec = Codec(weights=weights, device=device, model=entry.name)
         self.device = self.codec.device
 
     def encode(self, image: Image.Image, quality: int) -> bytes:

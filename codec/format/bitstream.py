@@ -10,10 +10,10 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from . import AecodecError, CodecError, registry
+from codec import AecodecError, CodecError, registry
 
 MAGIC = b"\x89AEC"
-VERSION = 2  # 2: streams coded with constriction's ANS (codec/entropy.py); 1: CompressAI's rANS
+VERSION = 2  # 2: streams coded with constriction's ANS (codec/format/entropy.py); 1: CompressAI's rANS
 MAX_SIDE = 65_535
 MAX_PIXELS = 1 << 26  # 67 megapixels: far beyond Kodak, far below what would exhaust memory
 MAX_STREAMS = 8
@@ -97,6 +97,46 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
         streams.append(bytes(data[pos : pos + length]))
         pos += length
     return header, streams
+
+
+@dataclass(frozen=True)
+class AecFile:
+    """A parsed ``.aec`` file (:func:`parse`): every check the container allows made once, in
+    one place; what is left is the model's to decode."""
+
+    header: Header
+    streams: tuple[bytes, ...]  # the model's streams, in its order
+    alpha: bytes | None  # the deflated alpha plane (LA, RGBA): inflated, size-checked, on decoding
+    metadata: dict  # ICC profile and EXIF, as an ``im.info`` update
+
+
+def parse(data: bytes) -> AecFile:
+    """Bytes -> a parsed file: header, lengths, checksum, the metadata stream; the streams in
+    the order a file holds them (the model's, then alpha, then metadata), worked out here only."""
+    header, streams = unpack(data)
+    metadata = unpack_metadata(streams.pop()) if header.metadata else {}
+    alpha = streams.pop() if header.has_alpha else None
+    if not streams:
+        raise FormatError(f"invalid stream count {len(header.stream_lengths)} for mode {header.mode}")
+    return AecFile(header, tuple(streams), alpha, metadata)
+
+
+def read_metadata(fp, header: Header, offset: int) -> dict:
+    """The metadata stream of a file whose header was parsed (``offset``: where its streams
+    start), read from ``fp`` alone: Pillow's plugin shows it on opening, before the pixels."""
+    fp.seek(offset + sum(header.stream_lengths[:-1]))  # the last stream
+    stream = fp.read(header.stream_lengths[-1])
+    if len(stream) != header.stream_lengths[-1]:
+        raise FormatError("truncated file")
+    return unpack_metadata(stream)
+
+
+def write(header: Header, streams: list[bytes], alpha: bytes | None, metadata: bytes) -> bytes:
+    """Inverse of :func:`parse`: the model's streams, the deflated alpha plane (or None) and the
+    packed metadata (or empty); the header's metadata flag follows ``metadata``."""
+    header = Header(header.model_id, header.weights_id, header.quality, header.mode, header.width, header.height,
+                    (), bool(metadata), header.centred)
+    return pack(header, [*streams, *([alpha] if alpha is not None else []), *([metadata] if metadata else [])])
 
 
 def check_magic(data: bytes) -> None:
@@ -232,7 +272,7 @@ def read_latent_header(data: bytes) -> dict:
     """The metadata of a latent file, its size and mode checked (no tensor is loaded): what
     ``decode_latent`` will make, known before the work."""
     try:
-        from .weights import read_metadata  # safetensors' header, parsed without torch
+        from codec.weights import read_metadata  # safetensors' header, parsed without torch
 
         meta = read_metadata(bytes(data), max_header=MAX_LATENT_HEADER, max_depth=MAX_JSON_DEPTH)
         if meta.get("format") != LATENT_FORMAT:

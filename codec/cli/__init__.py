@@ -26,7 +26,7 @@ EPILOG = """examples:
   aecodec vae export-diffusers hf-vae        a folder diffusers.AutoencoderKL loads
 """
 
-from . import registry
+from codec import registry  # noqa: E402
 
 
 class UsageError(Exception):
@@ -66,7 +66,8 @@ def _remove_if_empty(folders: list[Path]) -> None:
 def _outputs(inputs: list[str], out: str | None, suffix: str) -> list[str]:
     """Output path per input: next to it with ``suffix``, or ``-o``: a file for one input, a
     folder (an existing one, or any path ending in /), or "-" for standard output."""
-    from .imageio import ImageError, resolve
+    from codec.image import ImageError
+    from codec.cli.files import resolve
 
     if "-" in inputs and len(inputs) > 1:
         raise UsageError("standard input (-) can only be the only input")
@@ -129,7 +130,7 @@ def _check_inputs(inputs: list[str], check) -> tuple[list[str], int]:
 def _plan(args: argparse.Namespace, suffix: str, check=lambda path: None) -> tuple[list[tuple[str, str]], int]:
     """Inputs, then outputs, all checked before any work (nothing is loaded or coded for an
     output that cannot be written). Returns the (input, output) pairs to do, and the failures."""
-    from .imageio import check_output
+    from codec.cli.files import check_output
 
     out = args.output
     if out and out != "-" and len(args.inputs) > 1 and not _is_folder(out):
@@ -150,7 +151,7 @@ def _plan(args: argparse.Namespace, suffix: str, check=lambda path: None) -> tup
 
 def _codec(args: argparse.Namespace, model: str | None = None, weights: str | Path | None = None):
     """The Codec for ``weights`` (default ``--weights``, else the shipped weights of ``model``)."""
-    from .api import Codec
+    from codec.api import Codec
 
     model = model or (registry.by_short(args.model).name if getattr(args, "model", None) else None)
     return Codec(weights=weights or args.weights, device=args.device, model=model, max_pixels=_max_pixels(args))
@@ -158,7 +159,7 @@ def _codec(args: argparse.Namespace, model: str | None = None, weights: str | Pa
 
 def _max_pixels(args: argparse.Namespace) -> int | None:
     """--max-pixels as a number of pixels: the default limit unless given, None for the format's alone (0)."""
-    from .bitstream import DEFAULT_MAX_DECODE_PIXELS
+    from codec.format.bitstream import DEFAULT_MAX_DECODE_PIXELS
 
     limit = getattr(args, "max_pixels", None)
     return DEFAULT_MAX_DECODE_PIXELS if limit is None else (limit or None)
@@ -186,7 +187,7 @@ def _say(args: argparse.Namespace, line: str) -> None:
 
 def _refuse_image_output(out: str | None, writes: str) -> None:
     """-o photo.png on an encoder is a slip for decompress: refused before any work."""
-    from .imageio import OUTPUT_FORMATS
+    from codec.cli.files import OUTPUT_FORMATS
 
     if out and out != "-" and not _is_folder(out) and Path(out).suffix.lower() in OUTPUT_FORMATS:
         raise UsageError(f"-o {out}: {writes}, not {Path(out).suffix}")
@@ -205,8 +206,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     pairs, failed = _plan(args, ".aec", _check_codable)
     if not pairs:
         return 1
-    from .imageio import read_image, write_output
-    from .metrics import PSNR_SPACES
+    from codec.image import read_image
+    from codec.cli.files import write_output
+    from codec.metrics import PSNR_SPACES
 
     codec = _codec(args)
     codec.max_pixels = None  # -v and --target-psnr decode what this command itself wrote
@@ -237,7 +239,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def _check_format(out: str | None) -> None:
     """An output extension with no image writer is a usage error, found before any work."""
-    from .imageio import ImageError, output_format
+    from codec.image import ImageError
+    from codec.cli.files import output_format
 
     if out and not _is_folder(out):
         try:
@@ -248,7 +251,7 @@ def _check_format(out: str | None) -> None:
 
 def _is_aec(path: Path) -> bool:
     """Whether a regular file starts like an .aec file (a pipe is checked when it is read)."""
-    from .bitstream import MAGIC
+    from codec.format.bitstream import MAGIC
 
     if not path.is_file():
         return False
@@ -278,12 +281,12 @@ def _check_not_aec(path: Path, hint: str = "decompress it first to re-code it on
 def _check_codable(path: Path, alpha: bool = True) -> None:
     """compress and vae encode: an image whose header says aecodec can code it (size, mode and,
     for the VAE, no alpha), so a bad input is named before the model loads and anything decodes."""
-    from .imageio import check_image
+    from codec.image import check_image
 
     _check_not_aec(path)
     header = check_image(path)
     if header is not None:
-        from .bitstream import check_codable
+        from codec.format.bitstream import check_codable
 
         check_codable(*header, alpha=alpha)
 
@@ -298,37 +301,36 @@ def _check_latent(path: Path) -> None:
         head = f.read(9)
     if len(head) < 9 or head[8:] != b"{":  # safetensors: an 8-byte header length, then JSON
         raise ValueError("not an aecodec latent file (written by aecodec vae encode)")
-    from .bitstream import MAX_LATENT_HEADER, read_latent_header
+    from codec.format.bitstream import MAX_LATENT_HEADER, read_latent_header
 
     with open(path, "rb") as f:
         read_latent_header(f.read(8 + MAX_LATENT_HEADER))
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from .imageio import output_format
+    from codec.cli.files import output_format
 
     _check_format(args.output)
     pairs, failed = _plan(args, ".png", _check_aec)
     if not pairs:
         return 1
-    from .bitstream import check_decode_size, check_magic, unpack, unpack_metadata
-    from .imageio import check_writable, dropped_metadata, image_bytes, read_bytes, write_output
-    from .weights import weights_for
+    from codec.cli.files import check_writable, dropped_metadata, image_bytes, write_output
+    from codec.format.bitstream import check_decode_size, check_magic, parse
+    from codec.image import read_bytes
+    from codec.weights import weights_for
 
     codecs: dict = {}  # (weights file, model) -> Codec: each file names the weights and model that wrote it
 
     def work(src: str, dst: str) -> None:
-        data = read_bytes(src, check_magic)
-        header, streams = unpack(data)
-        # all from the header, before torch or any model loads
-        metadata = unpack_metadata(streams[-1]) if header.metadata else {}
-        check_writable(dst, header.mode, metadata)
+        file = parse(read_bytes(src, check_magic))
+        header = file.header  # all from the parsed file, before torch or any model loads
+        check_writable(dst, header.mode, file.metadata)
         check_decode_size(header.width, header.height, _max_pixels(args))
         weights = weights_for(header.weights_id.hex(), args.weights)
         key = (str(weights), header.model)
         if key not in codecs:
             codecs[key] = _codec(args, header.model, weights)
-        image = codecs[key].decompress(data)
+        image = codecs[key].decompress(file)
         fmt = output_format(dst)
         write_output(dst, image_bytes(image, fmt), force=args.force)
         dropped = dropped_metadata(image, fmt)
@@ -340,13 +342,15 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     # the container alone: no torch, answers at once
-    from . import registry
-    from .bitstream import check_magic, unpack, unpack_metadata
-    from .imageio import METADATA, read_bytes
+    from codec import registry
+    from codec.cli.files import METADATA
+    from codec.format.bitstream import check_magic, parse
+    from codec.image import read_bytes
 
     def work(src: str, _dst: None) -> None:
         data = read_bytes(src, check_magic)
-        h, streams = unpack(data)
+        file = parse(data)
+        h = file.header
         px = h.width * h.height
         print(f"{src}:")
         print(f"  model       {h.model} (id {h.model_id})")
@@ -362,10 +366,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  quality     {h.quality}")
         print(f"  size        {h.width}x{h.height} {h.mode}")
         print(f"  bytes       {len(data)} (streams {', '.join(map(str, h.stream_lengths))})")
-        if h.has_alpha:  # after the model's streams (and before the metadata): deflated, lossless
-            print(f"  alpha       {h.stream_lengths[-1 - h.metadata]} bytes (lossless)")
-        if h.metadata:  # the last stream: say what it is, since it can outweigh the pixels
-            kept = [METADATA[k] for k in unpack_metadata(streams[-1])]
+        if file.alpha is not None:  # deflated, lossless
+            print(f"  alpha       {len(file.alpha)} bytes (lossless)")
+        if h.metadata:  # say what it is, since it can outweigh the pixels
+            kept = [METADATA[k] for k in file.metadata]
             print(f"  metadata    {' and '.join(kept)} ({h.stream_lengths[-1]} bytes; "
                   "aecodec compress --strip drops it)")
         print(f"  bpp         {8 * len(data) / px:.4f}")
@@ -379,7 +383,8 @@ def cmd_vae_encode(args: argparse.Namespace) -> int:
     pairs, failed = _plan(args, ".safetensors", lambda path: _check_codable(path, alpha=False))
     if not pairs:
         return 1
-    from .imageio import read_image, write_output
+    from codec.image import read_image
+    from codec.cli.files import write_output
 
     codec = _codec(args, "vae-kl-f8")
 
@@ -393,16 +398,17 @@ def cmd_vae_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_vae_decode(args: argparse.Namespace) -> int:
-    from .imageio import output_format
+    from codec.cli.files import output_format
 
     _check_format(args.output)
     pairs, failed = _plan(args, ".png", _check_latent)
     if not pairs:
         return 1
-    from .bitstream import check_decode_size, read_latent_header
-    from .imageio import check_writable, image_bytes, read_bytes, write_output
+    from codec.format.bitstream import check_decode_size, read_latent_header
+    from codec.cli.files import check_writable, image_bytes, write_output
+    from codec.image import read_bytes
 
-    from .weights import weights_for
+    from codec.weights import weights_for
 
     load = functools.cache(lambda path: _codec(args, "vae-kl-f8", path))  # once per weights file
 
@@ -420,8 +426,8 @@ def cmd_vae_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_vae_export(args: argparse.Namespace) -> int:
-    from .vae import export_diffusers
-    from .weights import load_weights
+    from codec.models.vae import export_diffusers
+    from codec.weights import load_weights
 
     out = Path(args.folder)
     if out.exists() and not out.is_dir():
@@ -440,7 +446,7 @@ def cmd_vae_export(args: argparse.Namespace) -> int:
 def _known_errors() -> tuple[type[BaseException], ...]:
     """Errors that describe bad input or environment, as opposed to bugs (imported late, so
     that ``--help`` does not load torch)."""
-    from . import AecodecError
+    from codec import AecodecError
 
     return (AecodecError, OSError, ValueError)
 
@@ -482,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from . import __version__
+    from codec import __version__
 
     p.add_argument("-V", "--version", action="version", version=f"aecodec {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -521,9 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     default = registry.MODELS[registry.DEFAULT_MODEL].short
     c.add_argument("-m", "--model", choices=[default] + [e.short for e in registry.MODELS.values()
                                                          if e.short != default and e.on_command_line],
-                   help="cc: the channel-conditional model (the default: the smallest files); vae: the f8 VAE's "
-                   "quantised latent (low rates only, and a ceiling near 24 dB: strong colours and fine detail come back "
-                   "approximate). With --weights: the file's own model unless given")
+                   help="; ".join(f"{e.short}: {e.about}" for e in sorted(registry.MODELS.values(),
+                                                                          key=lambda e: e.short != default)
+                                  if e.on_command_line)
+                   + ". With --weights: the file's own model unless given")
     c.add_argument("--strip", action="store_true",
                    help="drop the ICC profile and EXIF (kept by default, and restored by decompress)")
     c.add_argument("--target-size", type=_positive(int), metavar="BYTES",
@@ -548,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print an .aec file's header",
                        description="Print the model, weights, quality, size and bits per pixel of .aec files.")
-    i.add_argument("inputs", nargs="+", metavar="FILE.aec", help=".aec files (- for standard input); nothing is decoded")
+    i.add_argument("inputs", nargs="+", metavar="FILE.aec",
+                   help=".aec files (- for standard input); nothing is decoded")
     i.set_defaults(func=cmd_info, parser=i)
 
     v = sub.add_parser("vae", help="images <-> VAE latents (for latent diffusion)",
@@ -559,7 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     ve = vsub.add_parser("encode", help="images -> latent files (NAME.safetensors)",
                          description="Encode images (RGB or grayscale) to scaled latents, written as "
                          "NAME.safetensors unless -o is given.")
-    ve.add_argument("inputs", nargs="+", metavar="IMG", help="images to encode, RGB or grayscale (- for standard input)")
+    ve.add_argument("inputs", nargs="+", metavar="IMG",
+                    help="images to encode, RGB or grayscale (- for standard input)")
     common(ve)
     ve.set_defaults(func=cmd_vae_encode, parser=ve)
     vd = vsub.add_parser("decode", help="latent files -> PNG",
@@ -582,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train or export weights (see: aecodec train --help)", add_help=False)
 
     try:
-        from . import bench
+        from codec import bench
     except ImportError:  # the benchmark is optional at import time
         bench = None
     if bench is not None:
@@ -593,12 +602,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # argparse cannot hand "--help" on to a sub-program; do it here
-        from . import train_cli
+        from codec import train
 
-        train_cli.main(argv[1:], prog="aecodec train")
+        train.main(argv[1:], prog="aecodec train")
         return 0
     if argv[:1] in (["--version"], ["-V"]):  # answered without loading torch
-        from . import __version__
+        from codec import __version__
 
         print(f"aecodec {__version__}")
         return 0
@@ -645,6 +654,3 @@ def run() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
 
-
-if __name__ == "__main__":
-    run()

@@ -11,7 +11,7 @@ attention, which is quadratic in image size), so ``export_diffusers`` writes a f
 ``diffusers.AutoencoderKL.from_pretrained`` loads as is.
 
 As a codec, the scaled latent is divided by a quantisation step, rounded, and ANS-coded
-(``codec/entropy.py``) with the CDF tables of CompressAI's ``EntropyBottleneck`` (a learned,
+(``codec/format/entropy.py``) with the CDF tables of CompressAI's ``EntropyBottleneck`` (a learned,
 factorised prior: one per anchor step, fitted on training latents). The tables are fixed in the
 weights and depend on nothing decoded, so encoder and decoder always agree.
 """
@@ -28,9 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import entropy, tiles
-from .exact import plain_cpu_kernels
-from .model import (  # compressai's, imported quietly there
+from codec.format import entropy
+from codec.models import tiles
+from codec.models.exact import plain_cpu_kernels
+from codec.models.hyperprior import (  # compressai's, imported quietly there
     CompressionModel,
     EntropyBottleneck,
 )
@@ -73,7 +74,7 @@ class VAEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "VAEConfig":
+    def from_dict(cls, d: dict) -> VAEConfig:
         """From a file's JSON: each field converted to its type (TypeError/ValueError if it is not
         one); a missing field takes its default."""
         d = {**asdict(cls()), **d}
@@ -274,7 +275,7 @@ class KLAutoencoder(CompressionModel):
         return math.exp(float(np.interp(t, range(len(steps)), [math.log(s) for s in steps]))), round(t)
 
     # Large images run in overlapping tiles of TILE pixels, cross-faded over OVERLAP
-    # (codec/tiles.py), so memory stays bounded; a Kodak image is one tile. GroupNorm's
+    # (codec/models/tiles.py), so memory stays bounded; a Kodak image is one tile. GroupNorm's
     # statistics are per tile then, on a grid fixed by the image size.
     TILE, OVERLAP = 768, 128  # pixels, multiples of the stride
 

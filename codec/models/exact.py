@@ -109,7 +109,8 @@ def integer_scales(model: nn.Module) -> dict[str, int]:
         if isinstance(module, FixedPointConvStack):
             for name, _ in module.named_parameters():
                 full = f"{prefix}.{name}" if prefix else name
-                scales[full] = 2**WEIGHT_FRAC_BITS if name.endswith("weight") else 2 ** (WEIGHT_FRAC_BITS + ACT_FRAC_BITS)
+                weight = name.endswith("weight")
+                scales[full] = 2**WEIGHT_FRAC_BITS if weight else 2 ** (WEIGHT_FRAC_BITS + ACT_FRAC_BITS)
     return scales
 
 

@@ -22,6 +22,7 @@ autoencoder is frozen by then).
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import random
@@ -36,13 +37,14 @@ from PIL import Image
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from . import registry
-from .ccmodel import CCConfig, ChannelConditional
-from .scmodel import SCConfig, SpaceChannel
-from .metrics import psnr_from_mse
-from .model import GainHyperprior, ModelConfig, bpp_of, count_parameters, default_lambdas
-from .vae import KLAutoencoder, VAEConfig, kl_divergence
-from .weights import WeightsError, load_weights, save_weights
+from codec import registry
+from codec.files import write_atomic
+from codec.models.cc import CCConfig, ChannelConditional
+from codec.models.sc import SCConfig, SpaceChannel
+from codec.metrics import psnr_from_mse
+from codec.models.hyperprior import GainHyperprior, ModelConfig, bpp_of, count_parameters, default_lambdas
+from codec.models.vae import KLAutoencoder, VAEConfig, kl_divergence
+from codec.weights import WeightsError, load_weights, save_weights
 
 # the entropy models' context networks: trained at --slice-lr (they start from zero on trained transforms)
 CONTEXT_PREFIXES = ("slice_nets.", "lrp.", "latent_codec.slice_nets.")
@@ -169,7 +171,8 @@ def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperp
         model.load_state_dict(init_model.state_dict())
     elif args.model == "vae":
         channels = tuple(int(c) for c in args.channels.split(","))
-        return KLAutoencoder(VAEConfig(block_out_channels=channels, layers_per_block=args.layers_per_block)), False, False
+        config = VAEConfig(block_out_channels=channels, layers_per_block=args.layers_per_block)
+        return KLAutoencoder(config), False, False
     elif args.model == "sc":
         return SpaceChannel(SCConfig(**({"lambdas": args.lambdas} if args.lambdas else {}))), False, False
     elif args.model == "cc":
@@ -181,7 +184,8 @@ def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperp
     grows = (args.model, kind) in (("cc", "hp"), ("sc", "cc"))
     if args.model is not None and args.model != kind and not grows:
         raise SystemExit(f"error: --model {args.model}, but the checkpoint or weights hold a {kind} model")
-    if args.lambdas and type(model) is not GainHyperprior and not grows and args.lambdas != getattr(model.config, "lambdas", None):
+    if (args.lambdas and type(model) is not GainHyperprior and not grows
+            and args.lambdas != getattr(model.config, "lambdas", None)):
         raise SystemExit("error: --lambdas retargets hp models only (retarget first, then convert with --model cc)")
     retargeted = False
     if args.lambdas and type(model) is GainHyperprior and args.lambdas != model.config.lambdas:
@@ -198,7 +202,8 @@ def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperp
     grown = False
     if args.lrp and isinstance(model, ChannelConditional) and model.config.lrp != args.lrp:
         if model.config.lrp:
-            raise SystemExit(f"error: --lrp {args.lrp}, but the model's residual prediction has {model.config.lrp} channels")
+            raise SystemExit(f"error: --lrp {args.lrp}, but the model's residual prediction has "
+                             f"{model.config.lrp} channels")
         model, grown = model.with_lrp(args.lrp), True  # starts at zero: decodes as before
     elif args.lrp and not isinstance(model, ChannelConditional):
         raise SystemExit("error: --lrp is for the channel-conditional model (--model cc)")
@@ -348,9 +353,9 @@ def fit(args: argparse.Namespace) -> None:
                  "args": {k: v for k, v in vars(args).items() if k != "func"}}
         if ema is not None:
             state.update(ema=ema.module.state_dict(), ema_n=int(ema.n_averaged))
-        tmp = out / f"{name}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, out / name)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_atomic(out / name, buffer.getbuffer(), force=True)
 
     def stop(signum, frame):  # `kill PID` saves as Ctrl-C does (a nohup'ed background run ignores SIGINT)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: see below
@@ -404,7 +409,7 @@ def fit(args: argparse.Namespace) -> None:
         save("last.pt")
         bar.close()
         raise SystemExit(f"interrupted at step {step}" + (f": saved {out / 'last.pt'} (continue with "
-                         f"--resume {out / 'last.pt'})" if rank == 0 else ""))
+                         f"--resume {out / 'last.pt'})" if rank == 0 else "")) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     bar.close()
@@ -500,7 +505,8 @@ def latent_statistics(model: KLAutoencoder, images: list[torch.Tensor], crops: i
                       gen: random.Random) -> torch.Tensor:
     """Posterior means of random training crops (unscaled), as (crops, C, size/8, size/8)."""
     model.eval()
-    means = [model.encode(random_batch(images, 1, size, gen))[0] for _ in tqdm(range(crops), desc="latents", leave=False)]
+    means = [model.encode(random_batch(images, 1, size, gen))[0]
+             for _ in tqdm(range(crops), desc="latents", leave=False)]
     return torch.cat(means)
 
 
@@ -592,21 +598,11 @@ def export(args: argparse.Namespace) -> None:
         if args.as_hyperprior and isinstance(model, ChannelConditional):
             # the same transforms and hyperprior without the slice corrections: what the
             # channel-conditional entropy model alone is worth, measured on equal transforms
-            model, info["from"] = model.submodel(GainHyperprior.NAME), "channel-conditional checkpoint, slice networks dropped"
+            model = model.submodel(GainHyperprior.NAME)
+            info["from"] = "channel-conditional checkpoint, slice networks dropped"
         elif args.no_lrp and isinstance(model, ChannelConditional) and model.lrp is not None:
             # what the residual prediction is worth, on equal weights; or weights without a part that does not pay
             model, info["from"] = model.with_lrp(0), "checkpoint with a residual prediction, dropped"
     model.update(force=True)
     digest = save_weights(model, args.output, info)
     print(f"wrote {args.output} ({Path(args.output).stat().st_size/1e6:.1f} MB, sha256 {digest[:16]})")
-
-
-def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> None:
-    """``python -m codec.train``: the command line of codec/train_cli.py (which parses without torch)."""
-    from .train_cli import main as run
-
-    run(argv, prog)
-
-
-if __name__ == "__main__":
-    main()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import constriction
 
-from .bitstream import FormatError
+from codec.format.bitstream import FormatError
 
 AnsCoder = constriction.stream.stack.AnsCoder
 Categorical = constriction.stream.model.Categorical
@@ -45,7 +45,7 @@ class CdfTables:
     offset: np.ndarray  # (T,) int32
 
     @classmethod
-    def of(cls, entropy_model: torch.nn.Module) -> "CdfTables":
+    def of(cls, entropy_model: torch.nn.Module) -> CdfTables:
         """The tables of a CompressAI ``EntropyBottleneck`` or ``GaussianConditional`` (after
         ``update()``, or as loaded from a weights file)."""
         tables = cls(entropy_model._quantized_cdf.cpu().numpy().astype(np.int32),
@@ -57,7 +57,7 @@ class CdfTables:
             raise ValueError("CDF tables with fewer than two symbols")
         return tables
 
-    def model(self, t: int) -> "Categorical":
+    def model(self, t: int) -> Categorical:
         """Table ``t`` as a constriction model (exact: frequencies / 2^16 are exact floats)."""
         cdf = self.cdf[t, : self.length[t]].astype(np.float64)
         return Categorical(np.diff(cdf) / 65536.0, perfect=False)
@@ -70,7 +70,7 @@ def _check_indexes(indexes: np.ndarray, tables: CdfTables) -> np.ndarray:
     return indexes
 
 
-def _push(coder: "AnsCoder", values: np.ndarray | torch.Tensor, indexes: np.ndarray | torch.Tensor,
+def _push(coder: AnsCoder, values: np.ndarray | torch.Tensor, indexes: np.ndarray | torch.Tensor,
           tables: CdfTables) -> None:
     """Push one part onto ``coder`` (a stack: parts are pushed in the reverse of decoding order)."""
     values = np.asarray(values).reshape(-1).astype(np.int64)
@@ -146,7 +146,9 @@ class Reader:
             n_symbols = tables.length[indexes] - 1
             escaped = symbols == n_symbols - 1
             n_escaped = int(escaped.sum())
-            bits = coder.decode(Uniform(ESCAPE_BITS + 1), n_escaped).astype(np.int64) if n_escaped else np.zeros(0, np.int64)
+            bits = np.zeros(0, np.int64)
+            if n_escaped:
+                bits = coder.decode(Uniform(ESCAPE_BITS + 1), n_escaped).astype(np.int64)
             codes = np.where(bits > 0, 1, 0).astype(np.int64)
             for b in range(2, ESCAPE_BITS + 1):
                 sel = bits == b
@@ -217,7 +219,8 @@ def decode_gaussian(conditional: torch.nn.Module, data: bytes, scales: torch.Ten
     return torch.from_numpy(values).reshape(scales.shape).double() + means
 
 
-def encode_gaussian_parts(conditional: torch.nn.Module, parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> bytes:
+def encode_gaussian_parts(conditional: torch.nn.Module,
+                          parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> bytes:
     """Several (latent, scales, means) parts of a ``GaussianConditional`` latent in one stream,
     read back in this order with :func:`read_gaussian` (later parts may be predicted from earlier ones)."""
     return encode_parts([(torch.round(y.double().cpu() - means).to(torch.int64).numpy(),
@@ -225,7 +228,8 @@ def encode_gaussian_parts(conditional: torch.nn.Module, parts: list[tuple[torch.
                         CdfTables.of(conditional))
 
 
-def read_gaussian(reader: Reader, conditional: torch.nn.Module, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+def read_gaussian(reader: Reader, conditional: torch.nn.Module, scales: torch.Tensor,
+                  means: torch.Tensor) -> torch.Tensor:
     """The next part of an :func:`encode_gaussian_parts` stream: the dequantised latent, float64."""
     values = reader.read(conditional.build_indexes(scales).numpy())
     return torch.from_numpy(values).reshape(scales.shape).double() + means

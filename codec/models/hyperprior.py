@@ -9,7 +9,7 @@ context) with two changes that a codec shipping real files needs:
   anchor lambdas and interpolated log-linearly between them, so ``quality`` is continuous.
 * **A deterministic probability model.** The hyper synthesis, which turns the decoded side
   information into the means and scales that pick the CDF tables, runs in fixed point
-  (``codec/exact.py``): the result does not depend on summation order, thread count or
+  (``codec/models/exact.py``): the result does not depend on summation order, thread count or
   device, so encoder and decoder can never disagree about a CDF index.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from . import lean_imports
+from codec.models import lean_imports
 
 lean_imports.load()  # CompressAI's entropy models, not its point-cloud datasets (see there)
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional  # noqa: E402
@@ -29,8 +29,9 @@ from compressai.layers import GDN  # noqa: E402
 from compressai.models.base import CompressionModel  # noqa: E402
 from compressai.models.utils import conv, deconv  # noqa: E402
 
-from . import entropy, tiles  # noqa: E402
-from .exact import FixedPointConvStack, plain_cpu_kernels, ste_round
+from codec.format import entropy  # noqa: E402
+from codec.models import tiles  # noqa: E402
+from codec.models.exact import FixedPointConvStack, plain_cpu_kernels, ste_round  # noqa: E402
 
 
 def default_lambdas(k: int = 7, lo: float = 0.00065, hi: float = 0.1) -> tuple[float, ...]:
@@ -66,7 +67,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(x) for x in d["lambdas"]))
 
 
@@ -137,7 +138,7 @@ class GainedTransforms(CompressionModel):
         pos = lo + (target - old[lo]) / (old[lo + 1] - old[lo])  # on the old anchor axis
         return tuple(self._interp(t.detach().to(torch.float64), pos) for t in (self.log_gain, self.log_inv_gain))
 
-    # Large images run in tiles (codec/tiles.py), so memory stays bounded: g_a in tiles of
+    # Large images run in tiles (codec/models/tiles.py), so memory stays bounded: g_a in tiles of
     # TILE pixels, the latent codec's networks over the matching latents, each with a halo wider
     # than its receptive field. The decoder's tiles give exactly the one-pass result.
     TILE = 768  # pixels; a multiple of 64 (the stride), and a Kodak image is one tile
@@ -207,7 +208,7 @@ class GainHyperprior(GainedTransforms):
             conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N),
         )
         # h_s turns the side information into the means and scales that pick the CDF tables:
-        # fixed point, so encoder and decoder always agree (codec/exact.py)
+        # fixed point, so encoder and decoder always agree (codec/models/exact.py)
         self.h_s = FixedPointConvStack(
             [deconv(N, M), deconv(M, M * 3 // 2), conv(M * 3 // 2, M * 2, stride=1, kernel_size=3)]
         )
@@ -215,7 +216,7 @@ class GainHyperprior(GainedTransforms):
         self.gaussian_conditional = GaussianConditional(None)
         self._init_gains(config.lambdas, M)
 
-    def with_lambdas(self, lambdas: tuple[float, ...]) -> "GainHyperprior":
+    def with_lambdas(self, lambdas: tuple[float, ...]) -> GainHyperprior:
         """A copy of this model for other anchor lambdas (:meth:`gain_tables_at`); everything
         else is copied."""
         new = GainHyperprior(ModelConfig(self.config.N, self.config.M, tuple(float(l) for l in lambdas)))

@@ -1,0 +1,5 @@
+"""``python -m codec.cli``: the ``aecodec`` command."""
+
+from codec.cli import run
+
+run()

@@ -1,0 +1,1 @@
+"""The file format: the .aec container and its entropy-coded streams (docs/format.md)."""
