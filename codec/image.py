@@ -36,6 +36,15 @@ MAX_INPUT_BYTES = 8 * MAX_PIXELS
 PILLOW_ERRORS = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error)
 
 
+# what the benchmark and training read from a folder: every format Pillow reads that photos come in
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (by extension), sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 class ImageError(AecodecError, ValueError):
     """An input image cannot be read or is of a kind aecodec does not code (a ValueError, as
     the API's other bad arguments are)."""

@@ -40,7 +40,7 @@ class AecImageFile(ImageFile.ImageFile):
             header, offset = bitstream.parse_header(head)
             info = {"quality": header.quality, "model": header.model}
             if header.metadata:
-                info.update(bitstream.read_metadata(self.fp, header, offset))
+                info.update(bitstream.read_metadata_stream(self.fp, header, offset))
         except AecodecError as e:
             raise SyntaxError(str(e)) from None  # Pillow's signal for "not a valid file of this format"
         self._size = (header.width, header.height)

@@ -19,8 +19,8 @@ class CodecModel(Protocol):
     """What a codec model provides (an ``nn.Module``; a ``CompressionModel`` for the
     ``update()`` that builds its CDF tables)."""
 
-    MODEL_ID: ClassVar[int]  # in every .aec header: 1..255, unique
-    NAME: ClassVar[str]  # in the API and weights files
+    MODEL_ID: ClassVar[int]  # in every .aec header: 1..255, unique (given by @registry.bind, from the entry)
+    NAME: ClassVar[str]  # in the API and weights files (likewise)
     CONFIG: ClassVar[type]  # dataclass with to_dict() / from_dict(), stored in the weights file
     FP16_PREFIXES: ClassVar[tuple[str, ...]]  # state-dict prefixes stored as float16 (the big transforms)
     # optional: INT8_PREFIXES, weights stored as int8 (encoder-only or small float corrections; codec/weights.py);
@@ -50,8 +50,14 @@ class CodecModel(Protocol):
 
     def synthesize(self, y_hat, quality: int, device="cpu"): ...  # -> padded image in [0, 1], (1, 3, H, W)
 
+    def compress(self, x, quality: int) -> tuple[list[bytes], tuple[int, int]]:
+        """analyse, then encode_streams (what the API calls)."""
 
-# Files outlive releases (README, "Files that outlive releases"): every release from 0.15.0 on
+    def decompress(self, strings: list[bytes], shape: tuple[int, int], quality: int, device="cpu"):
+        """decode_streams, then synthesize (what the API calls)."""
+
+
+# Files outlive releases (docs/cli.md, "Files that outlive releases"): every release from 0.15.0 on
 # decodes the files of every release since, because each released weights file stays in the
 # weights folder, byte for byte (git stores an unchanged file once), found by the 8-byte id every
 # .aec header holds. A release that replaces a shipped file keeps the old one under the name given
@@ -111,6 +117,12 @@ class ModelEntry:
     label: str = ""  # in the benchmark's tables and plots (default: "aecodec " + name)
     qualities: tuple[int, ...] = ()  # the benchmark's qualities, and its --quick ones (default: the benchmark's)
     quick: tuple[int, ...] = ()
+    trainer: str = ""  # "module:Class": its training pieces (codec/train/rd.py), imported on first use
+
+    @property
+    def trainer_cls(self) -> type:
+        module, _, cls = self.trainer.partition(":")
+        return getattr(importlib.import_module(module), cls)
 
     @property
     def bench_key(self) -> str:
@@ -138,6 +150,17 @@ def register(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
+def bind(cls: type) -> type:
+    """Class decorator: a model class's id and name (``MODEL_ID``, ``NAME``), taken from its entry
+    here (found by ``module:Class``), so that each is written once, in this file."""
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    entry = next((e for e in MODELS.values() if e.target == target), None)
+    if entry is None:
+        raise ValueError(f"{target} is not a registered model")
+    cls.MODEL_ID, cls.NAME = entry.model_id, entry.name
+    return cls
+
+
 def unregister(name: str) -> None:
     MODELS.pop(name, None)
 
@@ -150,19 +173,22 @@ def by_short(short: str) -> ModelEntry:
     return next(e for e in MODELS.values() if e.short == short)
 
 
+RD_TRAINING = "codec.train.rd:RateDistortion"  # the rate-distortion models' training pieces
 # The hyperprior ships inside the channel-conditional file (ChannelConditional.submodel).
 # The hyperprior inside the cc file is not offered by compress since 0.16.0: it needs about 32% more
 # bits (BD-rate on Kodak) for a 25% faster encode, a trade no user is better served by. Its files
 # decode, the API, training and the benchmark keep it (it is what cc grew from).
 register(ModelEntry(1, "hyperprior-gain", "hp", "codec.models.hyperprior:GainHyperprior", "aecodec-cc.safetensors",
-                    on_command_line=False, label="aecodec"))
+                    on_command_line=False, label="aecodec", trainer=RD_TRAINING))
 register(ModelEntry(2, "vae-kl-f8", "vae", "codec.models.vae:KLAutoencoder", "aecodec-vae-f8.safetensors",
                     about="the f8 VAE's quantised latent (low rates only, and a ceiling near 24 dB: strong colours "
                     "and fine detail come back approximate)",
-                    label="aecodec VAE f8", qualities=(1, 34, 67, 100), quick=(1, 100)))  # a narrow, low rate range
+                    label="aecodec VAE f8", qualities=(1, 34, 67, 100), quick=(1, 100),
+                    trainer="codec.train.vae:VAETraining"))  # a narrow, low rate range
 register(ModelEntry(3, "cc-hyperprior-gain", "cc", "codec.models.cc:ChannelConditional", "aecodec-cc.safetensors",
                     about="the channel-conditional model (the default: the smallest files)",
-                    label="aecodec channel-conditional"))
+                    label="aecodec channel-conditional", trainer=RD_TRAINING))
 register(ModelEntry(4, "space-channel", "sc", "codec.models.sc:SpaceChannel", None,
-                    on_command_line=False))  # in training: no weights shipped yet
-DEFAULT_MODEL = "cc-hyperprior-gain"  # the best rate-distortion (weights/README.md)
+                    on_command_line=False, label="aecodec space-channel",  # in training: no weights ship yet
+                    trainer=RD_TRAINING))
+DEFAULT_MODEL = "cc-hyperprior-gain"  # the best rate-distortion (docs/performance.md)

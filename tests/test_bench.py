@@ -104,6 +104,7 @@ def test_fake_codec_pipeline_writes_all_outputs(image_dir, tmp_path):
     assert table[0]["ms_ssim_rgb"] == ""  # NaN for a small image is written as empty
 
 
+@pytest.mark.slow
 def test_cli_quick_classical(image_dir, tmp_path, capsys):
     out = tmp_path / "out"
     ref = tmp_path / "published-thing.json"
@@ -174,6 +175,7 @@ def test_cli_errors_are_one_line(argv, message, status, image_dir, tmp_path, cap
     assert len(err.splitlines()) == 1 and "error: " in err and message in err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="no exported aecodec weights")
 def test_quick_with_real_aecodec(tmp_path, capsys):
     d = tmp_path / "imgs"

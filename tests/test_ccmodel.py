@@ -38,6 +38,7 @@ def cc_weights(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_made_from_a_hyperprior_it_decodes_the_same_pixels(codec):
     cc = ChannelConditional.from_hyperprior(codec.model).eval()
     image, mode = normalize(make_image(130, 70, seed=3))
@@ -48,6 +49,7 @@ def test_made_from_a_hyperprior_it_decodes_the_same_pixels(codec):
     assert torch.equal(codec.model.decompress(hp_streams, shape, 60), cc.decompress(cc_streams, shape, 60))
 
 
+@pytest.mark.slow
 def test_round_trip_threads_and_tiles(cc_weights, monkeypatch):
     codec = Codec(cc_weights, device="cpu")
     assert codec.model.NAME == "cc-hyperprior-gain" and codec.model.num_streams == 5
@@ -72,6 +74,7 @@ def test_slice_networks_are_stored_as_exact_integers(cc_weights):
         assert torch.equal(t, t.round())
 
 
+@pytest.mark.slow
 def test_a_residual_prediction_starts_at_zero_and_then_changes_the_pixels(cc_weights):
     """Added to trained weights it decodes exactly as they did; trained (nudged), it moves the
     pixels but not the coded latent, which stays exact (it feeds no CDF table)."""
@@ -94,6 +97,7 @@ def test_config_must_divide_the_latent():
         ChannelConditional(CCConfig(N=16, M=24, slices=5))
 
 
+@pytest.mark.slow
 def test_train_cc_from_a_hyperprior_run(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -138,6 +142,7 @@ def test_train_cc_from_a_hyperprior_run(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_one_file_holds_both_models(cc_weights, tmp_path):
     """The hyperprior ships inside the channel-conditional file: ``--model hp`` reads it
     without the slice networks, and its files name the same weights."""

@@ -35,6 +35,7 @@ def folder(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_compress_then_decompress(folder, capsys):
     assert main(["compress", "a.png", "b.jpg", "-q", "40", "--device", "cpu"]) == 0
     assert (folder / "a.aec").exists() and (folder / "b.aec").exists()
@@ -53,6 +54,7 @@ def test_info(folder, capsys):
     assert "quality     55" in out and "50x30 RGB" in out and "bpp" in out
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force(folder, capsys):
     main(["compress", "a.png", "-q", "10"])
     before = (folder / "a.aec").read_bytes()
@@ -70,6 +72,7 @@ def test_decompress_does_not_clobber_the_original(folder, capsys):
     assert (folder / "a.png").read_bytes() == original
 
 
+@pytest.mark.slow
 def test_bad_inputs_fail_cleanly_and_leave_nothing(folder, capsys):
     (folder / "junk.aec").write_bytes(b"\x89AEC\x01junk")
     (folder / "text.png").write_text("not an image")
@@ -157,6 +160,7 @@ RELEASED_FILES = sorted(RELEASED.glob("aecodec-*.aec")) + sorted(RELEASED.glob("
 OUTLIVING = [p for p in RELEASED_FILES if p.with_name(p.name.rsplit(".", 1)[0] + ".decoded.png").exists()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", OUTLIVING, ids=lambda p: p.name)
 def test_a_file_of_every_release_since_0_15_decodes(folder, path):
     """Files outlive releases: each released weights file stays, found by the id in the header."""
@@ -190,6 +194,7 @@ def test_a_file_from_before_0_15_is_refused_naming_the_revision_that_decodes_it(
         in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_no_weights_means_no_torch(folder):
     """A file no weights decode, or not the --weights given, is refused from its header alone."""
     main(["compress", "a.png", "-o", "a.aec", "--device", "cpu"])
@@ -232,6 +237,7 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     assert p.wait(timeout=120) == 1 and err == ""
 
 
+@pytest.mark.slow
 def test_the_hyperprior_inside_the_default_weights_file(folder, capsys):
     """The hyperprior the channel-conditional file holds is no choice of compress any more (32%
     more bits for a 25% faster encode), but its files decode: any decompress reads the model from
@@ -249,6 +255,7 @@ def test_the_hyperprior_inside_the_default_weights_file(folder, capsys):
     assert Image.open("hp.png").tobytes() == Image.open("hp2.png").tobytes()
 
 
+@pytest.mark.slow
 def test_a_weights_file_codes_with_its_own_model(folder, capsys):
     hp, _ = load_weights(model="hyperprior-gain")
     save_weights(hp, "hp-only.safetensors")  # a file holding just the hyperprior
@@ -267,6 +274,7 @@ def test_one_missing_input_with_an_output_file_is_one_error(folder, capsys):
     assert capsys.readouterr().err.strip() == "aecodec: error: nothere.png: no such file"
 
 
+@pytest.mark.slow
 def test_compress_refuses_what_would_surprise(folder, capsys):
     with pytest.raises(SystemExit) as e:  # one way to choose the quality
         main(["compress", "a.png", "-q", "50", "--target-size", "2000"])
@@ -280,11 +288,13 @@ def test_compress_refuses_what_would_surprise(folder, capsys):
     assert not (folder / "again.aec").exists()
 
 
+@pytest.mark.slow
 def test_a_target_no_quality_meets_is_said(folder, capsys):
     assert main(["compress", "a.png", "--target-size", "10", "-o", "s.aec", "--device", "cpu"]) == 0
     assert "q 1 (target 10 bytes not met: q 1 is the smallest)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_output_that_cannot_hold_the_image_is_refused_before_decoding(folder, capsys, monkeypatch):
     make_image(24, 16, "RGBA").save("rgba.png")
     assert main(["compress", "rgba.png", "a.png", "--device", "cpu"]) == 0
@@ -340,6 +350,7 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.slow
 def test_binary_is_not_written_to_a_terminal(folder, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdout", Terminal())
     assert main(["compress", "a.png", "-o", "-"]) == 1
@@ -418,6 +429,7 @@ def test_decoders_refuse_from_the_header_before_the_model_loads(folder, capsys, 
     assert not any(Path(p).exists() for p in ("big.png", "notes.png", "w.aec"))
 
 
+@pytest.mark.slow
 def test_pillow_s_decompression_bomb_warning_is_not_printed(folder, capsys, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow warns from 1000 pixels (a.png: 1500)
     with warnings.catch_warnings(record=True) as caught:
@@ -459,6 +471,7 @@ def test_a_bad_option_of_a_command_shows_that_command_s_usage(folder, capsys):
         assert "compress: error: argument --target-" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_info_says_what_the_metadata_stream_holds(folder, capsys):
     Image.open("a.png").save("icc.png", icc_profile=b"\0" * 300)
     assert main(["compress", "icc.png", "--device", "cpu"]) == 0
@@ -473,6 +486,7 @@ def test_info_says_what_the_metadata_stream_holds(folder, capsys):
     assert Image.open("icc.tif").info["icc_profile"] == b"\0" * 300
 
 
+@pytest.mark.slow
 def test_info_names_the_alpha_stream(folder, capsys):
     Image.open("a.png").convert("RGBA").save("t.png")
     Image.open("a.png").save("i.png", icc_profile=b"\0" * 300)
@@ -498,6 +512,7 @@ def test_an_input_that_is_no_regular_file_needs_an_output_name(folder, capsys, p
     assert not Path(path + ".aec").exists() and not Path(path).with_suffix(".aec").exists()
 
 
+@pytest.mark.slow
 def test_xmp_that_is_not_kept_is_said(folder, capsys):
     xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"></x:xmpmeta>'
     make_image(40, 30).save("x.jpg", xmp=xmp)

@@ -40,6 +40,7 @@ def _icc() -> bytes:
 
 # --- Pillow ---
 
+@pytest.mark.slow
 def test_pillow_opens_lazily_and_decodes_on_load(codec, tmp_path):
     path = tmp_path / "x.aec"
     path.write_bytes(codec.compress(make_image(40, 24, "RGBA"), 60))
@@ -52,6 +53,7 @@ def test_pillow_opens_lazily_and_decodes_on_load(codec, tmp_path):
     assert np.array_equal(np.asarray(im), np.asarray(codec.decompress(path.read_bytes())))
 
 
+@pytest.mark.slow
 def test_pillow_saves_with_quality_and_metadata(tmp_path):
     image = make_image(64, 48)
     exif = Image.Exif()
@@ -138,6 +140,7 @@ def test_damaged_pixels_are_an_error_not_an_exif_problem(codec):
         codec.compress(Image.open(io.BytesIO(bytes(data))), 50)
 
 
+@pytest.mark.slow
 def test_a_phone_jpeg_with_a_preview_beside_the_photo_is_coded_as_the_photo(folder, codec):
     photo, preview = Image.new("RGB", (32, 16), (200, 0, 0)), Image.new("RGB", (8, 4), (0, 200, 0))
     photo.save("phone.jpg", "MPO", save_all=True, append_images=[preview])
@@ -148,6 +151,7 @@ def test_a_phone_jpeg_with_a_preview_beside_the_photo_is_coded_as_the_photo(fold
     assert codec.compress(Image.open("phone.jpg"), 50)
 
 
+@pytest.mark.slow
 def test_an_exif_block_pillow_cannot_parse_does_not_stop_coding(folder, codec):
     make_image(16, 16).save("odd.png", exif=b"not-a-tiff-block")
     back = codec.decompress(codec.compress(Image.open("odd.png"), 50))  # coded as it is, the block kept
@@ -163,6 +167,7 @@ def test_an_exif_block_pillow_cannot_parse_does_not_stop_coding(folder, codec):
 
 # --- metadata through the command line ---
 
+@pytest.mark.slow
 def test_icc_and_exif_survive_compress_and_decompress(folder):
     exif = Image.Exif()
     exif[0x010E] = "kept"
@@ -207,6 +212,7 @@ def test_encoders_refuse_an_image_extension_as_their_output(folder, capsys):
     assert not Path("out.png").exists()
 
 
+@pytest.mark.slow
 def test_compress_to_a_psnr_decodes_its_own_files_of_any_size(codec, monkeypatch):
     monkeypatch.setattr(api, "MAX_DECODE_PIXELS", 100)  # a program's own limit is for files from outside
     data, quality = codec.compress_to(make_image(24, 16), min_psnr=25)
@@ -222,6 +228,7 @@ def test_metadata_over_the_format_limit_is_an_aecodec_error(codec):
 
 # --- pipes and paths ---
 
+@pytest.mark.slow
 def test_pipe_round_trip_through_the_installed_command(folder):
     src = (folder / "a.png").read_bytes()
     enc = subprocess.run([sys.executable, "-m", "codec.cli", "compress", "-", "-o", "-", "--quiet"], input=src,
@@ -244,6 +251,7 @@ def test_outputs_are_checked_before_any_work(folder, monkeypatch, capsys):
         main(["decompress", "a.aec", "-o", "x.gif2"])
 
 
+@pytest.mark.slow
 def test_special_files_and_links_are_written_in_place(folder):
     os.symlink("/dev/null", "null.aec")
     assert main(["compress", "a.png", "-o", "null.aec", "--quiet"]) == 0
@@ -257,6 +265,7 @@ def test_special_files_and_links_are_written_in_place(folder):
         main(["decompress", "real.aec", "-o", "noext"])
 
 
+@pytest.mark.slow
 def test_trailing_slash_is_a_folder_and_extension_picks_the_format(folder):
     assert main(["compress", "a.png", "-o", "new/", "--quiet"]) == 0
     assert (folder / "new" / "a.aec").is_file()
@@ -266,6 +275,7 @@ def test_trailing_slash_is_a_folder_and_extension_picks_the_format(folder):
     assert Image.open("a.webp").format == "WEBP"
 
 
+@pytest.mark.slow
 def test_result_line_per_file(folder, capsys):
     assert main(["compress", "a.png", "-v"]) == 0
     err = capsys.readouterr().err
@@ -274,6 +284,7 @@ def test_result_line_per_file(folder, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow
 def test_target_size_and_psnr(codec):
     image = make_image(96, 64, seed=2)
     sizes = {q: len(codec.compress(image, q)) for q in (1, 100)}

@@ -21,6 +21,7 @@ def _gradient(w: int, h: int) -> np.ndarray:
     return np.stack([xx * 200 / w + 20, yy * 200 / h + 20, (xx + yy) * 100 / (w + h) + 60], -1).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_every_edge_of_a_smooth_image_is_close_to_the_interior(codec):
     a = _gradient(100, 90)  # padded to 128x128: 14 columns and 19 rows on each side
     b = np.asarray(codec.decompress(codec.compress(Image.fromarray(a), 95)))
@@ -35,6 +36,7 @@ def test_a_single_pixel_comes_back_within_two_levels_at_q100(codec):
     assert np.abs(back - (200, 100, 50)).max() <= 2  # at the canvas' corner it came back 11 levels off
 
 
+@pytest.mark.slow
 def test_files_padded_at_the_top_left_still_decode_there(codec):
     """Files written before the centred flag (tests/golden, tests/released) keep their crop:
     their decoded pixels are checked in test_golden and test_cli; here the flag is what moves it."""

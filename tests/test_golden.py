@@ -98,6 +98,7 @@ def test_every_case_has_a_golden_file():
     assert sorted(EXPECTED.get("files", {})) == sorted(CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_golden_file_decodes_as_recorded(name):
     entry = EXPECTED["files"][name]

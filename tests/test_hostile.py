@@ -54,6 +54,7 @@ def _decode_twice(codec: Codec, data: bytes) -> None:
     assert np.array_equal(first, np.asarray(codec.decompress(data)))
 
 
+@pytest.mark.slow
 def test_fuzzed_files_never_crash_hang_or_differ():
     """A few hundred structure-aware mutations of real files of both models and of latent
     files, CRC recomputed, each decoded twice in a memory-capped worker process."""
@@ -110,6 +111,7 @@ def test_file_of_other_weights_is_refused_naming_the_model(codec, monkeypatch):
         codec.decompress(other)
 
 
+@pytest.mark.slow
 def test_pixel_limit_is_checked_before_any_work(codec):
     data = codec.compress(make_image(48, 40), 50)
     with pytest.raises(CodecError, match="48x40 .* over the decoding limit of 1000 pixels"):
@@ -121,6 +123,7 @@ def test_pixel_limit_is_checked_before_any_work(codec):
         codec.decompress(big)
 
 
+@pytest.mark.slow
 def test_pixel_limit_on_the_command_line(codec, tmp_path, capsys):
     src = tmp_path / "a.aec"
     src.write_bytes(codec.compress(make_image(48, 40), 50))
@@ -232,7 +235,7 @@ def test_latent_of_more_pixels_than_the_format_allows(vae_codec):
 
 
 def test_json_depth_counts_brackets_outside_strings():
-    from codec.weights import _json_depth
+    from codec.format.tensors import _json_depth
 
     assert _json_depth(b'{"a": [1, {"b": "[[[["}]}') == 3
     assert _json_depth(b'"\\"[["') == 0
@@ -258,6 +261,7 @@ def test_entropy_coder_round_trips_escapes_and_refuses_leftovers(codec):
 
 # --- tiles ---
 
+@pytest.mark.slow
 def test_hyperprior_tiles_decode_exactly_as_one_pass(codec, monkeypatch):
     """A 300x200 image in 128-pixel tiles decodes to exactly the pixels of one pass."""
     image = make_image(300, 200, seed=4)
@@ -279,6 +283,7 @@ def test_exact_tiles_equal_one_pass_for_a_local_network():
         assert torch.allclose(tiles.exact(net, x, tile=16, halo=8), net(x), atol=1e-12, rtol=0)
 
 
+@pytest.mark.slow
 def test_vae_tiles_are_deterministic_and_seamless(vae_codec, monkeypatch):
     image = make_image(160, 96, seed=6)
     one_pass = vae_codec.decode_latent(vae_codec.encode_latent(image))
@@ -291,6 +296,7 @@ def test_vae_tiles_are_deterministic_and_seamless(vae_codec, monkeypatch):
     assert psnr(one_pass, tiled) > 25  # GroupNorm sees tiles, not the image: close, not equal
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(96, 64), (256, 192)])
 def test_vae_does_not_depend_on_the_thread_count(vae_codec, size):
     """Latents and decoded pixels are the same with 1 and 2 threads (these sizes differed

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_model_loads_without_compressais_point_cloud_half_and_without_warnings():
     r = _python("import sys; from codec.api import Codec; Codec(device='cpu'); "
                 "print(sorted(m for m in ('torch_geometric', 'torch._dynamo', 'compressai.datasets', "
@@ -19,6 +22,7 @@ def test_a_model_loads_without_compressais_point_cloud_half_and_without_warnings
     assert r.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_the_rest_of_compressai_and_scipy_still_work_in_the_same_process():
     r = subprocess.run([sys.executable, "-c", """
 import codec.models.hyperprior, compressai, scipy
@@ -34,12 +38,15 @@ assert callable(compressai.set_entropy_coder) and not is_deferred(compressai)  #
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow
 def test_compressai_imported_first_is_used_as_it_is():
-    r = subprocess.run([sys.executable, "-c", "import compressai, codec.models.hyperprior; from codec.models.lean_imports import "
-                        "is_deferred; assert not is_deferred(compressai)"], capture_output=True, text=True, timeout=300)
+    code = ("import compressai, codec.models.hyperprior; from codec.models.lean_imports import is_deferred; "
+            "assert not is_deferred(compressai)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow
 def test_the_command_line_answers_without_torch():
     code = ("import sys\nfrom codec.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
             "    assert 'torch' not in sys.modules, 'torch was imported'")

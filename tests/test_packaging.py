@@ -49,6 +49,7 @@ def test_shipped_weights_files_are_at_most_20_mb():
         assert (ROOT / "weights" / name).stat().st_size <= 20_000_000, name
 
 
+@pytest.mark.slow
 def test_wheel_carries_every_weights_file(tmp_path):
     """Build the wheel as pip would (no network: the installed setuptools) and look inside."""
     pytest.importorskip("setuptools")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import copy
 
 import numpy as np
@@ -12,6 +14,7 @@ from conftest import make_image, psnr
 QUALITIES = [1, 10, 25, 50, 75, 90, 100]
 
 
+@pytest.mark.slow
 def test_quality_is_monotonic(codec):
     image = make_image(192, 128, seed=3)
     sizes, psnrs = [], []
@@ -34,6 +37,7 @@ def test_same_input_same_bytes(codec):
     assert codec.compress(image, 50) == codec.compress(image, 50)
 
 
+@pytest.mark.slow
 def test_thread_count_does_not_change_files_or_pixels(codec):
     image = make_image(256, 192, seed=7)
     torch.set_num_threads(1)

@@ -1,5 +1,6 @@
 """The model interface is real: a tiny third model, registered here and nowhere else, goes
-through the API, the command line, the container and the weights files unchanged."""
+through the API, the command line, the container, the weights files, training and the benchmark
+unchanged."""
 
 from __future__ import annotations
 
@@ -85,9 +86,44 @@ class TinyCodec(CompressionModel):
         return self.synthesize(self.decode_streams(strings, shape, quality), quality, device)
 
 
+class TinyTraining:
+    """The tiny model's training pieces (codec/train/rd.py has the real models'): plain MSE plus
+    the prior's rate, every parameter at --lr, the quantiles on their own."""
+
+    def __init__(self, args):
+        self.args = args
+
+    def build(self, cls, start):
+        return (start if start is not None else cls()), "same"
+
+    def loss(self, model, x, generator, net=None):
+        y = model.enc(x)
+        y_hat, likelihoods = model.prior(y)
+        mse = ((model.dec(y_hat) - x) ** 2).mean()
+        bpp = -torch.log2(likelihoods).sum() / (x.shape[0] * x.shape[-2] * x.shape[-1])
+        return {"loss": bpp + 100 * mse, "mse": mse}
+
+    def validation(self, model, x):
+        return {k: float(v) for k, v in self.loss(model, x, None).items()}
+
+    def describe(self, model):
+        return f"{model.config.channels} channels"
+
+    def groups(self, model):
+        named = list(model.named_parameters())
+        return ([{"params": [p for n, p in named if not n.endswith("quantiles")], "lr": self.args.lr, "name": "all"}],
+                [p for n, p in named if n.endswith("quantiles")])
+
+    def export(self, ckpt, info):
+        model = TinyCodec(TinyConfig.from_dict(ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+        return model
+
+
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
-    registry.register(ModelEntry(200, "tiny-test", "tiny", f"{__name__}:TinyCodec", "tiny.safetensors"))
+    registry.register(ModelEntry(200, "tiny-test", "tiny", f"{__name__}:TinyCodec", "tiny.safetensors",
+                                 label="tiny test model", trainer=f"{__name__}:TinyTraining"))
     model = TinyCodec()
     with torch.no_grad():  # a prior wide enough for 0..63
         model.prior.quantiles.copy_(torch.tensor([-10.0, 32.0, 75.0]).repeat(6, 1, 1))
@@ -154,3 +190,24 @@ def test_built_in_models_follow_the_interface(codec):
         assert entry.cls.MODEL_ID == entry.model_id and entry.cls.NAME == entry.name
     assert codec.model.latent_shape(65, 64) == (2, 1) and codec.model.num_streams == 2
     assert np.all(np.array(codec.model.padding) > 0)
+
+
+@pytest.mark.slow
+def test_tiny_model_trains_through_train_fit_and_is_benchmarked(tiny_weights, tmp_path):
+    from codec import bench
+    from codec.train import main as train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        make_image(72, 64, seed=i).save(data / f"{i}.png")
+    train(["fit", "--model", "tiny", "--data", str(data), "--val", str(data), "--out", str(tmp_path / "run"),
+           "--steps", "3", "--val-every", "3", "--patch-size", "32", "--batch-size", "2", "--device", "cpu",
+           "--precision", "fp32", "--ema", "0.9"])
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert ckpt["kind"] == "tiny" and ckpt["step"] == 3
+    train(["export", str(tmp_path / "run" / "last.pt"), str(tmp_path / "tiny.safetensors"), "--ema"])
+    out = tmp_path / "bench"
+    assert bench.main([str(data), "--quick", "--codecs", "aecodec-tiny", "--device", "cpu",
+                       "--tiny-weights", str(tmp_path / "tiny.safetensors"), "--out", str(out)]) == 0
+    assert (out / "aecodec-tiny.json").exists() and "tiny test model" in (out / "summary.md").read_text()

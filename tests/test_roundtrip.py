@@ -97,6 +97,7 @@ def test_not_an_image(tmp_path):
         read_image(path)
 
 
+@pytest.mark.slow
 def test_module_level_api():
     from codec import api
 

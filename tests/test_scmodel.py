@@ -51,6 +51,7 @@ def _padded(width: int, height: int, seed: int) -> torch.Tensor:
     return pad_to_stride(split(image, mode)[0], 64)
 
 
+@pytest.mark.slow
 def test_grown_from_model_3_it_codes_the_same_latent_and_pixels(small_cc):
     sc = SpaceChannel.grown_from(small_cc, extra=8).eval()
     sc.update(force=True)
@@ -81,6 +82,7 @@ def test_the_checkerboard_alternates():
     assert a.shape == (1, 1, 5, 4) and bool(a[0, 0, 0, 0]) and not bool(a[0, 0, 0, 1]) and int(a.sum()) == 10
 
 
+@pytest.mark.slow
 def test_round_trip_threads_and_tiles(sc_weights, monkeypatch):
     codec = Codec(sc_weights, device="cpu")
     assert codec.model.NAME == "space-channel" and codec.model.num_streams == 5
@@ -117,6 +119,7 @@ def test_config_is_checked():
         SCConfig(N=8, M=17 * 2, slices=(2,) * 17)
 
 
+@pytest.mark.slow
 def test_train_sc_grown_from_a_cc_run(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

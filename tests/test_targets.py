@@ -36,6 +36,7 @@ def codec():
     return Codec(device="cpu")
 
 
+@pytest.mark.slow
 def test_a_size_target_gives_the_file_of_the_quality_it_found(codec):
     image = make_image(96, 80)
     sizes = {q: len(codec.compress(image, q)) for q in (20, 21)}
@@ -45,6 +46,7 @@ def test_a_size_target_gives_the_file_of_the_quality_it_found(codec):
     assert q == 1 and len(data) > 10
 
 
+@pytest.mark.slow
 def test_a_psnr_target_gives_the_lowest_quality_that_reaches_it(codec):
     image = make_image(96, 80)
     target = psnr(image, codec.decompress(codec.compress(image, 60)))

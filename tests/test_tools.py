@@ -17,6 +17,7 @@ def test_tools_are_found():
     assert len(TOOLS) >= 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", TOOLS, ids=lambda p: p.name)
 def test_tool_help(tool: Path):
     run = subprocess.run([sys.executable, str(tool), "--help"], capture_output=True, text=True, timeout=120)

@@ -12,6 +12,7 @@ from codec.weights import save_weights, weights_info
 from conftest import make_image
 
 
+@pytest.mark.slow
 def test_fit_resume_export_and_use(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -32,6 +33,7 @@ def test_fit_resume_export_and_use(tmp_path):
     assert codec.decompress(codec.compress(image, 50)).size == (40, 30)
 
 
+@pytest.mark.slow
 def test_weight_average_is_carried_over_a_resume_and_exported(tmp_path):
     """--ema keeps a running average of the weights beside them; a resume continues it and
     export --ema ships it instead of the last weights."""
@@ -59,6 +61,7 @@ def test_weight_average_is_carried_over_a_resume_and_exported(tmp_path):
         main(["export", str(tmp_path / "plain" / "last.pt"), str(tmp_path / "x.safetensors"), "--ema"])
 
 
+@pytest.mark.slow
 def test_retarget_lambdas_keeps_shared_anchors_and_extrapolates(tmp_path):
     """--lambdas on --init widens the quality range of trained weights: anchors the old model had
     keep their gains, a new one below is extrapolated in log(lambda), and training goes on."""
@@ -96,6 +99,7 @@ def test_retarget_lambdas_keeps_shared_anchors_and_extrapolates(tmp_path):
               "--lambdas", "0.02,0.01"])
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_identical_weights_and_resume_with_one(tmp_path):
     """torchrun --nproc_per_node=2 on CPU (gloo): each rank its own crops, averaged gradients,
     rank 0 writes the checkpoint; the ranks end with the same weights; one process resumes."""
@@ -163,6 +167,7 @@ def test_single_group_optimizer_state_resumes_with_slice_networks_in_their_own_g
         _regroup(one.state_dict(), swapped)
 
 
+@pytest.mark.slow
 def test_init_from_a_cc_file_trains_the_model_asked_for(tmp_path):
     """--init of a channel-conditional file continues that model; --model hp trains the hyperprior
     inside it (one file ships both)."""
@@ -185,6 +190,7 @@ def test_init_from_a_cc_file_trains_the_model_asked_for(tmp_path):
         assert any(k.startswith("slice_nets.") for k in ckpt["model"]) == (kind == "cc")
 
 
+@pytest.mark.slow
 def test_kill_saves_the_run_as_ctrl_c_does(tmp_path):
     """A background run (nohup ... &) ignores Ctrl-C's SIGINT; `kill PID` must still leave a
     last.pt to resume from."""

@@ -143,6 +143,7 @@ def test_wrong_model_is_refused(vae, codec):
         codec.encode_latent(make_image(8, 8))
 
 
+@pytest.mark.slow
 def test_cli_model_vae_and_latents(vae_weights, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     image = make_image(40, 24)
@@ -175,6 +176,7 @@ def test_cli_model_vae_and_latents(vae_weights, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "typo").exists()
 
 
+@pytest.mark.slow
 def test_training_improves_reconstruction(tmp_path):
     data = tmp_path / "d"
     data.mkdir()

@@ -143,6 +143,7 @@ def test_an_unknown_model_name_is_a_weights_error():
         load_weights(None, "bogus")
 
 
+@pytest.mark.slow
 def test_damaged_headers_load_or_fail_with_a_weights_error(small, tmp_path):
     """Random bytes changed in the JSON header (names, dtypes, shapes, offsets, config): every
     file either loads or is refused with a WeightsError, never anything else."""

@@ -2,7 +2,7 @@
 file, the bpp and PSNR as coded (hard rounding around the predicted means, as a file decodes)
 beside the PSNR of the same transforms with the latent left unquantised: the ceiling that no
 number of bits reaches. Where the two meet, more bits buy nothing and only training the
-transforms raises the curve (weights/README.md, phase 10).
+transforms raises the curve (docs/training-record.md, phase 10).
 
     python tools/ceiling.py weights/aecodec-cc.safetensors --val ../shared/data/val --images 8
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from codec.metrics import psnr_from_mse
     from codec.models.hyperprior import bpp_of
-    from codec.train.fit import list_images, load_images
+    from codec.train.data import list_images, load_images
     from codec.weights import load_weights
 
     torch.set_num_threads(args.threads)

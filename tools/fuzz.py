@@ -32,10 +32,11 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+from codec.format.bitstream import FIXED_HEADER as _FIXED  # noqa: E402 (the header, as the container lays it out)
 
 # --- mutations ---------------------------------------------------------------------------
-
-_FIXED = struct.Struct(">4sBB8sBBBIIB")
 
 
 def _split(data: bytes) -> tuple[bytes, list[bytes]]:

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from codec.train.fit import rd_loss
+    from codec.train.rd import rd_loss
     from codec.weights import load_weights
 
     torch.set_num_threads(args.threads)

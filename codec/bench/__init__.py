@@ -1,8 +1,8 @@
 """``aecodec bench DIR``: rate-distortion and speed of aecodec against the codecs Pillow ships.
 
-The benchmark is four modules: the codec adapters (``bench_codecs``), the metrics
-(``codec/metrics.py``, shared with training and the tests), the results and reports
-(``bench_report``), the plots (``bench_plot``); this one measures and runs the command.
+The benchmark is this package: the codec adapters (``codecs``), the results and reports
+(``report``), the plots (``plot``), BD-rate (``bdrate``), with the metrics of ``codec/metrics.py``
+(shared with training and the tests); this module measures and runs the command.
 
 For every image in DIR, every codec codes it at each point of its quality sweep. We count the
 bits of the bytes the codec really writes (the whole ``.aec`` file for aecodec, the whole
@@ -65,10 +65,9 @@ from codec.bench.report import (  # noqa: F401
     write_json,
     write_summary,
 )
-from codec.image import ImageError, read_image
+from codec.image import IMAGE_SUFFIXES, ImageError, image_files, read_image
 from codec.metrics import MSSSIM_MIN_SIDE, PSNR_CAP, ms_ssim_rgb, psnr  # noqa: F401 (re-exported)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 CLASSICAL = ("jpeg420", "jpeg444", "webp", "avif", "jpeg2000", "jpegxl")
 
 
@@ -105,7 +104,7 @@ def list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise BenchError(f"{folder}: " + ("not a directory (bench measures a folder of images)" if folder.exists()
                                           else "no such directory"))
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_files(folder)
     if not paths:
         raise BenchError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return paths

@@ -30,6 +30,7 @@ EXIF_PREFIX = b"Exif\x00\x00"
 
 # magic, version, model id, weights id (8 bytes of SHA-256), quality, mode, flags, width, height, n streams
 _FIXED = struct.Struct(">4sBB8sBBBIIB")
+FIXED_HEADER = _FIXED  # public for tools that take files apart field by field (tools/fuzz.py)
 _CRC = struct.Struct(">I")
 
 
@@ -121,7 +122,7 @@ def parse(data: bytes) -> AecFile:
     return AecFile(header, tuple(streams), alpha, metadata)
 
 
-def read_metadata(fp, header: Header, offset: int) -> dict:
+def read_metadata_stream(fp, header: Header, offset: int) -> dict:
     """The metadata stream of a file whose header was parsed (``offset``: where its streams
     start), read from ``fp`` alone: Pillow's plugin shows it on opening, before the pixels."""
     fp.seek(offset + sum(header.stream_lengths[:-1]))  # the last stream
@@ -272,7 +273,7 @@ def read_latent_header(data: bytes) -> dict:
     """The metadata of a latent file, its size and mode checked (no tensor is loaded): what
     ``decode_latent`` will make, known before the work."""
     try:
-        from codec.weights import read_metadata  # safetensors' header, parsed without torch
+        from codec.format.tensors import read_metadata  # safetensors' header, parsed without torch
 
         meta = read_metadata(bytes(data), max_header=MAX_LATENT_HEADER, max_depth=MAX_JSON_DEPTH)
         if meta.get("format") != LATENT_FORMAT:

@@ -14,7 +14,7 @@ and the stream layout is ours (``docs/format.md``, format version 2):
 A decoder knows how many symbols each table holds before it starts (the indexes come from
 what was decoded before), decodes exactly that many, and then requires the coder to be
 empty: running out of data, data left over, or a stream that is no ANS stream at all is a
-:class:`~codec.bitstream.FormatError`. Pure table lookups in fixed point: no floating-point
+:class:`~codec.format.bitstream.FormatError`. Pure table lookups in fixed point: no floating-point
 result decides anything, so a stream decodes the same on every machine and thread count.
 """
 
@@ -117,7 +117,7 @@ def encode_parts(parts: list[tuple], tables: CdfTables) -> bytes:
 
 class Reader:
     """Decodes the parts of one stream in order (:meth:`read`), then :meth:`close` requires that
-    nothing is left over. Every damage is a :class:`~codec.bitstream.FormatError`."""
+    nothing is left over. Every damage is a :class:`~codec.format.bitstream.FormatError`."""
 
     def __init__(self, data: bytes, tables: CdfTables):
         if len(data) % 4:

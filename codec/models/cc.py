@@ -5,7 +5,7 @@ Minnen & Singh, "Channel-wise autoregressive entropy models for learned image co
 predicted from the hyperprior *and the slices already decoded*, so later slices cost fewer bits.
 Here, without a spatial context:
 
-* the transforms, gain units and hyperprior are :class:`~codec.model.GainHyperprior`'s;
+* the transforms, gain units and hyperprior are :class:`~codec.models.hyperprior.GainHyperprior`'s;
 * slice ``i``'s network sees the hyperprior's output (scales and means of every channel) and
   the dequantised slices ``0..i-1``, and predicts a *correction* to the hyperprior's scale and
   mean for its own channels. Its last layer starts at zero, so a model made from trained
@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from codec import registry
 from codec.format import entropy
 from codec.models import tiles
 from codec.models.exact import FixedPointConvStack, plain_cpu_kernels, ste_round
@@ -72,11 +73,10 @@ class CCConfig:
                    slices=int(d["slices"]), width=int(d["width"]), lrp=int(d.get("lrp", 0)))  # 0.6.0 and before: none
 
 
+@registry.bind  # its id and name: codec/registry.py
 class ChannelConditional(GainHyperprior):
     """Gain hyperprior + channel-conditional slices; ``quality`` 1-100 as for the hyperprior."""
 
-    MODEL_ID = 3
-    NAME = "cc-hyperprior-gain"
     CONFIG = CCConfig
     # the residual prediction: int8 like h_a (a correction of under half a step, where int8's error is
     # lost; float16 would take the file past 20 MB), dequantised the same way on every machine

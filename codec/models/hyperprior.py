@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from codec import registry
 from codec.models import lean_imports
 
 lean_imports.load()  # CompressAI's entropy models, not its point-cloud datasets (see there)
@@ -186,12 +187,11 @@ class GainedTransforms(CompressionModel):
         return self.synthesize(self.decode_streams(strings, z_shape, quality), quality, device)
 
 
+@registry.bind  # its id and name: codec/registry.py
 class GainHyperprior(GainedTransforms):
     """Mean-scale hyperprior with gain units; ``quality`` in [1, 100] selects the rate."""
 
     # the codec model interface (codec/registry.py)
-    MODEL_ID = 1
-    NAME = "hyperprior-gain"
     CONFIG = ModelConfig
     INT8_PREFIXES = ("h_a.",)  # encoder-only: picks z, never changes how a file decodes
     device_parts = ("g_a", "h_a", "g_s")

@@ -2,8 +2,8 @@
 
 Why: ``compressai/__init__`` imports every subpackage, and its point-cloud datasets and
 transform registry import ``torch_geometric``, which imports ``torch._dynamo``: about 2 s and
-hundreds of MB of every ``aecodec`` call go to code a codec never runs (measured in the README's
-speed section). ``scipy.stats``, which CompressAI's entropy models import at the top but only use
+hundreds of MB of every ``aecodec`` call go to code a codec never runs (measured in docs/performance.md,
+"Speed"). ``scipy.stats``, which CompressAI's entropy models import at the top but only use
 in ``update()`` (building CDF tables, at training and export), costs another fraction of a second.
 
 How: before the first import, :func:`load` registers ``compressai`` (and ``compressai.models``,

@@ -2,7 +2,7 @@
 
 As CompressAI composes its models, ``g_a`` -> latent codec -> ``g_s``:
 
-* the transforms and gain units are :class:`~codec.model.GainedTransforms`' (N=128), with a
+* the transforms and gain units are :class:`~codec.models.hyperprior.GainedTransforms`' (N=128), with a
   latent of M=320 channels (CompressAI's width for every quality above its fourth) and anchor
   lambdas up to 0.23, so ``quality`` 100 asks for a high-quality image;
 * the latent codec, :class:`SpaceChannelContext`, is a hyperprior plus a context in space and
@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from codec import registry
 from codec.format import entropy
 from codec.models import tiles
 from codec.models.exact import FixedPointConvStack, plain_cpu_kernels, ste_round
@@ -203,11 +204,10 @@ class SpaceChannelContext(nn.Module):
         return torch.cat(done, dim=1)
 
 
+@registry.bind  # its id and name: codec/registry.py
 class SpaceChannel(GainedTransforms):
     """Gained transforms + the space-channel latent codec; ``quality`` 1-100."""
 
-    MODEL_ID = 4
-    NAME = "space-channel"
     CONFIG = SCConfig
     INT8_PREFIXES = ("latent_codec.h_a.",)  # encoder-only: picks z, never changes how a file decodes
 

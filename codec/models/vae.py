@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from codec import registry
 from codec.format import entropy
 from codec.models import tiles
 from codec.models.exact import plain_cpu_kernels
@@ -35,8 +36,6 @@ from codec.models.hyperprior import (  # compressai's, imported quietly there
     CompressionModel,
     EntropyBottleneck,
 )
-
-MODEL_ID = 2  # codec/registry.py
 
 
 @dataclass
@@ -198,13 +197,12 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.conv_norm_out(x)))
 
 
+@registry.bind  # its id and name: codec/registry.py
 class KLAutoencoder(CompressionModel):
     """Encoder -> diagonal Gaussian (mean, log-variance) -> decoder; plus the codec's priors
     (CompressionModel gives them ``update``, ``aux_loss`` and loading of their CDF tables)."""
 
     # the codec model interface (codec/registry.py)
-    MODEL_ID = MODEL_ID
-    NAME = "vae-kl-f8"
     CONFIG = VAEConfig
     FP16_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")  # priors stay float32
     num_streams = 1  # the latent

@@ -8,6 +8,8 @@ import ast
 import importlib.util
 from pathlib import Path
 
+from codec import registry
+
 
 def _train_docstring() -> str:
     """codec/train/fit.py's docstring (the guide to training), read without importing torch."""
@@ -42,13 +44,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f = sub.add_parser("fit", help="train (or resume) the variable-rate model or the VAE", formatter_class=_Formatter,
                        description="Train, or resume. Ctrl-C (or kill PID) writes last.pt and stops. Data-parallel on "
                        "several processes or GPUs: torchrun --nproc_per_node=N -m codec.train fit ...")
-    f.add_argument("--model", choices=["hp", "cc", "sc", "vae"],
-                   help="hp: the rate-distortion hyperprior (new runs: the default; from --init of a cc file: "
-                   "the hyperprior inside it); cc: the channel-conditional model (from --init/--resume of an hp "
-                   "model, its transforms carry over); sc: the space-channel model (from --init/--resume of a cc "
-                   "model, grown from it: it starts out coding as the cc model does); vae: the KL-regularised f8 "
-                   "autoencoder. "
-                   "Default: the model of --resume/--init")
+    f.add_argument("--model", choices=[e.short for e in registry.MODELS.values() if e.trainer],
+                   help="the model to train (codec/registry.py). Default: the model of --resume/--init; new runs: "
+                   "the first registered, the hyperprior (hp). Another model than the checkpoint's or weights' is "
+                   "made from it where its training pieces know how: cc from an hp model (its transforms carry "
+                   "over), sc grown from a cc model (it starts out coding as the cc model does), hp from a cc "
+                   "file's --init (the hyperprior inside it)")
     f.add_argument("--data", required=True, help="folder of training images")
     f.add_argument("--val", required=True, help="folder of held-out validation images")
     f.add_argument("--out", required=True, help="folder for last.pt / best.pt checkpoints")

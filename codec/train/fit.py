@@ -6,17 +6,13 @@
     python -m codec.train fit --model vae --data ../shared/data/train --val ../shared/data/val --out runs/vae
     python -m codec.train export runs/vae/best.pt weights/aecodec-vae-f8.safetensors --data ../shared/data/train
 
-Each training image gets its own random position on the quality axis, and so its own lambda,
-which is how one set of weights learns the whole rate range (gain units interpolate between
-the anchor lambdas). With ``--ema`` a running average of the weights trains beside them: at a
-constant learning rate it validated as well as a copy annealed at a tenth of it (weights/README.md,
-phase 9), so a release is exported from the average. Images are decoded once into memory: on
-a 2-core CPU, JPEG decoding per step would cost as much as the model.
-
-The VAE (``--model vae``) minimises reconstruction error + kl_weight * KL, normalised as latent
-diffusion does (both summed per image). Its export measures each latent channel's mean and
-standard deviation on training crops and fits the codec's priors to those latents (the
-autoencoder is frozen by then).
+The loop here knows no model by name: each registered model names its training pieces
+(``codec/registry.py``: how it is built or grown from another, its loss, validation, parameter
+groups and export), codec/train/rd.py for the rate-distortion models (each image at its own
+lambda: one set of weights learns every rate) and codec/train/vae.py for the VAE. With ``--ema``
+a running average of the weights trains beside them: at a constant learning rate it validated as
+well as a copy annealed at a tenth of it (docs/training-record.md, phase 9), so a release is
+exported from the average.
 """
 
 from __future__ import annotations
@@ -31,183 +27,61 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from codec import registry
 from codec.files import write_atomic
-from codec.models.cc import CCConfig, ChannelConditional
-from codec.models.sc import SCConfig, SpaceChannel
-from codec.metrics import psnr_from_mse
-from codec.models.hyperprior import GainHyperprior, ModelConfig, bpp_of, count_parameters, default_lambdas
-from codec.models.vae import KLAutoencoder, VAEConfig, kl_divergence
+from codec.models.hyperprior import count_parameters
+from codec.train.data import centre_crop, list_images, load_checkpoint, load_images, model_of, random_batch
 from codec.weights import WeightsError, load_weights, save_weights
-
-# the entropy models' context networks: trained at --slice-lr (they start from zero on trained transforms)
-CONTEXT_PREFIXES = ("slice_nets.", "lrp.", "latent_codec.slice_nets.")
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    if not Path(folder).is_dir():
-        raise SystemExit(f"error: {folder}: no such folder")
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise SystemExit(f"error: {folder}: no images (PNG, JPEG, WebP, BMP, TIFF) in it")
-    return files
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint of ``fit``, or a one-line refusal: a missing file, a file that is not a
-    torch checkpoint, or one that is not ours are all a user's mistake, not a bug."""
-    if not Path(path).is_file():
-        raise SystemExit(f"error: {path}: no such file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # ours: it holds the run's args
-    except Exception as e:  # UnpicklingError, RuntimeError (not a zip), EOFError...
-        raise SystemExit(f"error: {path}: not a training checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or not {"step", "model", "config"} <= ckpt.keys():
-        raise SystemExit(f"error: {path}: not a checkpoint of codec.train fit (no step, model or config)")
-    return ckpt
-
-
-def load_images(files: list[Path], min_side: int) -> list[torch.Tensor]:
-    """Decode every image once to uint8 CHW tensors (skipping ones smaller than a crop)."""
-    images = []
-    for f in tqdm(files, desc="loading images", leave=False):
-        with Image.open(f) as im:
-            a = np.asarray(im.convert("RGB"))
-        if min(a.shape[:2]) >= min_side:
-            images.append(torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous())
-    return images
-
-
-def random_batch(images: list[torch.Tensor], batch: int, size: int, gen: random.Random) -> torch.Tensor:
-    """Random crops with random horizontal flips, as float in [0, 1]."""
-    out = torch.empty(batch, 3, size, size)
-    for i in range(batch):
-        im = images[gen.randrange(len(images))]
-        top = gen.randrange(im.shape[1] - size + 1)
-        left = gen.randrange(im.shape[2] - size + 1)
-        crop = im[:, top : top + size, left : left + size]
-        if gen.random() < 0.5:
-            crop = crop.flip(-1)
-        out[i] = crop.float() / 255
-    return out
-
-
-def rd_loss(model: GainHyperprior, x: torch.Tensor, pos: torch.Tensor, net=None) -> dict:
-    """Per-image bpp + lambda * 255^2 * MSE, averaged; also returns bpp and PSNR for logging.
-    ``net``: what runs the forward pass (the DistributedDataParallel wrapper), default ``model``."""
-    out = (model if net is None else net)(x, pos)
-    n_px = x.shape[-2] * x.shape[-1]
-    bpp = bpp_of(out["likelihoods"], n_px)
-    mse = ((out["x_hat"].float() - x) ** 2).flatten(1).mean(1)
-    lmbda = model.lmbda(pos.cpu()).to(x.device, torch.float32)
-    loss = (bpp + lmbda * 255**2 * mse).mean()
-    return {"loss": loss, "bpp": bpp.mean(), "psnr": psnr_from_mse(mse).mean()}
-
-
-def vae_loss(model: KLAutoencoder, x: torch.Tensor, kl_weight: float, rec: str = "mse", sample: bool = True,
-             net=None) -> dict:
-    """Reconstruction + kl_weight * KL. Latent diffusion sums both per image; dividing both by
-    the number of pixel values gives the same optimum with losses of a readable size."""
-    out = (model if net is None else net)(x, sample=sample)
-    err = out["x_hat"].float() - x
-    per_px = err.abs() if rec == "l1" else err.pow(2)
-    kl = kl_divergence(out["mean"].float(), out["logvar"].float()) / x[0].numel()
-    mse = err.pow(2).flatten(1).mean(1)
-    loss = (per_px.flatten(1).mean(1) + kl_weight * kl).mean()
-    return {"loss": loss, "kl": kl.mean() * x[0].numel(), "psnr": psnr_from_mse(mse).mean()}
-
-
-def _centre_crop(im: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
-    s = min(size, im.shape[1] // 64 * 64, im.shape[2] // 64 * 64)  # small images: smaller crops
-    t, l = (im.shape[1] - s) // 2, (im.shape[2] - s) // 2
-    return (im[:, t : t + s, l : l + s].float() / 255)[None].to(device)
 
 
 @torch.no_grad()
-def validate(model: GainHyperprior | KLAutoencoder, images: list[torch.Tensor], device: torch.device,
-             args: argparse.Namespace, size: int = 256) -> dict:
-    """Centre crops of held-out images: the RD model at three qualities with hard rounding, the
-    VAE through its posterior mean (what inference uses)."""
+def validate(model: torch.nn.Module, trainer, images: list[torch.Tensor], device: torch.device,
+             size: int = 256) -> dict:
+    """Centre crops of held-out images, each as the model's trainer validates one."""
     model.eval()
     totals: dict[str, float] = {}
-    n = 0
-    if isinstance(model, KLAutoencoder):
-        runs = [lambda x: vae_loss(model, x, args.kl_weight, args.rec_loss, sample=False)]
-    else:
-        K = len(model.config.lambdas)
-        runs = [lambda x, p=p: rd_loss(model, x, torch.tensor([p])) for p in (0.0, (K - 1) / 2, K - 1.0)]
-    for run in runs:
-        for im in images:
-            for k, v in run(_centre_crop(im, size, device)).items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-            n += 1
+    for im in images:
+        for k, v in trainer.validation(model, centre_crop(im, size, device)).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
     model.train()
-    return {k: v / n for k, v in totals.items()}
+    return {k: v / len(images) for k, v in totals.items()}
 
 
-def build_model(args: argparse.Namespace, ckpt: dict | None) -> tuple[GainHyperprior | KLAutoencoder, bool, bool]:
-    """The model to train: from a checkpoint, from shipped weights (--init), or new; whether
-    its anchors were retargeted (--lambdas), after which the optimiser state and the best
-    validation loss of the checkpoint no longer apply; and whether it grew a residual
-    prediction (--lrp), whose new parameters start with no optimiser state of their own."""
+def trainer_of(model_short: str, args: argparse.Namespace):
+    """The training pieces the registry names for a model (codec/train/rd.py, vae.py, ...)."""
+    entry = registry.by_short(model_short)
+    if not entry.trainer:
+        raise SystemExit(f"error: model {entry.name} names no training pieces in codec/registry.py")
+    return entry.trainer_cls(args)
+
+
+def build_model(args: argparse.Namespace, ckpt: dict | None):
+    """The model to train, its trainer, and how it relates to the checkpoint or weights it
+    starts from: "same", "changed" (retargeted or converted: the optimiser state and the best
+    validation loss no longer apply) or "grown" (new parameters appended, starting at zero)."""
+    start = None
     if ckpt:
-        cls = registry.by_short(ckpt.get("kind", "hp")).cls
-        model = cls(cls.CONFIG.from_dict(ckpt["config"]))
-        model.load_state_dict(ckpt["model"])
+        start = model_of(ckpt)
     elif args.init:  # continue from shipped weights (fresh optimiser state)
-        # --model hp from a cc file: the hyperprior inside it (load_weights' submodel)
-        try:
-            init_model, _ = load_weights(args.init, GainHyperprior.NAME if args.model == "hp" else None)
-        except WeightsError as e:
-            raise SystemExit(f"error: {e}") from None
-        model = type(init_model)(init_model.config)
-        model.load_state_dict(init_model.state_dict())
-    elif args.model == "vae":
-        channels = tuple(int(c) for c in args.channels.split(","))
-        config = VAEConfig(block_out_channels=channels, layers_per_block=args.layers_per_block)
-        return KLAutoencoder(config), False, False
-    elif args.model == "sc":
-        return SpaceChannel(SCConfig(**({"lambdas": args.lambdas} if args.lambdas else {}))), False, False
-    elif args.model == "cc":
-        lambdas = args.lambdas or default_lambdas()
-        return ChannelConditional(CCConfig(args.N, args.M, lambdas, args.slices, args.cc_width, args.lrp)), False, False
-    else:
-        return GainHyperprior(ModelConfig(N=args.N, M=args.M, lambdas=args.lambdas or default_lambdas())), False, False
-    kind = registry.MODELS[model.NAME].short
-    grows = (args.model, kind) in (("cc", "hp"), ("sc", "cc"))
-    if args.model is not None and args.model != kind and not grows:
-        raise SystemExit(f"error: --model {args.model}, but the checkpoint or weights hold a {kind} model")
-    if (args.lambdas and type(model) is not GainHyperprior and not grows
-            and args.lambdas != getattr(model.config, "lambdas", None)):
-        raise SystemExit("error: --lambdas retargets hp models only (retarget first, then convert with --model cc)")
-    retargeted = False
-    if args.lambdas and type(model) is GainHyperprior and args.lambdas != model.config.lambdas:
-        model, retargeted = model.with_lambdas(args.lambdas), True
-    if args.model == "sc" and isinstance(model, ChannelConditional):
-        # model 3 grows into model 4: its latents, slices and pixels carry over (SpaceChannel.grown_from)
-        if model.lrp is not None:
-            raise SystemExit("error: --model sc grows a cc model without residual prediction")
-        return SpaceChannel.grown_from(model, lambdas=args.lambdas), True, False
-    if args.model == "cc" and type(model) is GainHyperprior:
-        # the transforms and hyperprior carry over; the slice networks start as "no correction",
-        # so the new model codes exactly as the old one did. New parameters: fresh Adam state.
-        model, retargeted = ChannelConditional.from_hyperprior(model, args.slices, args.cc_width, args.lrp), True
-    grown = False
-    if args.lrp and isinstance(model, ChannelConditional) and model.config.lrp != args.lrp:
-        if model.config.lrp:
-            raise SystemExit(f"error: --lrp {args.lrp}, but the model's residual prediction has "
-                             f"{model.config.lrp} channels")
-        model, grown = model.with_lrp(args.lrp), True  # starts at zero: decodes as before
-    elif args.lrp and not isinstance(model, ChannelConditional):
-        raise SystemExit("error: --lrp is for the channel-conditional model (--model cc)")
-    return model, retargeted, grown
+        name = registry.by_short(args.model).name if args.model else None
+        try:  # --model hp from a cc file: the hyperprior inside it (load_weights' submodel)
+            loaded, _ = load_weights(args.init, name)
+        except WeightsError:
+            try:  # another model, which the trainer may grow into the one asked for
+                loaded, _ = load_weights(args.init)
+            except WeightsError as e:
+                raise SystemExit(f"error: {e}") from None
+        start = type(loaded)(loaded.config)
+        start.load_state_dict(loaded.state_dict())
+    first = next(iter(registry.MODELS.values())).short  # new runs: the hyperprior
+    short = args.model or (registry.MODELS[start.NAME].short if start is not None else first)
+    trainer = trainer_of(short, args)
+    model, how = trainer.build(registry.by_short(short).cls, start)
+    return model, how, trainer
 
 
 def fit(args: argparse.Namespace) -> None:
@@ -238,34 +112,26 @@ def fit(args: argparse.Namespace) -> None:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
-    model, retargeted, grown = build_model(args, ckpt)
+    model, how, trainer = build_model(args, ckpt)
+    retargeted, grown = how == "changed", how == "grown"
     # Each rank draws its own crops, noise and quality positions (DDP syncs the weights), and a
     # resumed run draws new ones rather than repeating those its first steps saw.
     seed = args.seed + 1000 * rank + 1_000_003 * (ckpt["step"] if ckpt else 0)
     gen = random.Random(seed)
     torch.manual_seed(seed)
-    vae = isinstance(model, KLAutoencoder)
     kind = registry.MODELS[model.NAME].short
     config = model.config
     model = model.to(device)
-    # The VAE's priors are fitted at export, on the finished latents; the RD model's quantiles
-    # follow CompressAI's auxiliary loss as it trains.
-    frozen = "priors." if vae else None
-    main_params = [p for n, p in model.named_parameters()
-                   if not n.endswith(".quantiles") and not (frozen and n.startswith(frozen))]
-    main_params_set = set(main_params)
-    aux_params = [] if vae else [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
-    # The channel-conditional model's slice networks (and residual prediction) start from zero on
-    # trained transforms: they may learn at their own rate (--slice-lr) while the transforms keep theirs.
-    groups = [{"params": [p for n, p in model.named_parameters() if p in main_params_set and
-                          n.startswith(CONTEXT_PREFIXES) == new], "lr": lr}
-              for new, lr in ((False, args.lr), (True, args.slice_lr or args.lr))]
-    if args.slice_lr and not groups[1]["params"]:
-        raise SystemExit("error: --slice-lr is for the channel-conditional model (--model cc)")
-    opt = torch.optim.Adam([g for g in groups if g["params"]])
+    groups, aux_params = trainer.groups(model)
+    main_params = [p for g in groups for p in g["params"]]
+    optimised = set(main_params) | set(aux_params)
+    for p in model.parameters():  # what no optimiser steps (the VAE's priors, fitted at export) takes no gradient
+        if p not in optimised:
+            p.requires_grad_(False)
+    opt = torch.optim.Adam(groups)
     base_lrs = [g["lr"] for g in opt.param_groups]
     if len(base_lrs) > 1 and rank == 0:
-        print(f"learning rates: transforms {base_lrs[0]:g}, slice networks {base_lrs[1]:g}", flush=True)
+        print("learning rates: " + ", ".join(f"{g['name']} {g['lr']:g}" for g in groups), flush=True)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3) if aux_params else None
     step, best, elapsed = 0, math.inf, 0.0
     if ckpt:
@@ -286,22 +152,13 @@ def fit(args: argparse.Namespace) -> None:
     log(f"{count_parameters(model)/1e6:.2f}M parameters, {len(train_images)} training images, "
         f"{len(val_images)} validation images, device {device}"
         + (f", {world} ranks" if world > 1 else "") + ", "
-        + (f"kl weight {args.kl_weight}" if vae else f"lambdas {config.lambdas}"), flush=True)
+        + trainer.describe(model), flush=True)
     net = None  # the DDP wrapper when distributed; losses call it for the forward pass
-
-    K = None if vae else len(config.lambdas)
 
     def train_step(x: torch.Tensor, bf16: bool) -> dict:
         """Forward and backward of one batch (the optimiser steps are the caller's)."""
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            if vae:
-                r = vae_loss(model, x, args.kl_weight, args.rec_loss, net=net)
-            else:  # each image its own position on the quality axis
-                g = torch.Generator().manual_seed(gen.getrandbits(32))
-                pos = torch.rand(x.shape[0], generator=g) * (K - 1)
-                top = torch.rand(x.shape[0], generator=g) < args.top_share  # --top-share: the top interval more often
-                pos = torch.where(top, K - 2 + pos / (K - 1), pos)
-                r = rd_loss(model, x, pos, net=net)
+            r = trainer.loss(model, x, torch.Generator().manual_seed(gen.getrandbits(32)), net=net)
         opt.zero_grad(set_to_none=True)
         r["loss"].backward()
         return r
@@ -321,7 +178,7 @@ def fit(args: argparse.Namespace) -> None:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema))
         if ckpt and "ema" in ckpt and not retargeted:
             missing, unexpected = ema.module.load_state_dict(ckpt["ema"], strict=not grown)
-            if unexpected or any(not k.startswith("lrp.") for k in missing):  # grown: only the new part
+            if unexpected or (missing and not grown):  # grown: only the new part is missing
                 raise SystemExit(f"error: the checkpoint's average does not fit the model ({unexpected or missing})")
             ema.n_averaged.fill_(ckpt["ema_n"])
     if bf16:  # channels_last is what makes bf16 convolutions fast (oneDNN / cuDNN)
@@ -337,7 +194,7 @@ def fit(args: argparse.Namespace) -> None:
         skip = [n for n, _ in model.named_parameters() if n.endswith(".quantiles")]
         skip += [n for n, _ in model.named_buffers()]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, skip)
-        net = DistributedDataParallel(model, find_unused_parameters=vae)  # the VAE's priors train at export
+        net = DistributedDataParallel(model)
     if args.compile:  # TorchInductor: 1.48x the steps per second on a 2-core Xeon (bf16), after ~2 min of compiling
         net = torch.compile(model if net is None else net)
     t0 = time.time() - elapsed
@@ -385,14 +242,14 @@ def fit(args: argparse.Namespace) -> None:
             bar.update(1)
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in r.items()}, refresh=False)
             if rank == 0 and (step % args.val_every == 0 or step == args.steps):
-                v = validate(model, val_images, device, args)
+                v = validate(model, trainer, val_images, device)
                 is_best = v["loss"] < best
                 best = min(best, v["loss"])
                 log(f"\nstep {step} [{(time.time()-t0)/60:.1f} min] val "
                     + " ".join(f"{k} {x:.4f}" for k, x in v.items()) + (" (best)" if is_best else ""), flush=True)
                 if ema is not None:
-                    log(f"step {step} ema {args.ema:g} val "
-                        + " ".join(f"{k} {x:.4f}" for k, x in validate(ema.module, val_images, device, args).items()),
+                    averaged = validate(ema.module, trainer, val_images, device)
+                    log(f"step {step} ema {args.ema:g} val " + " ".join(f"{k} {x:.4f}" for k, x in averaged.items()),
                         flush=True)
                 save("last.pt")
                 if is_best:
@@ -500,46 +357,6 @@ def pick_precision(model: torch.nn.Module, device: torch.device, train_step, x: 
     return choice
 
 
-@torch.no_grad()
-def latent_statistics(model: KLAutoencoder, images: list[torch.Tensor], crops: int, size: int,
-                      gen: random.Random) -> torch.Tensor:
-    """Posterior means of random training crops (unscaled), as (crops, C, size/8, size/8)."""
-    model.eval()
-    means = [model.encode(random_batch(images, 1, size, gen))[0]
-             for _ in tqdm(range(crops), desc="latents", leave=False)]
-    return torch.cat(means)
-
-
-def fit_priors(model: KLAutoencoder, latents: torch.Tensor, iters: int, gen: random.Random) -> list[float]:
-    """Fit each anchor step's EntropyBottleneck to the scaled latents divided by that step
-    (noise-relaxed likelihood + CompressAI's aux loss for the quantiles); returns bits/element."""
-    bits = []
-    for step, prior in zip(model.config.codec_steps, model.priors):
-        prior.train()
-        y_all = model.scale(latents) / step
-        opt = torch.optim.Adam([p for n, p in prior.named_parameters() if not n.endswith("quantiles")], lr=1e-2)
-        aux_opt = torch.optim.Adam([prior.quantiles], lr=1e-2)
-        for i in tqdm(range(iters), desc=f"prior step {step:g}", leave=False):
-            if i == iters * 3 // 4:
-                for g in opt.param_groups:
-                    g["lr"] = 1e-3
-            idx = torch.tensor([gen.randrange(len(y_all)) for _ in range(16)])
-            _, lik = prior(y_all[idx])
-            loss = -torch.log2(lik).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            aux = prior.loss()
-            aux_opt.zero_grad(set_to_none=True)
-            aux.backward()
-            aux_opt.step()
-        prior.eval()
-        with torch.no_grad():
-            _, lik = prior(y_all)
-        bits.append(round(float(-torch.log2(lik).mean()), 4))
-    return bits
-
-
 def export(args: argparse.Namespace) -> None:
     """Checkpoint -> shipped safetensors: builds the rANS tables (``update``) and records the run.
     For the VAE, first measures the latent mean/std per channel and fits the priors on ``--data``."""
@@ -562,47 +379,7 @@ def export(args: argparse.Namespace) -> None:
     if args.average:
         info["averaged_with"] = [Path(p).name for p in args.average]
         info.pop("best_val_loss", None)
-    if ckpt.get("kind") == "vae":
-        if not args.data:
-            raise SystemExit("error: exporting a VAE needs --data (training images to calibrate on)")
-        config = VAEConfig.from_dict(ckpt["config"])
-        if args.codec_steps:
-            config.codec_steps = tuple(float(v) for v in args.codec_steps.split(","))
-        model = KLAutoencoder(config)
-        # the priors are refitted below (their number may have changed with --codec-steps)
-        missing, unexpected = model.load_state_dict(
-            {k: v for k, v in ckpt["model"].items() if not k.startswith("priors.")}, strict=False)
-        if unexpected or any(not k.startswith("priors.") for k in missing):
-            raise SystemExit(f"error: checkpoint does not fit the VAE ({unexpected or missing})")
-        gen = random.Random(args.seed)
-        torch.manual_seed(args.seed)
-        images = load_images(list_images(args.data), args.calib_size)
-        latents = latent_statistics(model, images, args.calib_crops, args.calib_size, gen)
-        by_channel = latents.transpose(0, 1).flatten(1)
-        model.config.shift_factor, model.config.scaling_factor = 0.0, 1.0
-        model.config.latents_mean = tuple(float(v) for v in by_channel.mean(1))
-        model.config.latents_std = tuple(float(v) for v in by_channel.std(1))
-        per_channel = model.scale(latents).transpose(0, 1).flatten(1)
-        info.update(kl_weight=a.get("kl_weight"), rec_loss=a.get("rec_loss"),
-                    calibration=f"{args.calib_crops} random {args.calib_size}px crops of {args.data}",
-                    scaled_channel_mean=[round(float(m), 4) for m in per_channel.mean(1)],
-                    scaled_channel_std=[round(float(m), 4) for m in per_channel.std(1)])
-        info["prior_bits_per_element"] = fit_priors(model, latents, args.prior_iters, gen)
-        print(f"latent mean {[round(v, 4) for v in model.config.latents_mean]} "
-              f"std {[round(v, 4) for v in model.config.latents_std]}, "
-              f"prior bits/element {info['prior_bits_per_element']}")
-    else:
-        cls = registry.by_short(ckpt.get("kind", "hp")).cls
-        model = cls(cls.CONFIG.from_dict(ckpt["config"]))
-        model.load_state_dict(ckpt["model"])
-        if args.as_hyperprior and isinstance(model, ChannelConditional):
-            # the same transforms and hyperprior without the slice corrections: what the
-            # channel-conditional entropy model alone is worth, measured on equal transforms
-            model = model.submodel(GainHyperprior.NAME)
-            info["from"] = "channel-conditional checkpoint, slice networks dropped"
-        elif args.no_lrp and isinstance(model, ChannelConditional) and model.lrp is not None:
-            # what the residual prediction is worth, on equal weights; or weights without a part that does not pay
-            model, info["from"] = model.with_lrp(0), "checkpoint with a residual prediction, dropped"
+    model = trainer_of(ckpt.get("kind", "hp"), args).export(ckpt, info)
     model.update(force=True)
     digest = save_weights(model, args.output, info)
     print(f"wrote {args.output} ({Path(args.output).stat().st_size/1e6:.1f} MB, sha256 {digest[:16]})")
