@@ -153,13 +153,37 @@ class Codec:
         for name in self.model.device_parts:
             getattr(self.model, name).to(self.device)
 
-    def compress(self, image: Image.Image, quality: int = DEFAULT_QUALITY, strip: bool = False) -> bytes:
+    def compress(self, image: Image.Image, quality: int = DEFAULT_QUALITY, strip: bool = False,
+                 effort: int = 0, progress=None) -> bytes:
         """Code a PIL image to the bytes of a complete ``.aec`` file. Its ICC profile and EXIF
-        (``image.info``) travel with it unless ``strip``; EXIF orientation is applied first."""
+        (``image.info``) travel with it unless ``strip``; EXIF orientation is applied first.
+        ``effort`` 0-4: 0 codes the analysis transform's latent; higher levels search it for a
+        lower rate-distortion cost, slower (codec/models/refine.py); the decoder is the same.
+        ``progress(n)`` is told of each search step done."""
         _check_image(image)
         quality = _check_quality(quality)
+        iterations = self._effort(effort)
         prepared = self._prepare(image, strip)
-        return prepared.file(quality, self.model.analyse(prepared.x, quality))
+        return prepared.file(quality, self._searched(prepared, quality, iterations, progress))
+
+    def _effort(self, effort: object) -> int:
+        """The search iterations of an effort level (checked)."""
+        from codec.models.refine import EFFORTS
+
+        if not (_whole(effort) and effort in EFFORTS):
+            raise CodecError(f"effort must be one of {', '.join(map(str, EFFORTS))}, got {effort!r}")
+        if effort and not hasattr(self.model, "latent_pass"):
+            raise CodecError(f"model {self.model.NAME} has no latent search: effort is for the rate-distortion models")
+        return EFFORTS[effort]
+
+    def _searched(self, prepared: _Prepared, quality: int, iterations: int, progress=None,
+                  latent: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.model.analyse(prepared.x, quality) if latent is None else latent
+        if not iterations:
+            return y
+        from codec.models.refine import search
+
+        return search(self.model, prepared.x, y, quality, iterations, progress=progress)
 
     def _prepare(self, image: Image.Image, strip: bool) -> _Prepared:
         """What every quality's file of ``image`` shares: the padded pixels, alpha, metadata."""
@@ -179,7 +203,7 @@ class Codec:
 
     def compress_to(self, image: Image.Image, max_bytes: int | None = None,
                     min_psnr: float | None = None, strip: bool = False,
-                    psnr_of: str = "rgb") -> tuple[bytes, int]:
+                    psnr_of: str = "rgb", effort: int = 0, progress=None) -> tuple[bytes, int]:
         """Search the quality axis (bytes and PSNR grow with quality) for the highest quality
         whose file fits in ``max_bytes``, or the lowest that reaches ``min_psnr`` dB; returns the
         file and its quality. Falls back to quality 1 (or 100) when no quality meets the target
@@ -188,7 +212,9 @@ class Codec:
         The analysis transform runs once: each quality tried costs the entropy coding (and, for
         a PSNR, one decode), and the file found is the one ``compress`` writes at that quality.
         ``psnr_of``: "rgb" (PSNR over the RGB samples, as ``aecodec compress -v`` and the
-        benchmark report it) or "yuv420" (over YCbCr 4:2:0 samples, as cwebp's ``-psnr``)."""
+        benchmark report it) or "yuv420" (over YCbCr 4:2:0 samples, as cwebp's ``-psnr``).
+        ``effort``: the quality is searched at effort 0, then the latent at the quality found;
+        the searched file is kept if it still meets the target (else the effort-0 file)."""
         from codec.metrics import PSNR_SPACES
 
         _check_image(image)
@@ -202,6 +228,7 @@ class Codec:
         measure = PSNR_SPACES.get(psnr_of)
         if measure is None:
             raise CodecError(f"psnr_of must be one of {', '.join(map(repr, PSNR_SPACES))}, got {psnr_of!r}")
+        iterations = self._effort(effort)
         prepared = self._prepare(image, strip)
         model = self.model
         if hasattr(model, "transform"):  # g_a once; each quality only scales and codes its latent
@@ -223,7 +250,14 @@ class Codec:
             q = max(k, 1)
         else:  # the lowest quality that reaches the PSNR
             q = min(search_quality(value, float(min_psnr), slope=0.11, inclusive=False) + 1, 100)
-        return tried.get(q) or prepared.file(q, latent(q)), q
+        found = tried.get(q) or prepared.file(q, latent(q))
+        if iterations:  # the effort once, at the quality found; kept where it still meets the target
+            searched = prepared.file(q, self._searched(prepared, q, iterations, progress, latent(q)))
+            meets = (len(searched) <= max(max_bytes, len(found)) if max_bytes is not None else
+                     measure(reference, self._decompress(bitstream.parse(searched), None).convert("RGB"))
+                     >= min(float(min_psnr), value(q)))
+            found = searched if meets else found
+        return found, q
 
     def decompress(self, data: bytes | AecFile) -> Image.Image:
         """Decode an ``.aec`` file (its bytes, or as :func:`codec.format.bitstream.parse` gave it)
@@ -382,9 +416,9 @@ _default: dict[tuple[str, str], Codec] = {}
 
 
 def compress(image: Image.Image, quality: int = DEFAULT_QUALITY, device: str = "auto",
-             model: str = DEFAULT_MODEL) -> bytes:
+             model: str = DEFAULT_MODEL, effort: int = 0) -> bytes:
     """One-call compression with shipped weights (each model is loaded once per process)."""
-    return codec_for(model, device).compress(image, quality)
+    return codec_for(model, device).compress(image, quality, effort=effort)
 
 
 def decompress(data: bytes | AecFile, device: str = "auto") -> Image.Image:

@@ -82,6 +82,7 @@ def _save(im: Image.Image, fp, filename: str | bytes) -> None:
     from codec.image import ImageError
 
     quality = im.encoderinfo.get("quality")  # checked by compress as in the API: 60.7 is refused, not cut to 60
+    effort = im.encoderinfo.get("effort", 0)  # cjxl's word; Pillow's WebP writer says method, AVIF's speed
     image = im.copy()  # the current frame
     for key in ("icc_profile", "exif"):  # as Pillow's plugins: the argument, else im.info
         value = im.encoderinfo.get(key, im.info.get(key))
@@ -92,7 +93,7 @@ def _save(im: Image.Image, fp, filename: str | bytes) -> None:
         else:
             image.info.pop(key, None)
     try:
-        data = compress(image, DEFAULT_QUALITY if quality is None else quality)
+        data = compress(image, DEFAULT_QUALITY if quality is None else quality, effort=effort)
     except ImageError as e:  # as Pillow's writers say "cannot write mode I;16 as JPEG"
         raise OSError(f"cannot write mode {im.mode} as {FORMAT}: {e}") from None
     fp.write(data)

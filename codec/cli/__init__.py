@@ -206,8 +206,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     pairs, failed = _plan(args, ".aec", _check_codable)
     if not pairs:
         return 1
-    from codec.image import read_image
+    from tqdm import tqdm
+
     from codec.cli.files import write_output
+    from codec.image import read_image
     from codec.metrics import PSNR_SPACES
 
     codec = _codec(args)
@@ -215,11 +217,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     def work(src: str, dst: str) -> None:
         image = read_image(src)
-        if args.target_size is not None or args.target_psnr is not None:
-            data, quality = codec.compress_to(image, args.target_size, args.target_psnr, strip=args.strip,
-                                              psnr_of=args.psnr_space)
-        else:
-            data, quality = codec.compress(image, args.quality, strip=args.strip), args.quality
+        # a search (--effort) takes a while: a progress bar on a terminal, the result line otherwise
+        bar = tqdm(desc=f"{src}: effort {args.effort}", unit=" steps", leave=False, file=sys.stderr,
+                   disable=not args.effort or args.quiet or not sys.stderr.isatty())
+        with bar:
+            if args.target_size is not None or args.target_psnr is not None:
+                data, quality = codec.compress_to(image, args.target_size, args.target_psnr, strip=args.strip,
+                                                  psnr_of=args.psnr_space, effort=args.effort, progress=bar.update)
+            else:
+                data = codec.compress(image, args.quality, strip=args.strip, effort=args.effort, progress=bar.update)
+                quality = args.quality
         write_output(dst, data, force=args.force)
         w, h = image.size
         line = f"{src} -> {dst}: {len(data):,} bytes, {8 * len(data) / (w * h):.3f} bpp, q {quality}"
@@ -540,6 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target-psnr", type=_positive(float), metavar="DB",
                    help="instead of -q: the lowest quality that reaches DB of PSNR, by default PSNR-RGB "
                    "(over the R, G and B samples, as -v reports); q 100 if none does, and the result line says so")
+    c.add_argument("--effort", type=int, choices=range(5), default=0, metavar="0-4",  # refine.EFFORTS
+                   help="encoder effort, as cjxl -e: 0 (default) codes the analysis transform's latent at once; "
+                   "1-4 search it for a smaller file at the same quality, slower with each level (minutes per "
+                   "photo at 3 and 4). The files decode as any other")
     c.add_argument("--psnr-space", choices=["rgb", "yuv420"], default="rgb",  # metrics.PSNR_SPACES
                    help="the PSNR that --target-psnr and -v mean: rgb (default), or yuv420, over YCbCr 4:2:0 "
                    "samples as cwebp's -psnr measures it (luma weighs more: the same number needs fewer bytes)")

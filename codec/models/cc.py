@@ -36,6 +36,8 @@ from codec.models import tiles
 from codec.models.exact import FixedPointConvStack, plain_cpu_kernels, ste_round
 from codec.models.hyperprior import (
     MAX_CHANNELS,
+    coded_factorized,
+    coded_gaussian,
     GainHyperprior,
     ModelConfig,
     check_rd_config,
@@ -159,18 +161,29 @@ class ChannelConditional(GainHyperprior):
         gain, inv_gain = self.gains(pos)
         y = self.g_a(x).float() * gain
         with torch.autocast(x.device.type, enabled=False):
-            z = self.h_a(y)
+            y_hat, likelihoods = self.latent_pass(y)
+        return {"x_hat": self.g_s(y_hat * inv_gain), "likelihoods": likelihoods}
+
+    def latent_pass(self, y: torch.Tensor, quantise=None) -> tuple[torch.Tensor, dict]:
+        """As :meth:`GainHyperprior.latent_pass`; the slices see the earlier slices as rounded."""
+        z = self.h_a(y)
+        if quantise is None:
             z_hat, z_likelihoods = self.entropy_bottleneck(z)
-            hp = self.h_s(z_hat)
-            done, likelihoods = [], []
-            for i, part in enumerate(y.chunk(self.config.slices, dim=1)):
-                scales, means = self._slice_params(i, hp, done, self.slice_nets[i])
+        else:
+            z_hat, z_likelihoods = coded_factorized(self.entropy_bottleneck, z, quantise)
+        hp = self.h_s(z_hat)
+        done, likelihoods = [], []
+        for i, part in enumerate(y.chunk(self.config.slices, dim=1)):
+            scales, means = self._slice_params(i, hp, done, self.slice_nets[i])
+            if quantise is None:
                 _, lik = self.gaussian_conditional(part, scales, means=means)
-                likelihoods.append(lik)
                 done.append(ste_round(part - means) + means)
-            y_hat = self._refine(hp, torch.cat(done, dim=1), self.lrp)
-        x_hat = self.g_s(y_hat * inv_gain)
-        return {"x_hat": x_hat, "likelihoods": {"y": torch.cat(likelihoods, dim=1), "z": z_likelihoods}}
+            else:
+                part_hat, lik = coded_gaussian(self.gaussian_conditional, part, scales, means, quantise)
+                done.append(part_hat)
+            likelihoods.append(lik)
+        y_hat = self._refine(hp, torch.cat(done, dim=1), self.lrp)
+        return y_hat, {"y": torch.cat(likelihoods, dim=1), "z": z_likelihoods}
 
     @staticmethod
     def _refine(hp: torch.Tensor, y_hat: torch.Tensor, lrp) -> torch.Tensor:

@@ -47,8 +47,17 @@ class FixedPointConvStack(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def _weights(self, layer: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's weights on their grids. Where no gradient reaches them (coding, the encoder's
+        search) they are snapped once and kept until they change (a tensor's version counts its
+        in-place changes: optimiser steps, load_state_dict)."""
+        frozen = not (torch.is_grad_enabled() and layer.weight.requires_grad)
+        key = (layer.weight._version, layer.bias._version, layer.weight.device, dtype)
+        if frozen and getattr(layer, "_fixed_key", None) == key:
+            return layer._fixed
         w = fixed(layer.weight, WEIGHT_FRAC_BITS, WEIGHT_LIMIT).to(dtype)
         b = fixed(layer.bias, WEIGHT_FRAC_BITS + ACT_FRAC_BITS, WEIGHT_LIMIT).to(dtype)
+        if frozen:
+            layer._fixed_key, layer._fixed = key, (w.detach(), b.detach())
         return w, b
 
     @staticmethod

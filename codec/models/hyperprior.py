@@ -236,18 +236,27 @@ class GainHyperprior(GainedTransforms):
         # Under CUDA autocast only the big transforms run in bf16: the entropy models and the
         # fixed-point h_s need float32.
         with torch.autocast(x.device.type, enabled=False):
-            z = self.h_a(y)
+            y_hat, likelihoods = self.latent_pass(y)
+        return {"x_hat": self.g_s(y_hat * inv_gain), "likelihoods": likelihoods}
+
+    def latent_pass(self, y: torch.Tensor, quantise=None) -> tuple[torch.Tensor, dict]:
+        """y -> (y_hat, likelihoods of y and z). ``quantise`` None: training's relaxation (noise
+        for the rate; in training, rounding with a straight-through gradient for the synthesis);
+        else a function of ``value - mean`` whose result is both coded and decoded (the encoder's
+        search, codec/models/refine.py)."""
+        z = self.h_a(y)
+        if quantise is None:
             z_hat, z_likelihoods = self.entropy_bottleneck(z)
-            scales, means = self.h_s(z_hat).chunk(2, dim=1)
+        else:
+            z_hat, z_likelihoods = coded_factorized(self.entropy_bottleneck, z, quantise)
+        scales, means = self.h_s(z_hat).chunk(2, dim=1)
+        if quantise is not None:
+            y_hat, y_likelihoods = coded_gaussian(self.gaussian_conditional, y, scales, means, quantise)
+        else:
             y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
             if self.training:  # mixed quantisation: the rate sees noise, the decoder what it will decode
                 y_hat = ste_round(y - means) + means
-        x_hat = self.g_s(y_hat * inv_gain)
-        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
-
-    # -- the coding path ---------------------------------------------------------------------
-    # Everything that decides a CDF index happens on CPU: z symbols, z_hat, h_s (exact), the
-    # index lookup. The transforms g_a / h_a / g_s may run on any device.
+        return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
     def _h_a(self, y: torch.Tensor) -> torch.Tensor:
         return tiles.exact(self.h_a, y, self.TILE // 16, 8, down=4)
@@ -276,6 +285,24 @@ class GainHyperprior(GainedTransforms):
         scales, means = self._h_s(z_hat)
         del z_hat
         return entropy.decode_gaussian(self.gaussian_conditional, strings[1], scales, means)
+
+
+def coded_gaussian(conditional: GaussianConditional, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor,
+                   quantise) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y`` rounded by ``quantise`` around ``means``, and the likelihood of that value under the
+    entropy model (the probability of its bin): the rate of what is coded, differentiable."""
+    y_hat = quantise(y - means) + means
+    return y_hat, conditional.likelihood_lower_bound(conditional._likelihood(y_hat, scales, means))
+
+
+def coded_factorized(bottleneck: EntropyBottleneck, z: torch.Tensor, quantise) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`coded_gaussian` for the side information's factorised prior (around its medians)."""
+    medians = bottleneck.quantiles[:, 0, 1].reshape(1, -1, 1, 1)
+    z_hat = quantise(z - medians) + medians
+    C = z.shape[1]
+    lik, _, _ = bottleneck._likelihood(z_hat.transpose(0, 1).reshape(C, 1, -1))
+    lik = bottleneck.likelihood_lower_bound(lik)
+    return z_hat, lik.reshape(C, z.shape[0], *z.shape[2:]).transpose(0, 1)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -35,6 +35,8 @@ from codec.models import tiles
 from codec.models.exact import FixedPointConvStack, plain_cpu_kernels, ste_round
 from codec.models.hyperprior import (
     MAX_CHANNELS,
+    coded_factorized,
+    coded_gaussian,
     EntropyBottleneck,
     GainedTransforms,
     GaussianConditional,
@@ -133,21 +135,30 @@ class SpaceChannelContext(nn.Module):
         d_scale, d_mean = out.chunk(2, dim=1)
         return scales[:, start : start + C] + d_scale, means[:, start : start + C] + d_mean
 
-    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Training pass: noise for the rate, rounded values (straight-through) for the contexts
-        and for the synthesis. Returns y_hat and the likelihoods of y and z."""
+    def forward(self, y: torch.Tensor, quantise=None) -> tuple[torch.Tensor, dict]:
+        """y -> (y_hat, likelihoods of y and z). ``quantise`` None: training's relaxation (noise for
+        the rate, rounding with a straight-through gradient for the contexts and the synthesis);
+        else a function of ``value - mean`` whose result is coded and decoded (codec/models/refine.py)."""
         z = self.h_a(y)
-        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        if quantise is None:
+            z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        else:
+            z_hat, z_likelihoods = coded_factorized(self.entropy_bottleneck, z, quantise)
         hp = self.h_s(z_hat)
         first = anchors(y.shape, y.device)
+        rounded = quantise or ste_round
         done, likelihoods = [], []
         for i, part in enumerate(y.split(self.slices, dim=1)):
             s1, m1 = self._params(i, hp, done, torch.zeros_like(part))
-            s2, m2 = self._params(i, hp, done, (ste_round(part - m1) + m1) * first)
+            s2, m2 = self._params(i, hp, done, (rounded(part - m1) + m1) * first)
             scales, means = torch.where(first, s1, s2), torch.where(first, m1, m2)
-            _, lik = self.gaussian_conditional(part, scales, means=means)
+            if quantise is None:
+                _, lik = self.gaussian_conditional(part, scales, means=means)
+                done.append(ste_round(part - means) + means)
+            else:
+                part_hat, lik = coded_gaussian(self.gaussian_conditional, part, scales, means, quantise)
+                done.append(part_hat)
             likelihoods.append(lik)
-            done.append(ste_round(part - means) + means)
         return torch.cat(done, dim=1), {"y": torch.cat(likelihoods, dim=1), "z": z_likelihoods}
 
     # -- coding: everything that picks a CDF table runs exactly, on CPU, in tiles ---------------
@@ -228,8 +239,11 @@ class SpaceChannel(GainedTransforms):
         gain, inv_gain = self.gains(pos)
         y = self.g_a(x).float() * gain
         with torch.autocast(x.device.type, enabled=False):  # the entropy model stays float32
-            y_hat, likelihoods = self.latent_codec(y)
+            y_hat, likelihoods = self.latent_pass(y)
         return {"x_hat": self.g_s(y_hat * inv_gain), "likelihoods": likelihoods}
+
+    def latent_pass(self, y: torch.Tensor, quantise=None) -> tuple[torch.Tensor, dict]:
+        return self.latent_codec(y, quantise)
 
     def encode_streams(self, y: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
         """Latent (the gain already holds the quality) -> [z stream, one per slice], z's shape."""

@@ -1,0 +1,62 @@
+"""Encoder effort: the search finds a file of lower rate-distortion cost, which the unchanged
+decoder reads; the same input gives the same bytes; only the rate-distortion models search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from codec.api import Codec, CodecError
+from codec.cli import main
+from codec.models import refine
+from conftest import make_image
+
+
+@pytest.fixture(scope="module")
+def cc():
+    return Codec(device="cpu")
+
+
+def _cost(codec: Codec, image, data: bytes, quality: int) -> float:
+    """What the search lowers, measured on the file: bits per pixel + lambda * 255^2 * MSE."""
+    decoded = np.asarray(codec.decompress(data), np.float64) / 255
+    mse = float(((decoded - np.asarray(image, np.float64) / 255) ** 2).mean())
+    lmbda = float(codec.model.lmbda(codec.model.position(quality).reshape(1)))
+    return 8 * len(data) / (image.size[0] * image.size[1]) + lmbda * 255**2 * mse
+
+
+@pytest.mark.slow
+def test_a_searched_file_costs_less_and_decodes(cc, monkeypatch):
+    monkeypatch.setitem(refine.EFFORTS, 1, 30)
+    image = make_image(64, 64, seed=11)
+    plain = cc.compress(image, 80)
+    steps = []
+    searched = cc.compress(image, 80, effort=1, progress=steps.append)
+    assert len(steps) == 30 and searched != plain
+    assert _cost(cc, image, searched, 80) < _cost(cc, image, plain, 80)
+    assert cc.compress(image, 80, effort=1) == searched  # the same input, the same bytes
+
+
+def test_effort_is_checked_and_is_for_the_rate_distortion_models(cc):
+    image = make_image(16, 16)
+    for bad in (-1, 5, 1.5, "2", True):
+        with pytest.raises(CodecError, match="effort must be one of"):
+            cc.compress(image, 50, effort=bad)
+    vae = Codec(device="cpu", model="vae-kl-f8")
+    with pytest.raises(CodecError, match="no latent search"):
+        vae.compress(image, 50, effort=1)
+    assert sorted(refine.EFFORTS) == list(range(5))  # the command line's --effort 0-4
+
+
+@pytest.mark.slow
+def test_effort_on_the_command_line_and_with_a_target(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(refine.EFFORTS, 2, 3)
+    make_image(48, 40, seed=3).save(tmp_path / "a.png")
+    assert main(["compress", str(tmp_path / "a.png"), "--effort", "2", "--device", "cpu"]) == 0
+    assert main(["decompress", str(tmp_path / "a.aec"), "-o", str(tmp_path / "c.png"), "--device", "cpu"]) == 0
+    assert main(["compress", str(tmp_path / "a.png"), "-o", str(tmp_path / "b.aec"), "--effort", "2",
+                 "--target-size", "600", "--device", "cpu"]) == 0
+    assert (tmp_path / "b.aec").stat().st_size <= 600
+    with pytest.raises(SystemExit) as usage:  # a usage error, as argparse gives it
+        main(["compress", str(tmp_path / "a.png"), "--effort", "5"])
+    assert usage.value.code == 2 and "--effort: invalid choice: 5" in capsys.readouterr().err
