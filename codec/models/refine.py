@@ -29,6 +29,7 @@ TEMPERATURE = (0.5, 0.02)  # annealed exponentially from the first to the last o
 LEARNING_RATE = 0.01  # Adam's, on latent values in quantisation steps
 TILE = 32  # latent units (512 pixels) searched at once
 MARGIN = 4  # latent units around a tile, searched for its context but not kept
+CHECK = 5  # steps between measurements of the latent as hard rounding codes it
 
 
 def sga(v: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
@@ -89,18 +90,28 @@ def _search(model, x, y, quality, iterations, seed, progress) -> torch.Tensor:
 
 
 def _search_tile(model, x, y, quality, iterations, seed, progress) -> torch.Tensor:
+    """The search over one tile; it keeps the best latent that hard rounding measured (at the
+    start, every CHECK steps and at the end), so it never returns a costlier one than it started from."""
     generator = torch.Generator().manual_seed(seed)
     latent = y.detach().clone().float().requires_grad_(True)
     opt = torch.optim.Adam([latent], lr=LEARNING_RATE)
     hi, lo = TEMPERATURE
+    best, best_cost = y.detach(), _hard_cost(model, x, y, quality)
     for step in range(iterations):
         temperature = hi * (lo / hi) ** (step / max(iterations - 1, 1))
         cost = rd_cost(model, x, latent, quality, lambda v, t=temperature: sga(v, t, generator))
         opt.zero_grad(set_to_none=True)
         cost.backward()
         opt.step()
+        if (step + 1) % CHECK == 0 or step == iterations - 1:
+            now = _hard_cost(model, x, latent, quality)
+            if now < best_cost:
+                best, best_cost = latent.detach().clone(), now
         if progress:
             progress(1)
-    with torch.no_grad():  # keep what the search found only where hard rounding says it is better
-        start, end = (float(rd_cost(model, x, v, quality, hard)) for v in (y.float(), latent))
-    return latent.detach() if end < start else y.detach()
+    return best
+
+
+@torch.no_grad()
+def _hard_cost(model, x, y, quality) -> float:
+    return float(rd_cost(model, x, y.float(), quality, hard))
