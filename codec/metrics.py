@@ -69,3 +69,52 @@ def ms_ssim_rgb(a: np.ndarray, b: np.ndarray) -> float:
             return float(ms_ssim(tensor(a), tensor(b), data_range=255))
     finally:
         torch.set_num_threads(threads)
+
+
+# --- colour: CIE76 colour error in CIELAB (D65), on a colour checker chart ----------------------
+
+# The 24 patches of the X-Rite ColorChecker Classic as 8-bit sRGB (the values commonly published
+# for it, D65), row by row: skin, sky, foliage...; the last row the greys, white to black.
+COLOR_CHECKER = (
+    (115, 82, 68), (194, 150, 130), (98, 122, 157), (87, 108, 67), (133, 128, 177), (103, 189, 170),
+    (214, 126, 44), (80, 91, 166), (193, 90, 99), (94, 60, 108), (157, 188, 64), (224, 163, 46),
+    (56, 61, 150), (70, 148, 73), (175, 54, 60), (231, 199, 31), (187, 86, 149), (8, 133, 161),
+    (243, 243, 242), (200, 200, 200), (160, 160, 160), (122, 122, 121), (85, 85, 85), (52, 52, 52),
+)
+COLOR_CHECKER_NAMES = (
+    "dark skin", "light skin", "blue sky", "foliage", "blue flower", "bluish green", "orange", "purplish blue",
+    "moderate red", "purple", "yellow green", "orange yellow", "blue", "green", "red", "yellow", "magenta", "cyan",
+    "white", "neutral 8", "neutral 6.5", "neutral 5", "neutral 3.5", "black",
+)
+
+
+def srgb_to_lab(rgb) -> np.ndarray:
+    """8-bit sRGB (..., 3) -> CIELAB (..., 3), D65 white (IEC 61966-2-1, CIE 15)."""
+    c = np.asarray(rgb, np.float64) / 255
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ np.array([[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192], [0.1805, 0.0722, 0.9505]])
+    t = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def delta_e76(a, b) -> np.ndarray:
+    """CIE76 colour difference of 8-bit sRGB colours (..., 3): Euclidean distance in CIELAB;
+    about 2.3 is a just noticeable difference."""
+    return np.linalg.norm(srgb_to_lab(a) - srgb_to_lab(b), axis=-1)
+
+
+def color_checker_chart(patch: int = 64) -> np.ndarray:
+    """The chart as an 8-bit RGB image, 6 x 4 patches of ``patch`` pixels."""
+    colours = np.asarray(COLOR_CHECKER, np.uint8).reshape(4, 6, 3)
+    return np.repeat(np.repeat(colours, patch, axis=0), patch, axis=1)
+
+
+def chart_errors(decoded, patch: int = 64) -> np.ndarray:
+    """CIE76 error of each patch of a decoded chart: the mean colour of its centre half against
+    the patch's colour (the edges between patches are the codec's to blur)."""
+    d = np.asarray(decoded, np.float64)
+    q = patch // 4
+    centres = [d[r * patch + q : (r + 1) * patch - q, c * patch + q : (c + 1) * patch - q].reshape(-1, 3).mean(0)
+               for r in range(4) for c in range(6)]
+    return delta_e76(np.asarray(COLOR_CHECKER, np.float64), np.asarray(centres))

@@ -10,8 +10,10 @@ import io
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -235,3 +237,33 @@ def test_shipped_vae_weights():
     assert psnr(image, vae.decode_latent(vae.encode_latent(image))) > 15
     data = vae.compress(image, 100)
     assert psnr(image, vae.decompress(data)) > 15 and 8 * len(data) / (64 * 48) < 1
+
+
+def test_the_colour_error_is_cie76_in_cielab():
+    from codec.metrics import chart_errors, color_checker_chart, delta_e76
+
+    assert abs(float(delta_e76([255, 255, 255], [0, 0, 0])) - 100) < 1e-3  # L* from 100 to 0
+    assert float(delta_e76([30, 200, 40], [30, 200, 40])) == 0
+    chart = color_checker_chart(16)
+    assert chart.shape == (64, 96, 3) and np.all(chart_errors(chart, 16) < 1e-9)
+
+
+def test_the_default_codec_keeps_every_hue():
+    from codec.metrics import chart_errors, color_checker_chart
+
+    codec = Codec(device="cpu")
+    chart = Image.fromarray(color_checker_chart())
+    errors = chart_errors(codec.decompress(codec.compress(chart, 75)))
+    assert errors.mean() <= 4 and errors.max() <= 10
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped f8 VAE squeezes the green-magenta axis of colour "
+                   "(CIE76 mean 20.4, magenta 56.1): it needs more training; this turns red once it keeps every hue")
+def test_the_shipped_vae_keeps_every_hue():
+    from codec.metrics import chart_errors, color_checker_chart
+
+    vae = Codec(device="cpu", model="vae-kl-f8")
+    chart = Image.fromarray(color_checker_chart())
+    for decoded in (vae.decode_latent(vae.encode_latent(chart)), vae.decompress(vae.compress(chart, 75))):
+        errors = chart_errors(decoded)
+        assert errors.mean() <= 4 and errors.max() <= 10
