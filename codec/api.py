@@ -121,9 +121,11 @@ class _Prepared:
     alpha: bytes | None  # deflated
     metadata: bytes  # packed; empty: none
 
-    def file(self, quality: int, latent: torch.Tensor) -> bytes:
+    def file(self, quality: int, latent: torch.Tensor, side: torch.Tensor | None = None) -> bytes:
+        """The file of a latent (and side information, where the encoder searched it too)."""
         codec = self.codec
-        streams, _ = codec.model.encode_streams(latent, quality)
+        streams, _ = (codec.model.encode_streams(latent, quality) if side is None
+                      else codec.model.encode_streams(latent, quality, side))
         header = Header(codec.model.MODEL_ID, codec.weights_id, quality, self.mode, self.width, self.height, (),
                         centred=True)
         return bitstream.write(header, streams, self.alpha, self.metadata)
@@ -164,7 +166,7 @@ class Codec:
         quality = _check_quality(quality)
         iterations = self._effort(effort)
         prepared = self._prepare(image, strip)
-        return prepared.file(quality, self._searched(prepared, quality, iterations, progress))
+        return prepared.file(quality, *self._searched(prepared, quality, iterations, progress))
 
     def _effort(self, effort: object) -> int:
         """The search iterations of an effort level (checked)."""
@@ -177,10 +179,11 @@ class Codec:
         return EFFORTS[effort]
 
     def _searched(self, prepared: _Prepared, quality: int, iterations: int, progress=None,
-                  latent: torch.Tensor | None = None) -> torch.Tensor:
+                  latent: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The latent to code, and the side information where the search chose it (else None)."""
         y = self.model.analyse(prepared.x, quality) if latent is None else latent
         if not iterations:
-            return y
+            return y, None
         from codec.models.refine import search
 
         return search(self.model, prepared.x, y, quality, iterations, progress=progress)
@@ -252,7 +255,7 @@ class Codec:
             q = min(search_quality(value, float(min_psnr), slope=0.11, inclusive=False) + 1, 100)
         found = tried.get(q) or prepared.file(q, latent(q))
         if iterations:  # the effort once, at the quality found; kept where it still meets the target
-            searched = prepared.file(q, self._searched(prepared, q, iterations, progress, latent(q)))
+            searched = prepared.file(q, *self._searched(prepared, q, iterations, progress, latent(q)))
             meets = (len(searched) <= max(max_bytes, len(found)) if max_bytes is not None else
                      measure(reference, self._decompress(bitstream.parse(searched), None).convert("RGB"))
                      >= min(float(min_psnr), value(q)))

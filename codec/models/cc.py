@@ -164,9 +164,9 @@ class ChannelConditional(GainHyperprior):
             y_hat, likelihoods = self.latent_pass(y)
         return {"x_hat": self.g_s(y_hat * inv_gain), "likelihoods": likelihoods}
 
-    def latent_pass(self, y: torch.Tensor, quantise=None) -> tuple[torch.Tensor, dict]:
+    def latent_pass(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """As :meth:`GainHyperprior.latent_pass`; the slices see the earlier slices as rounded."""
-        z = self.h_a(y)
+        z = self.h_a(y) if z is None else z
         if quantise is None:
             z_hat, z_likelihoods = self.entropy_bottleneck(z)
         else:
@@ -198,9 +198,10 @@ class ChannelConditional(GainHyperprior):
         return lambda t: tiles.exact(self.slice_nets[i].exact, t, self.TILE // 16, 4)
 
     @torch.no_grad()
-    def encode_streams(self, y: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
+    def encode_streams(self, y: torch.Tensor, quality: float,
+                       z: torch.Tensor | None = None) -> tuple[list[bytes], tuple[int, int]]:
         with plain_cpu_kernels():
-            z = self._h_a(y).float().cpu()
+            z = (self._h_a(y) if z is None else z).float().cpu()
         z_stream, z_hat = entropy.encode_factorized(self.entropy_bottleneck, z)
         hp = self._hyper(z_hat)
         streams, done = [z_stream], []

@@ -239,12 +239,18 @@ class GainHyperprior(GainedTransforms):
             y_hat, likelihoods = self.latent_pass(y)
         return {"x_hat": self.g_s(y_hat * inv_gain), "likelihoods": likelihoods}
 
-    def latent_pass(self, y: torch.Tensor, quantise=None) -> tuple[torch.Tensor, dict]:
-        """y -> (y_hat, likelihoods of y and z). ``quantise`` None: training's relaxation (noise
-        for the rate; in training, rounding with a straight-through gradient for the synthesis);
+    def side_information(self, y: torch.Tensor) -> torch.Tensor:
+        """z, as the encoder computes it from y (h_a)."""
+        return self.h_a(y)
+
+    def latent_pass(self, y: torch.Tensor, quantise=None,
+                    z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """y (and z: h_a's unless given) -> (y_hat, likelihoods of y and z). ``quantise`` None:
+        training's relaxation (noise for the rate; in training, rounding with a straight-through
+        gradient for the synthesis);
         else a function of ``value - mean`` whose result is both coded and decoded (the encoder's
         search, codec/models/refine.py)."""
-        z = self.h_a(y)
+        z = self.h_a(y) if z is None else z
         if quantise is None:
             z_hat, z_likelihoods = self.entropy_bottleneck(z)
         else:
@@ -269,10 +275,11 @@ class GainHyperprior(GainedTransforms):
         return self._hyper(z_hat).chunk(2, dim=1)
 
     @torch.no_grad()
-    def encode_streams(self, y: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
+    def encode_streams(self, y: torch.Tensor, quality: float,
+                       z: torch.Tensor | None = None) -> tuple[list[bytes], tuple[int, int]]:
         """Latent -> [z_stream, y_stream] and z's shape (the gain already holds the quality)."""
         with plain_cpu_kernels():
-            z = self._h_a(y).float().cpu()
+            z = (self._h_a(y) if z is None else z).float().cpu()
         z_stream, z_hat = entropy.encode_factorized(self.entropy_bottleneck, z)
         scales, means = self._h_s(z_hat)
         y_stream = entropy.encode_gaussian(self.gaussian_conditional, y, scales, means)

@@ -135,11 +135,11 @@ class SpaceChannelContext(nn.Module):
         d_scale, d_mean = out.chunk(2, dim=1)
         return scales[:, start : start + C] + d_scale, means[:, start : start + C] + d_mean
 
-    def forward(self, y: torch.Tensor, quantise=None) -> tuple[torch.Tensor, dict]:
+    def forward(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """y -> (y_hat, likelihoods of y and z). ``quantise`` None: training's relaxation (noise for
         the rate, rounding with a straight-through gradient for the contexts and the synthesis);
         else a function of ``value - mean`` whose result is coded and decoded (codec/models/refine.py)."""
-        z = self.h_a(y)
+        z = self.h_a(y) if z is None else z
         if quantise is None:
             z_hat, z_likelihoods = self.entropy_bottleneck(z)
         else:
@@ -177,9 +177,12 @@ class SpaceChannelContext(nn.Module):
         return tiles.exact(self.h_s.exact, z_hat, self.TILE // 4, 2, up=4)
 
     @torch.no_grad()
-    def compress(self, y: torch.Tensor) -> tuple[list[bytes], tuple[int, int]]:
-        with plain_cpu_kernels():
-            z = tiles.exact(self.h_a, y.float().cpu(), self.TILE, 8, down=4)
+    def compress(self, y: torch.Tensor, z: torch.Tensor | None = None) -> tuple[list[bytes], tuple[int, int]]:
+        """y (and z, the side information: h_a's unless given) -> [z stream, one per slice], z's shape."""
+        if z is None:
+            with plain_cpu_kernels():
+                z = tiles.exact(self.h_a, y.float().cpu(), self.TILE, 8, down=4)
+        z = z.float().cpu()
         z_stream, z_hat = entropy.encode_factorized(self.entropy_bottleneck, z)
         hp = self._hyper(z_hat)
         first = anchors(y.shape)
@@ -242,12 +245,16 @@ class SpaceChannel(GainedTransforms):
             y_hat, likelihoods = self.latent_pass(y)
         return {"x_hat": self.g_s(y_hat * inv_gain), "likelihoods": likelihoods}
 
-    def latent_pass(self, y: torch.Tensor, quantise=None) -> tuple[torch.Tensor, dict]:
-        return self.latent_codec(y, quantise)
+    def side_information(self, y: torch.Tensor) -> torch.Tensor:
+        return self.latent_codec.h_a(y)
 
-    def encode_streams(self, y: torch.Tensor, quality: float) -> tuple[list[bytes], tuple[int, int]]:
+    def latent_pass(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        return self.latent_codec(y, quantise, z)
+
+    def encode_streams(self, y: torch.Tensor, quality: float,
+                       z: torch.Tensor | None = None) -> tuple[list[bytes], tuple[int, int]]:
         """Latent (the gain already holds the quality) -> [z stream, one per slice], z's shape."""
-        return self.latent_codec.compress(y)
+        return self.latent_codec.compress(y, z)
 
     def decode_streams(self, strings: list[bytes], z_shape: tuple[int, int], quality: float) -> torch.Tensor:
         return self.latent_codec.decompress(strings, z_shape)
