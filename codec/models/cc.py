@@ -33,11 +33,11 @@ import torch.nn as nn
 from codec import registry
 from codec.format import entropy
 from codec.models import tiles
-from codec.models.exact import FixedPointConvStack, plain_cpu_kernels, ste_round
+from codec.models.exact import FixedPointConvStack, plain_cpu_kernels
 from codec.models.hyperprior import (
     MAX_CHANNELS,
-    coded_factorized,
-    coded_gaussian,
+    coded_side,
+    coded_slice,
     GainHyperprior,
     ModelConfig,
     check_rd_config,
@@ -166,21 +166,13 @@ class ChannelConditional(GainHyperprior):
 
     def latent_pass(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """As :meth:`GainHyperprior.latent_pass`; the slices see the earlier slices as rounded."""
-        z = self.h_a(y) if z is None else z
-        if quantise is None:
-            z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        else:
-            z_hat, z_likelihoods = coded_factorized(self.entropy_bottleneck, z, quantise)
+        z_hat, z_likelihoods = coded_side(self.entropy_bottleneck, self.h_a(y) if z is None else z, quantise)
         hp = self.h_s(z_hat)
         done, likelihoods = [], []
         for i, part in enumerate(y.chunk(self.config.slices, dim=1)):
             scales, means = self._slice_params(i, hp, done, self.slice_nets[i])
-            if quantise is None:
-                _, lik = self.gaussian_conditional(part, scales, means=means)
-                done.append(ste_round(part - means) + means)
-            else:
-                part_hat, lik = coded_gaussian(self.gaussian_conditional, part, scales, means, quantise)
-                done.append(part_hat)
+            part_hat, lik = coded_slice(self.gaussian_conditional, part, scales, means, quantise)
+            done.append(part_hat)
             likelihoods.append(lik)
         y_hat = self._refine(hp, torch.cat(done, dim=1), self.lrp)
         return y_hat, {"y": torch.cat(likelihoods, dim=1), "z": z_likelihoods}
@@ -200,16 +192,14 @@ class ChannelConditional(GainHyperprior):
     @torch.no_grad()
     def encode_streams(self, y: torch.Tensor, quality: float,
                        z: torch.Tensor | None = None) -> tuple[list[bytes], tuple[int, int]]:
-        with plain_cpu_kernels():
-            z = (self._h_a(y) if z is None else z).float().cpu()
-        z_stream, z_hat = entropy.encode_factorized(self.entropy_bottleneck, z)
+        z_stream, z_hat, z_shape = self._side_stream(y, z)
         hp = self._hyper(z_hat)
         streams, done = [z_stream], []
         for i, part in enumerate(y.double().cpu().chunk(self.config.slices, dim=1)):
             scales, means = self._slice_params(i, hp, done, self._exact_net(i))
             streams.append(entropy.encode_gaussian(self.gaussian_conditional, part, scales, means))
             done.append(torch.round(part - means) + means)  # what the decoder will have
-        return streams, tuple(z.shape[-2:])
+        return streams, z_shape
 
     @torch.no_grad()
     def _decode(self, strings: list[bytes], z_shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -250,11 +250,7 @@ class GainHyperprior(GainedTransforms):
         gradient for the synthesis);
         else a function of ``value - mean`` whose result is both coded and decoded (the encoder's
         search, codec/models/refine.py)."""
-        z = self.h_a(y) if z is None else z
-        if quantise is None:
-            z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        else:
-            z_hat, z_likelihoods = coded_factorized(self.entropy_bottleneck, z, quantise)
+        z_hat, z_likelihoods = coded_side(self.entropy_bottleneck, self.h_a(y) if z is None else z, quantise)
         scales, means = self.h_s(z_hat).chunk(2, dim=1)
         if quantise is not None:
             y_hat, y_likelihoods = coded_gaussian(self.gaussian_conditional, y, scales, means, quantise)
@@ -275,15 +271,21 @@ class GainHyperprior(GainedTransforms):
         return self._hyper(z_hat).chunk(2, dim=1)
 
     @torch.no_grad()
-    def encode_streams(self, y: torch.Tensor, quality: float,
-                       z: torch.Tensor | None = None) -> tuple[list[bytes], tuple[int, int]]:
-        """Latent -> [z_stream, y_stream] and z's shape (the gain already holds the quality)."""
+    def _side_stream(self, y: torch.Tensor, z: torch.Tensor | None) -> tuple[bytes, torch.Tensor, tuple[int, int]]:
+        """The z stream (h_a's z unless given), the z the decoder will have, and its shape."""
         with plain_cpu_kernels():
             z = (self._h_a(y) if z is None else z).float().cpu()
         z_stream, z_hat = entropy.encode_factorized(self.entropy_bottleneck, z)
+        return z_stream, z_hat, tuple(z.shape[-2:])
+
+    @torch.no_grad()
+    def encode_streams(self, y: torch.Tensor, quality: float,
+                       z: torch.Tensor | None = None) -> tuple[list[bytes], tuple[int, int]]:
+        """Latent -> [z_stream, y_stream] and z's shape (the gain already holds the quality)."""
+        z_stream, z_hat, z_shape = self._side_stream(y, z)
         scales, means = self._h_s(z_hat)
         y_stream = entropy.encode_gaussian(self.gaussian_conditional, y, scales, means)
-        return [z_stream, y_stream], tuple(z.shape[-2:])
+        return [z_stream, y_stream], z_shape
 
     @torch.no_grad()
     def decode_streams(self, strings: list[bytes], z_shape: tuple[int, int], quality: float) -> torch.Tensor:
@@ -300,6 +302,21 @@ def coded_gaussian(conditional: GaussianConditional, y: torch.Tensor, scales: to
     entropy model (the probability of its bin): the rate of what is coded, differentiable."""
     y_hat = quantise(y - means) + means
     return y_hat, conditional.likelihood_lower_bound(conditional._likelihood(y_hat, scales, means))
+
+
+def coded_side(bottleneck: EntropyBottleneck, z: torch.Tensor, quantise) -> tuple[torch.Tensor, torch.Tensor]:
+    """z -> (z_hat, likelihood): training's noise (``quantise`` None) or the search's rounding."""
+    return bottleneck(z) if quantise is None else coded_factorized(bottleneck, z, quantise)
+
+
+def coded_slice(conditional: GaussianConditional, part: torch.Tensor, scales: torch.Tensor, means: torch.Tensor,
+                quantise) -> tuple[torch.Tensor, torch.Tensor]:
+    """A slice -> (what later contexts and the synthesis see, its likelihood): training's relaxation
+    (noise for the rate, rounding with a straight-through gradient for the rest) or the search's rounding."""
+    if quantise is not None:
+        return coded_gaussian(conditional, part, scales, means, quantise)
+    _, likelihood = conditional(part, scales, means=means)
+    return ste_round(part - means) + means, likelihood
 
 
 def coded_factorized(bottleneck: EntropyBottleneck, z: torch.Tensor, quantise) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,8 +35,8 @@ from codec.models import tiles
 from codec.models.exact import FixedPointConvStack, plain_cpu_kernels, ste_round
 from codec.models.hyperprior import (
     MAX_CHANNELS,
-    coded_factorized,
-    coded_gaussian,
+    coded_side,
+    coded_slice,
     EntropyBottleneck,
     GainedTransforms,
     GaussianConditional,
@@ -139,11 +139,7 @@ class SpaceChannelContext(nn.Module):
         """y -> (y_hat, likelihoods of y and z). ``quantise`` None: training's relaxation (noise for
         the rate, rounding with a straight-through gradient for the contexts and the synthesis);
         else a function of ``value - mean`` whose result is coded and decoded (codec/models/refine.py)."""
-        z = self.h_a(y) if z is None else z
-        if quantise is None:
-            z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        else:
-            z_hat, z_likelihoods = coded_factorized(self.entropy_bottleneck, z, quantise)
+        z_hat, z_likelihoods = coded_side(self.entropy_bottleneck, self.h_a(y) if z is None else z, quantise)
         hp = self.h_s(z_hat)
         first = anchors(y.shape, y.device)
         rounded = quantise or ste_round
@@ -152,12 +148,8 @@ class SpaceChannelContext(nn.Module):
             s1, m1 = self._params(i, hp, done, torch.zeros_like(part))
             s2, m2 = self._params(i, hp, done, (rounded(part - m1) + m1) * first)
             scales, means = torch.where(first, s1, s2), torch.where(first, m1, m2)
-            if quantise is None:
-                _, lik = self.gaussian_conditional(part, scales, means=means)
-                done.append(ste_round(part - means) + means)
-            else:
-                part_hat, lik = coded_gaussian(self.gaussian_conditional, part, scales, means, quantise)
-                done.append(part_hat)
+            part_hat, lik = coded_slice(self.gaussian_conditional, part, scales, means, quantise)
+            done.append(part_hat)
             likelihoods.append(lik)
         return torch.cat(done, dim=1), {"y": torch.cat(likelihoods, dim=1), "z": z_likelihoods}
 
