@@ -69,9 +69,18 @@ def search(model: GainedTransforms, x: torch.Tensor, y: torch.Tensor, quality: f
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:  # the search moves the latent alone
         p.requires_grad_(False)
+    # the whole model beside the image for the search; afterwards each tensor goes back where coding
+    # keeps it (the entropy models and the fixed-point networks on the CPU)
+    params = [(p, p.device) for p in model.parameters()]
+    buffers = [(m, n, b.device) for m in model.modules() for n, b in m._buffers.items() if b is not None]
+    model.to(x.device)
     try:
         return _search(model, x, y, quality, iterations, seed, progress)
     finally:
+        for p, device in params:
+            p.data = p.data.to(device)
+        for m, n, device in buffers:
+            m._buffers[n] = m._buffers[n].to(device)
         for p in frozen:
             p.requires_grad_(True)
 
