@@ -241,12 +241,16 @@ class Codec:
             latent = lambda q: model.analyse(prepared.x, q)  # noqa: E731
         reference = prepared.image.convert("RGB")
         tried: dict[int, bytes] = {}
+        measured: dict[int, float] = {}
 
-        def value(q: int) -> float:  # grows with q: log of the file's size, or its PSNR
-            tried[q] = data = prepared.file(q, latent(q))
-            if max_bytes is not None:
-                return math.log(len(data))
+        def file_psnr(data: bytes) -> float:
             return measure(reference, self._decompress(bitstream.parse(data), None).convert("RGB"))  # ours: any size
+
+        def value(q: int) -> float:  # grows with q: log of the file's size, or its PSNR; each q coded once
+            if q not in measured:
+                tried[q] = data = prepared.file(q, latent(q))
+                measured[q] = math.log(len(data)) if max_bytes is not None else file_psnr(data)
+            return measured[q]
 
         if max_bytes is not None:  # the highest quality that fits
             k = search_quality(value, math.log(max_bytes), slope=0.026, inclusive=True)
@@ -257,8 +261,7 @@ class Codec:
         if iterations:  # the effort once, at the quality found; kept where it still meets the target
             searched = prepared.file(q, *self._searched(prepared, q, iterations, progress, latent(q)))
             meets = (len(searched) <= max(max_bytes, len(found)) if max_bytes is not None else
-                     measure(reference, self._decompress(bitstream.parse(searched), None).convert("RGB"))
-                     >= min(float(min_psnr), value(q)))
+                     file_psnr(searched) >= min(float(min_psnr), value(q)))
             found = searched if meets else found
         return found, q
 
