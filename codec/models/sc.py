@@ -264,7 +264,7 @@ class SpaceChannel(GainedTransforms):
         not change), g_a's new outputs random and small, and their gains at the level of the old
         channels': distortion reaches them through g_s from the first step."""
         c = cc.config
-        if getattr(c, "lrp", 0) or c.M % c.slices:
+        if getattr(c, "lrp", 0):
             raise ValueError("grow a model 3 without residual prediction")
         M0, S = c.M, c.slices
         lambdas = tuple(lambdas or (*c.lambdas, round(c.lambdas[-1] ** 2 / c.lambdas[-2], 5)))
@@ -281,6 +281,12 @@ class SpaceChannel(GainedTransforms):
                 raise ValueError(f"{name}: {tuple(value.shape)} does not fit {tuple(new[name].shape)}")
             new[name] = value
 
+        def leading(base: torch.Tensor, value: torch.Tensor, dim: int = 0) -> torch.Tensor:
+            """``base`` with its first entries along ``dim`` replaced by the old ``value``."""
+            base = base.clone()
+            base.narrow(dim, 0, value.shape[dim]).copy_(value)
+            return base
+
         with torch.no_grad():
             for k, v in old.items():
                 if k.startswith(("g_a.", "g_s.")) and new[k].shape == v.shape:
@@ -288,18 +294,10 @@ class SpaceChannel(GainedTransforms):
                 elif k.startswith(kept) and new["latent_codec." + k].shape == v.shape:
                     put("latent_codec." + k, v)
             last = f"g_a.{len(model.g_a) - 1}"
-            w = new[last + ".weight"] * 0.1
-            w[:M0] = old[last + ".weight"]
-            put(last + ".weight", w)
-            b = new[last + ".bias"] * 0.1
-            b[:M0] = old[last + ".bias"]
-            put(last + ".bias", b)
-            w = new["g_s.0.weight"] * 0.1  # ConvTranspose2d: (in, out, k, k)
-            w[:M0] = old["g_s.0.weight"]
-            put("g_s.0.weight", w)
-            w = torch.zeros_like(new["latent_codec.h_a.0.weight"])
-            w[:, :M0] = old["h_a.0.weight"]
-            put("latent_codec.h_a.0.weight", w)
+            for key in (last + ".weight", last + ".bias", "g_s.0.weight"):  # g_s.0: ConvTranspose2d, (in, out, k, k)
+                put(key, leading(new[key] * 0.1, old[key]))
+            put("latent_codec.h_a.0.weight", leading(torch.zeros_like(new["latent_codec.h_a.0.weight"]),
+                                                     old["h_a.0.weight"], dim=1))
             # h_s's output: (scales, means) of M0 channels -> of M; the new ones start at zero
             # (a scale of zero is the entropy model's lower bound: the new slice costs nothing yet)
             for kind in ("weight", "bias"):
