@@ -25,6 +25,7 @@ class CodecModel(Protocol):
     FP16_PREFIXES: ClassVar[tuple[str, ...]]  # state-dict prefixes stored as float16 (the big transforms)
     # optional: INT8_PREFIXES, weights stored as int8 (encoder-only or small float corrections; codec/weights.py);
     # optional: submodel(name), a registered model this one contains, so one file ships both
+    # optional: upgrade_names(state) -> state, the tensor names of earlier releases' files -> today's
     device_parts: ClassVar[tuple[str, ...]]  # submodules that run on the chosen device; the rest stays on CPU
     config: Any
 

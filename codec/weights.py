@@ -109,6 +109,7 @@ def _unpack(tensors: dict[str, torch.Tensor], model: Model) -> dict[str, torch.T
 
     from codec.models.exact import integer_scales
 
+    tensors = getattr(model, "upgrade_names", lambda state: state)(tensors)  # earlier releases' names
     names = set(model.state_dict())
     unknown = set(tensors) - names - {n + INT8_SCALE for n in names}
     if unknown:

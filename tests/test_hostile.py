@@ -244,7 +244,7 @@ def test_json_depth_counts_brackets_outside_strings():
 # --- the entropy coder ---
 
 def test_entropy_coder_round_trips_escapes_and_refuses_leftovers(codec):
-    tables = entropy.CdfTables.of(codec.model.gaussian_conditional)
+    tables = entropy.CdfTables.of(codec.model.latent_codec.gaussian_conditional)
     rng = np.random.default_rng(0)
     idx = rng.integers(0, len(tables.length), 5000)
     values = np.round(rng.normal(0, 4, 5000) * (1 + idx / 8)).astype(np.int64)

@@ -57,12 +57,12 @@ def test_entropy_parameters_are_exact_in_any_summation_order(codec):
     torch.manual_seed(0)
     n = model.config.N
     z_hat = torch.randint(-30, 30, (1, n, 3, 5)).double() + torch.rand(1, n, 1, 1).double()
-    scales, means = model.h_s.exact(z_hat).chunk(2, dim=1)
+    scales, means = model.latent_codec.h_s.exact(z_hat).chunk(2, dim=1)
     perm = torch.randperm(n)
-    shuffled = copy.deepcopy(model.h_s)
+    shuffled = copy.deepcopy(model.latent_codec.h_s)
     shuffled.layers[0].weight.data = shuffled.layers[0].weight.data[perm]
     scales_p, means_p = shuffled.exact(z_hat[:, perm]).chunk(2, dim=1)
     assert torch.equal(scales, scales_p) and torch.equal(means, means_p)
     # and the float32 training path agrees closely with the exact path
-    s32, m32 = model.h_s(z_hat.float()).chunk(2, dim=1)
+    s32, m32 = model.latent_codec.h_s(z_hat.float()).chunk(2, dim=1)
     assert torch.allclose(s32.double(), scales, atol=1e-2)

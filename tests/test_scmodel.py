@@ -32,7 +32,8 @@ def _nudge(model: torch.nn.Module, prefix: str, seed: int = 0) -> torch.nn.Modul
 @pytest.fixture(scope="module")
 def small_cc():
     torch.manual_seed(0)
-    cc = _nudge(ChannelConditional(CCConfig(N=16, M=24, lambdas=(0.01, 0.05, 0.2), slices=3, width=16)), "slice_nets.")
+    cc = ChannelConditional(CCConfig(N=16, M=24, lambdas=(0.01, 0.05, 0.2), slices=3, width=16))
+    cc = _nudge(cc, "latent_codec.slice_nets.")
     cc.update(force=True)
     return cc.eval()
 

@@ -155,7 +155,7 @@ def test_single_group_optimizer_state_resumes_with_slice_networks_in_their_own_g
     one = torch.optim.Adam(params, lr=1e-3)
     sum(p.sum() * (i + 1) for i, p in enumerate(params)).backward()
     one.step()
-    nets = [p for n, p in model.named_parameters() if n.startswith("slice_nets.")]
+    nets = [p for n, p in model.named_parameters() if n.startswith("latent_codec.slice_nets.")]
     rest = [p for p in params if all(p is not q for q in nets)]
     two = torch.optim.Adam([{"params": rest, "lr": 1e-3}, {"params": nets, "lr": 1e-2}])
     two.load_state_dict(_regroup(one.state_dict(), two))
@@ -187,7 +187,7 @@ def test_init_from_a_cc_file_trains_the_model_asked_for(tmp_path):
               *(["--model", model] if model else [])])
         ckpt = torch.load(run / "last.pt", weights_only=False)
         assert ckpt["kind"] == kind
-        assert any(k.startswith("slice_nets.") for k in ckpt["model"]) == (kind == "cc")
+        assert any(k.startswith("latent_codec.slice_nets.") for k in ckpt["model"]) == (kind == "cc")
 
 
 @pytest.mark.slow

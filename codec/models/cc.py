@@ -5,7 +5,9 @@ Minnen & Singh, "Channel-wise autoregressive entropy models for learned image co
 predicted from the hyperprior *and the slices already decoded*, so later slices cost fewer bits.
 Here, without a spatial context:
 
-* the transforms, gain units and hyperprior are :class:`~codec.models.hyperprior.GainHyperprior`'s;
+* the model is the gained transforms (:class:`~codec.models.hyperprior.GainedTransforms`) around
+  a latent codec, :class:`ChannelConditionalContext`, which is the hyperprior's
+  (:class:`~codec.models.hyperprior.Hyperprior`) with the slices added;
 * slice ``i``'s network sees the hyperprior's output (scales and means of every channel) and
   the dequantised slices ``0..i-1``, and predicts a *correction* to the hyperprior's scale and
   mean for its own channels. Its last layer starts at zero, so a model made from trained
@@ -36,11 +38,13 @@ from codec.models import tiles
 from codec.models.exact import FixedPointConvStack, plain_cpu_kernels
 from codec.models.hyperprior import (
     MAX_CHANNELS,
-    coded_side,
-    coded_slice,
+    GainedTransforms,
     GainHyperprior,
+    Hyperprior,
     ModelConfig,
     check_rd_config,
+    coded_side,
+    coded_slice,
     conv,
     default_lambdas,
 )
@@ -75,37 +79,28 @@ class CCConfig:
                    slices=int(d["slices"]), width=int(d["width"]), lrp=int(d.get("lrp", 0)))  # 0.6.0 and before: none
 
 
-@registry.bind  # its id and name: codec/registry.py
-class ChannelConditional(GainHyperprior):
-    """Gain hyperprior + channel-conditional slices; ``quality`` 1-100 as for the hyperprior."""
+class ChannelConditionalContext(Hyperprior):
+    """The latent codec: the hyperprior, and the latent in channel slices, each predicted from the
+    hyperprior and the slices before it (and, with ``lrp``, the residual prediction at the end)."""
 
-    CONFIG = CCConfig
-    # the residual prediction: int8 like h_a (a correction of under half a step, where int8's error is
-    # lost; float16 would take the file past 20 MB), dequantised the same way on every machine
-    INT8_PREFIXES = ("h_a.", "lrp.")
-
-    def __init__(self, config: CCConfig | None = None):
-        config = config or CCConfig()
-        if config.M % config.slices:
-            raise ValueError("M must be a multiple of the number of slices")
-        super().__init__(config)
-        M, S, W = config.M, config.slices, config.width
-        C = M // S
+    def __init__(self, N: int, M: int, slices: int, width: int, lrp: int):
+        super().__init__(N, M)
+        self.slices = slices
+        C = M // slices
         self.slice_nets = nn.ModuleList(
             FixedPointConvStack([
-                conv(2 * M + i * C, W, stride=1, kernel_size=3),
-                conv(W, W, stride=1, kernel_size=3),
-                conv(W, 2 * C, stride=1, kernel_size=3),
+                conv(2 * M + i * C, width, stride=1, kernel_size=3),
+                conv(width, width, stride=1, kernel_size=3),
+                conv(width, 2 * C, stride=1, kernel_size=3),
             ])
-            for i in range(S)
+            for i in range(slices)
         )
         self.lrp = None
-        if config.lrp:  # the whole decoded latent and the hyperprior output -> the rounding error
-            W = config.lrp
+        if lrp:  # the whole decoded latent and the hyperprior output -> the rounding error
             self.lrp = nn.Sequential(
-                conv(3 * M, W, stride=1, kernel_size=1), nn.LeakyReLU(inplace=True),
-                conv(W, W, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
-                conv(W, M, stride=1, kernel_size=3),
+                conv(3 * M, lrp, stride=1, kernel_size=1), nn.LeakyReLU(inplace=True),
+                conv(lrp, lrp, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+                conv(lrp, M, stride=1, kernel_size=3),
             )
         with torch.no_grad():  # start as the hyperprior: no correction
             for last in [net.layers[-1] for net in self.slice_nets] + ([self.lrp[-1]] if self.lrp else []):
@@ -114,7 +109,84 @@ class ChannelConditional(GainHyperprior):
 
     @property
     def num_streams(self) -> int:
-        return 1 + self.config.slices
+        return 1 + self.slices
+
+    def _slice_params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor],
+                      net) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scales and means of slice ``i`` from the hyperprior output and the slices before it."""
+        C = hp.shape[1] // 2 // self.slices
+        scales, means = hp.chunk(2, dim=1)
+        d_scale, d_mean = net(torch.cat([hp, *done], dim=1)).chunk(2, dim=1)
+        return scales[:, i * C : (i + 1) * C] + d_scale, means[:, i * C : (i + 1) * C] + d_mean
+
+    def forward(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """As :meth:`Hyperprior.forward`; the slices see the earlier slices as rounded."""
+        z_hat, z_likelihoods = coded_side(self.entropy_bottleneck, self.h_a(y) if z is None else z, quantise)
+        hp = self.h_s(z_hat)
+        done, likelihoods = [], []
+        for i, part in enumerate(y.chunk(self.slices, dim=1)):
+            scales, means = self._slice_params(i, hp, done, self.slice_nets[i])
+            part_hat, lik = coded_slice(self.gaussian_conditional, part, scales, means, quantise)
+            done.append(part_hat)
+            likelihoods.append(lik)
+        y_hat = self._refine(hp, torch.cat(done, dim=1))
+        return y_hat, {"y": torch.cat(likelihoods, dim=1), "z": z_likelihoods}
+
+    def _refine(self, hp: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+        """The decoded latent plus the predicted rounding error (none without ``lrp``)."""
+        if self.lrp is None:
+            return y_hat
+        return y_hat + 0.5 * torch.tanh(self.lrp(torch.cat([hp, y_hat], dim=1)))
+
+    # -- coding: everything that picks a CDF table runs exactly, on CPU, in tiles ---------------
+
+    def _exact_net(self, i: int):
+        return lambda t: tiles.exact(self.slice_nets[i].exact, t, self.TILE, 4)
+
+    @torch.no_grad()
+    def compress(self, y: torch.Tensor, z: torch.Tensor | None = None) -> tuple[list[bytes], tuple[int, int]]:
+        """y (and z, h_a's unless given) -> [z stream, one per slice], z's shape."""
+        z_stream, hp, z_shape = self._side_stream(y, z)
+        streams, done = [z_stream], []
+        for i, part in enumerate(y.double().cpu().chunk(self.slices, dim=1)):
+            scales, means = self._slice_params(i, hp, done, self._exact_net(i))
+            streams.append(entropy.encode_gaussian(self.gaussian_conditional, part, scales, means))
+            done.append(torch.round(part - means) + means)  # what the decoder will have
+        return streams, z_shape
+
+    @torch.no_grad()
+    def decompress(self, strings: list[bytes], z_shape: tuple[int, int]) -> torch.Tensor:
+        """Streams -> the dequantised latent (float64 on CPU; exact on any machine), plus its
+        predicted rounding error where there is a residual prediction (floating point, in tiles)."""
+        hp = self._hyper(entropy.decode_factorized(self.entropy_bottleneck, strings[0], z_shape))
+        done = []
+        for i in range(self.slices):
+            scales, means = self._slice_params(i, hp, done, self._exact_net(i))
+            done.append(entropy.decode_gaussian(self.gaussian_conditional, strings[1 + i], scales, means))
+        y_hat = torch.cat(done, dim=1)
+        if self.lrp is None:
+            return y_hat
+        with plain_cpu_kernels():
+            net = lambda t: self._refine(t[:, : hp.shape[1]], t[:, hp.shape[1] :])  # noqa: E731
+            return tiles.exact(net, torch.cat([hp, y_hat], dim=1).float(), self.TILE, 4)
+
+
+@registry.bind  # its id and name: codec/registry.py
+class ChannelConditional(GainedTransforms):
+    """Gained transforms + the channel-conditional latent codec; ``quality`` 1-100 as for the hyperprior."""
+
+    CONFIG = CCConfig
+    # the residual prediction: int8 like h_a (a correction of under half a step, where int8's error is
+    # lost; float16 would take the file past 20 MB), dequantised the same way on every machine
+    INT8_PREFIXES = ("latent_codec.h_a.", "latent_codec.lrp.")
+
+    def __init__(self, config: CCConfig | None = None):
+        c = config or CCConfig()
+        super().__init__(c, ChannelConditionalContext(c.N, c.M, c.slices, c.width, c.lrp))
+
+    @property
+    def lrp(self) -> nn.Module | None:
+        return self.latent_codec.lrp
 
     @classmethod
     def from_hyperprior(cls, hp: GainHyperprior, slices: int = 4, width: int = 128, lrp: int = 0) -> ChannelConditional:
@@ -122,7 +194,7 @@ class ChannelConditional(GainHyperprior):
         c = hp.config
         model = cls(CCConfig(c.N, c.M, tuple(c.lambdas), slices, width, lrp))
         missing, unexpected = model.load_state_dict(hp.state_dict(), strict=False)
-        if unexpected or any(not k.startswith(("slice_nets.", "lrp.")) for k in missing):
+        if unexpected or any(not k.startswith(CONTEXT) for k in missing):
             raise ValueError(f"not a hyperprior of this shape ({unexpected or missing})")
         return model
 
@@ -131,9 +203,9 @@ class ChannelConditional(GainHyperprior):
         it decodes exactly as this one until trained; ``width`` 0: this model without its own."""
         c = self.config
         model = type(self)(CCConfig(c.N, c.M, tuple(c.lambdas), c.slices, c.width, width))
-        state = {k: v for k, v in self.state_dict().items() if width or not k.startswith("lrp.")}
+        state = {k: v for k, v in self.state_dict().items() if width or not k.startswith(LRP)}
         missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith("lrp.") for k in missing):
+        if unexpected or any(not k.startswith(LRP) for k in missing):
             raise ValueError(f"cannot add a residual prediction ({unexpected or missing})")
         return model
 
@@ -144,92 +216,14 @@ class ChannelConditional(GainHyperprior):
             return None
         c = self.config
         hp = GainHyperprior(ModelConfig(c.N, c.M, tuple(c.lambdas)))
-        hp.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith(("slice_nets.", "lrp."))})
+        hp.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith(CONTEXT)})
         return hp
 
-    def _slice_params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor],
-                      net) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scales and means of slice ``i`` from the hyperprior output and the slices before it."""
-        C = self.config.M // self.config.slices
-        scales, means = hp.chunk(2, dim=1)
-        d_scale, d_mean = net(torch.cat([hp, *done], dim=1)).chunk(2, dim=1)
-        return scales[:, i * C : (i + 1) * C] + d_scale, means[:, i * C : (i + 1) * C] + d_mean
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict:
-        """Training pass: noise for the rate, rounded slices (straight-through) for the context
-        of later slices and for the synthesis."""
-        gain, inv_gain = self.gains(pos)
-        y = self.g_a(x).float() * gain
-        with torch.autocast(x.device.type, enabled=False):
-            y_hat, likelihoods = self.latent_pass(y)
-        return {"x_hat": self.g_s(y_hat * inv_gain), "likelihoods": likelihoods}
-
-    def latent_pass(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """As :meth:`GainHyperprior.latent_pass`; the slices see the earlier slices as rounded."""
-        z_hat, z_likelihoods = coded_side(self.entropy_bottleneck, self.h_a(y) if z is None else z, quantise)
-        hp = self.h_s(z_hat)
-        done, likelihoods = [], []
-        for i, part in enumerate(y.chunk(self.config.slices, dim=1)):
-            scales, means = self._slice_params(i, hp, done, self.slice_nets[i])
-            part_hat, lik = coded_slice(self.gaussian_conditional, part, scales, means, quantise)
-            done.append(part_hat)
-            likelihoods.append(lik)
-        y_hat = self._refine(hp, torch.cat(done, dim=1), self.lrp)
-        return y_hat, {"y": torch.cat(likelihoods, dim=1), "z": z_likelihoods}
-
-    @staticmethod
-    def _refine(hp: torch.Tensor, y_hat: torch.Tensor, lrp) -> torch.Tensor:
-        """The decoded latent plus the predicted rounding error (``lrp``: the network, or None)."""
-        if lrp is None:
-            return y_hat
-        return y_hat + 0.5 * torch.tanh(lrp(torch.cat([hp, y_hat], dim=1)))
-
-    # -- coding: everything that picks a CDF table runs exactly, on CPU, in tiles ---------------
-
-    def _exact_net(self, i: int):
-        return lambda t: tiles.exact(self.slice_nets[i].exact, t, self.TILE // 16, 4)
-
-    @torch.no_grad()
-    def encode_streams(self, y: torch.Tensor, quality: float,
-                       z: torch.Tensor | None = None) -> tuple[list[bytes], tuple[int, int]]:
-        z_stream, z_hat, z_shape = self._side_stream(y, z)
-        hp = self._hyper(z_hat)
-        streams, done = [z_stream], []
-        for i, part in enumerate(y.double().cpu().chunk(self.config.slices, dim=1)):
-            scales, means = self._slice_params(i, hp, done, self._exact_net(i))
-            streams.append(entropy.encode_gaussian(self.gaussian_conditional, part, scales, means))
-            done.append(torch.round(part - means) + means)  # what the decoder will have
-        return streams, z_shape
-
-    @torch.no_grad()
-    def _decode(self, strings: list[bytes], z_shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The hyperprior output and the dequantised latent (float64 on CPU; exact)."""
-        z_hat = entropy.decode_factorized(self.entropy_bottleneck, strings[0], z_shape)
-        hp = self._hyper(z_hat)
-        done = []
-        for i in range(self.config.slices):
-            scales, means = self._slice_params(i, hp, done, self._exact_net(i))
-            done.append(entropy.decode_gaussian(self.gaussian_conditional, strings[1 + i], scales, means))
-        return hp, torch.cat(done, dim=1)
-
-    def decode_streams(self, strings: list[bytes], z_shape: tuple[int, int], quality: float) -> torch.Tensor:
-        """The dequantised latent as coded (exact on any machine), before the residual prediction."""
-        return self._decode(strings, z_shape)[1]
-
-    @torch.no_grad()
-    def decompress(self, strings: list[bytes], z_shape: tuple[int, int], quality: float,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-        """Streams -> the padded reconstruction: the decoded latent, its predicted rounding error
-        (floating point, in tiles, on CPU like the slices), the synthesis."""
-        hp, y_hat = self._decode(strings, z_shape)
-        if self.lrp is not None:
-            with plain_cpu_kernels():
-                net = lambda t: self._refine(t[:, : hp.shape[1]], t[:, hp.shape[1] :], self.lrp)  # noqa: E731
-                y_hat = tiles.exact(net, torch.cat([hp, y_hat], dim=1).float(), self.TILE // 16, 4)
-        return self.synthesize(y_hat, quality, device)
+LRP = "latent_codec.lrp."
+CONTEXT = ("latent_codec.slice_nets.", LRP)  # what model 3 adds to the hyperprior
 
 
 def as_channel_conditional(model: GainHyperprior, slices: int = 4, width: int = 128) -> ChannelConditional:
     """``model`` itself if it is channel-conditional already, else one made from it."""
     return model if isinstance(model, ChannelConditional) else ChannelConditional.from_hyperprior(model, slices, width)
-

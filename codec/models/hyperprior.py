@@ -85,17 +85,50 @@ def synthesis(N: int, M: int) -> nn.Sequential:
     )
 
 
+TRANSFORM_NAMES = ("g_a.", "g_s.", "log_gain", "log_inv_gain")  # a model's own tensors; the rest is its latent codec
+
+
+def upgrade_names(state: dict) -> dict:
+    """Tensor names as models 1 and 3 stored them up to 0.15.0 (the latent codec's layers at the top
+    level: ``h_a.0.weight``) -> today's (``latent_codec.h_a.0.weight``); today's pass unchanged.
+    Released weights files and training checkpoints keep loading."""
+    if not state or any(k.startswith("latent_codec.") for k in state):
+        return state
+    return {(k if k.startswith(TRANSFORM_NAMES) else "latent_codec." + k): v for k, v in state.items()}
+
+
 class GainedTransforms(CompressionModel):
-    """What the rate-distortion models share: the transforms ``g_a`` / ``g_s`` and gain units
-    for a continuous quality. A model adds its latent codec (``encode_streams`` / ``decode_streams``)."""
+    """A rate-distortion model: the transforms ``g_a`` / ``g_s`` with gain units for a continuous
+    quality, around a latent codec (``self.latent_codec``: y -> streams -> y_hat), as CompressAI
+    composes ``g_a`` -> latent codec -> ``g_s``. A model gives its config and its latent codec."""
 
     FP16_PREFIXES = ("g_a.", "g_s.")  # the big transforms; the exact parts are stored as integers
-    device_parts = ("g_a", "g_s")  # what runs on the chosen device; the rest stays on CPU
+    INT8_PREFIXES = ("latent_codec.h_a.",)  # encoder-only: picks z, never changes how a file decodes
+    device_parts = ("g_a", "g_s")  # what runs on the chosen device; the latent codec stays on CPU
     padding = 64  # the image passes through g_a (x16) and h_a (x4)
+
+    def __init__(self, config, latent_codec: nn.Module):
+        super().__init__()
+        self.config = config
+        self.g_a = analysis(config.N, config.M)
+        self.g_s = synthesis(config.N, config.M)
+        self.latent_codec = latent_codec
+        self._init_gains(config.lambdas, config.M)
+
+    @property
+    def num_streams(self) -> int:
+        return self.latent_codec.num_streams
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int]:
         """z's shape, which decoding starts from."""
         return -(-height // 64), -(-width // 64)
+
+    upgrade_names = staticmethod(upgrade_names)  # weights files (codec/weights.py) name tensors as they were saved
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """As CompressAI's (which sizes the CDF tables to the state's); also takes the tensor names
+        of earlier releases (:func:`upgrade_names`)."""
+        return super().load_state_dict(upgrade_names(state_dict), strict=strict)
 
     def _init_gains(self, lambdas: tuple[float, ...], M: int) -> None:
         # Start each anchor's quantiser step near 1/sqrt(lambda): a good warm start.
@@ -139,6 +172,27 @@ class GainedTransforms(CompressionModel):
         pos = lo + (target - old[lo]) / (old[lo + 1] - old[lo])  # on the old anchor axis
         return tuple(self._interp(t.detach().to(torch.float64), pos) for t in (self.log_gain, self.log_inv_gain))
 
+    # -- training, and the encoder's search (codec/models/refine.py) ------------------------------
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict:
+        """Training pass; ``pos`` is one position on the anchor axis per image. The rate term uses
+        additive noise, the synthesis the rounded latent with a straight-through gradient (as the
+        published channel-conditional models train), so the decoder trains on what it will decode."""
+        gain, inv_gain = self.gains(pos)
+        y = self.g_a(x).float() * gain
+        # Under CUDA autocast only the big transforms run in bf16: the latent codec needs float32.
+        with torch.autocast(x.device.type, enabled=False):
+            y_hat, likelihoods = self.latent_codec(y)
+        return {"x_hat": self.g_s(y_hat * inv_gain), "likelihoods": likelihoods}
+
+    def side_information(self, y: torch.Tensor) -> torch.Tensor:
+        """z, as the encoder computes it from y (h_a)."""
+        return self.latent_codec.h_a(y)
+
+    def latent_pass(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """y (and z: h_a's unless given) -> (y_hat, likelihoods of y and z): the latent codec's forward."""
+        return self.latent_codec(y, quantise, z)
+
     # Large images run in tiles (codec/models/tiles.py), so memory stays bounded: g_a in tiles of
     # TILE pixels, the latent codec's networks over the matching latents, each with a halo wider
     # than its receptive field. The decoder's tiles give exactly the one-pass result.
@@ -169,6 +223,15 @@ class GainedTransforms(CompressionModel):
         gain, _ = self.gains(self.position(quality).reshape(1))
         return features * gain.to(features.device)
 
+    def encode_streams(self, y: torch.Tensor, quality: float,
+                       z: torch.Tensor | None = None) -> tuple[list[bytes], tuple[int, int]]:
+        """Latent (the gain already holds the quality; z: h_a's unless given) -> the streams, z's shape."""
+        return self.latent_codec.compress(y, z)
+
+    def decode_streams(self, strings: list[bytes], z_shape: tuple[int, int], quality: float) -> torch.Tensor:
+        """Streams -> the dequantised latent the synthesis sees."""
+        return self.latent_codec.decompress(strings, z_shape)
+
     @torch.no_grad()
     def synthesize(self, y_hat: torch.Tensor, quality: float, device: torch.device | str = "cpu") -> torch.Tensor:
         """Dequantised latent -> the padded reconstruction in [0, 1]."""
@@ -187,34 +250,81 @@ class GainedTransforms(CompressionModel):
         return self.synthesize(self.decode_streams(strings, z_shape, quality), quality, device)
 
 
-@registry.bind  # its id and name: codec/registry.py
-class GainHyperprior(GainedTransforms):
-    """Mean-scale hyperprior with gain units; ``quality`` in [1, 100] selects the rate."""
+class Hyperprior(nn.Module):
+    """The mean-scale hyperprior latent codec (Minnen et al. 2018): y -> [z stream, y stream] -> y_hat.
+    Side information z (h_a) is coded with a factorised prior; h_s turns it into the means and
+    scales that pick y's CDF tables, in fixed point (codec/models/exact.py), so encoder and decoder
+    always agree. Its networks run in tiles of TILE latent units, as the transforms do."""
 
-    # the codec model interface (codec/registry.py)
-    CONFIG = ModelConfig
-    INT8_PREFIXES = ("h_a.",)  # encoder-only: picks z, never changes how a file decodes
-    device_parts = ("g_a", "h_a", "g_s")
-    num_streams = 2  # z and y
+    TILE = 48  # latent units: 768 pixels, GainedTransforms.TILE
+    num_streams = 2
 
-    def __init__(self, config: ModelConfig | None = None):
+    def __init__(self, N: int, M: int, hyper: tuple[int, int] | None = None):
         super().__init__()
-        self.config = config = config or ModelConfig()
-        N, M = config.N, config.M
-        self.g_a = analysis(N, M)
-        self.g_s = synthesis(N, M)
+        h1, h2 = hyper or (M, M * 3 // 2)
         self.h_a = nn.Sequential(
             conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
             conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N),
         )
-        # h_s turns the side information into the means and scales that pick the CDF tables:
-        # fixed point, so encoder and decoder always agree (codec/models/exact.py)
-        self.h_s = FixedPointConvStack(
-            [deconv(N, M), deconv(M, M * 3 // 2), conv(M * 3 // 2, M * 2, stride=1, kernel_size=3)]
-        )
+        self.h_s = FixedPointConvStack([deconv(N, h1), deconv(h1, h2), conv(h2, 2 * M, stride=1, kernel_size=3)])
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
-        self._init_gains(config.lambdas, M)
+
+    def forward(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """y (and z: h_a's unless given) -> (y_hat, likelihoods of y and z). ``quantise`` None:
+        training's relaxation (noise for the rate; in training, rounding with a straight-through
+        gradient for the synthesis); else a function of ``value - mean`` whose result is both coded
+        and decoded (the encoder's search, codec/models/refine.py)."""
+        z_hat, z_likelihoods = coded_side(self.entropy_bottleneck, self.h_a(y) if z is None else z, quantise)
+        scales, means = self.h_s(z_hat).chunk(2, dim=1)
+        if quantise is not None:
+            y_hat, y_likelihoods = coded_gaussian(self.gaussian_conditional, y, scales, means, quantise)
+        else:
+            y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+            if self.training:  # mixed quantisation: the rate sees noise, the decoder what it will decode
+                y_hat = ste_round(y - means) + means
+        return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
+
+    # -- coding: everything that picks a CDF table runs exactly, on CPU, in tiles ---------------
+
+    def _hyper(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """h_s, exactly (float64 on CPU), in tiles: scales and means, concatenated."""
+        return tiles.exact(self.h_s.exact, z_hat, self.TILE // 4, 2, up=4)
+
+    @torch.no_grad()
+    def _side_stream(self, y: torch.Tensor, z: torch.Tensor | None) -> tuple[bytes, torch.Tensor, tuple[int, int]]:
+        """The z stream (h_a's z unless given), the hyperprior output the decoder will have
+        (:meth:`_hyper`), and z's shape."""
+        if z is None:
+            with plain_cpu_kernels():
+                z = tiles.exact(self.h_a, y.float().cpu(), self.TILE, 8, down=4)
+        z = z.float().cpu()
+        z_stream, z_hat = entropy.encode_factorized(self.entropy_bottleneck, z)
+        return z_stream, self._hyper(z_hat), tuple(z.shape[-2:])
+
+    @torch.no_grad()
+    def compress(self, y: torch.Tensor, z: torch.Tensor | None = None) -> tuple[list[bytes], tuple[int, int]]:
+        """y (and z, h_a's unless given) -> [z stream, y stream], z's shape."""
+        z_stream, hp, z_shape = self._side_stream(y, z)
+        scales, means = hp.chunk(2, dim=1)
+        return [z_stream, entropy.encode_gaussian(self.gaussian_conditional, y, scales, means)], z_shape
+
+    @torch.no_grad()
+    def decompress(self, strings: list[bytes], z_shape: tuple[int, int]) -> torch.Tensor:
+        """Streams -> the dequantised latent y_hat (float64 on CPU; exact on any machine)."""
+        scales, means = self._hyper(entropy.decode_factorized(self.entropy_bottleneck, strings[0], z_shape)).chunk(2, 1)
+        return entropy.decode_gaussian(self.gaussian_conditional, strings[1], scales, means)
+
+
+@registry.bind  # its id and name: codec/registry.py
+class GainHyperprior(GainedTransforms):
+    """Gained transforms + the mean-scale hyperprior; ``quality`` in [1, 100] selects the rate."""
+
+    CONFIG = ModelConfig
+
+    def __init__(self, config: ModelConfig | None = None):
+        config = config or ModelConfig()
+        super().__init__(config, Hyperprior(config.N, config.M))
 
     def with_lambdas(self, lambdas: tuple[float, ...]) -> GainHyperprior:
         """A copy of this model for other anchor lambdas (:meth:`gain_tables_at`); everything
@@ -226,74 +336,6 @@ class GainHyperprior(GainedTransforms):
             for name, table in zip(("log_gain", "log_inv_gain"), self.gain_tables_at(new.config.lambdas)):
                 getattr(new, name).copy_(table)
         return new
-
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict:
-        """Training pass; ``pos`` is one position per image. The rate term uses additive noise,
-        the synthesis the rounded latent with a straight-through gradient (as the published
-        channel-conditional models train), so the decoder trains on what it will decode."""
-        gain, inv_gain = self.gains(pos)
-        y = self.g_a(x).float() * gain
-        # Under CUDA autocast only the big transforms run in bf16: the entropy models and the
-        # fixed-point h_s need float32.
-        with torch.autocast(x.device.type, enabled=False):
-            y_hat, likelihoods = self.latent_pass(y)
-        return {"x_hat": self.g_s(y_hat * inv_gain), "likelihoods": likelihoods}
-
-    def side_information(self, y: torch.Tensor) -> torch.Tensor:
-        """z, as the encoder computes it from y (h_a)."""
-        return self.h_a(y)
-
-    def latent_pass(self, y: torch.Tensor, quantise=None,
-                    z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """y (and z: h_a's unless given) -> (y_hat, likelihoods of y and z). ``quantise`` None:
-        training's relaxation (noise for the rate; in training, rounding with a straight-through
-        gradient for the synthesis);
-        else a function of ``value - mean`` whose result is both coded and decoded (the encoder's
-        search, codec/models/refine.py)."""
-        z_hat, z_likelihoods = coded_side(self.entropy_bottleneck, self.h_a(y) if z is None else z, quantise)
-        scales, means = self.h_s(z_hat).chunk(2, dim=1)
-        if quantise is not None:
-            y_hat, y_likelihoods = coded_gaussian(self.gaussian_conditional, y, scales, means, quantise)
-        else:
-            y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
-            if self.training:  # mixed quantisation: the rate sees noise, the decoder what it will decode
-                y_hat = ste_round(y - means) + means
-        return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
-
-    def _h_a(self, y: torch.Tensor) -> torch.Tensor:
-        return tiles.exact(self.h_a, y, self.TILE // 16, 8, down=4)
-
-    def _hyper(self, z_hat: torch.Tensor) -> torch.Tensor:
-        """h_s, exactly (float64 on CPU), in tiles: scales and means, concatenated."""
-        return tiles.exact(self.h_s.exact, z_hat, self.TILE // 64, 2, up=4)
-
-    def _h_s(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._hyper(z_hat).chunk(2, dim=1)
-
-    @torch.no_grad()
-    def _side_stream(self, y: torch.Tensor, z: torch.Tensor | None) -> tuple[bytes, torch.Tensor, tuple[int, int]]:
-        """The z stream (h_a's z unless given), the z the decoder will have, and its shape."""
-        with plain_cpu_kernels():
-            z = (self._h_a(y) if z is None else z).float().cpu()
-        z_stream, z_hat = entropy.encode_factorized(self.entropy_bottleneck, z)
-        return z_stream, z_hat, tuple(z.shape[-2:])
-
-    @torch.no_grad()
-    def encode_streams(self, y: torch.Tensor, quality: float,
-                       z: torch.Tensor | None = None) -> tuple[list[bytes], tuple[int, int]]:
-        """Latent -> [z_stream, y_stream] and z's shape (the gain already holds the quality)."""
-        z_stream, z_hat, z_shape = self._side_stream(y, z)
-        scales, means = self._h_s(z_hat)
-        y_stream = entropy.encode_gaussian(self.gaussian_conditional, y, scales, means)
-        return [z_stream, y_stream], z_shape
-
-    @torch.no_grad()
-    def decode_streams(self, strings: list[bytes], z_shape: tuple[int, int], quality: float) -> torch.Tensor:
-        """Streams -> the dequantised latent y_hat (float64 on CPU; exact on any machine)."""
-        z_hat = entropy.decode_factorized(self.entropy_bottleneck, strings[0], z_shape)
-        scales, means = self._h_s(z_hat)
-        del z_hat
-        return entropy.decode_gaussian(self.gaussian_conditional, strings[1], scales, means)
 
 
 def coded_gaussian(conditional: GaussianConditional, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor,

@@ -32,19 +32,15 @@ import torch.nn as nn
 from codec import registry
 from codec.format import entropy
 from codec.models import tiles
-from codec.models.exact import FixedPointConvStack, plain_cpu_kernels, ste_round
+from codec.models.exact import FixedPointConvStack, ste_round
 from codec.models.hyperprior import (
     MAX_CHANNELS,
+    GainedTransforms,
+    Hyperprior,
+    check_rd_config,
     coded_side,
     coded_slice,
-    EntropyBottleneck,
-    GainedTransforms,
-    GaussianConditional,
-    analysis,
-    check_rd_config,
     conv,
-    deconv,
-    synthesis,
 )
 
 MAX_SLICES = 16  # published models use 5 (ELIC) or 10 (Minnen & Singh)
@@ -90,22 +86,12 @@ def anchors(shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch
     return ((rows + cols) % 2 == 0)[None, None]
 
 
-class SpaceChannelContext(nn.Module):
+class SpaceChannelContext(Hyperprior):
     """The latent codec: y -> (z stream, one stream per slice) -> y_hat."""
 
-    TILE = 48  # latent units (768 pixels): the networks run in tiles, as the transforms do
-
     def __init__(self, N: int, M: int, slices: tuple[int, ...], width: int, hyper: tuple[int, int]):
-        super().__init__()
+        super().__init__(N, M, hyper)
         self.slices = tuple(slices)
-        self.h_a = nn.Sequential(
-            conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
-            conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N),
-        )
-        h1, h2 = hyper
-        self.h_s = FixedPointConvStack([deconv(N, h1), deconv(h1, h2), conv(h2, 2 * M, stride=1, kernel_size=3)])
-        self.entropy_bottleneck = EntropyBottleneck(N)
-        self.gaussian_conditional = GaussianConditional(None)
         # slice i sees the hyperprior output (scales, then means, of all M channels), the decoded
         # slices before it, and its own decoded anchors; it predicts corrections to its scales and means
         starts = [sum(self.slices[:i]) for i in range(len(self.slices))]
@@ -165,18 +151,14 @@ class SpaceChannelContext(nn.Module):
         rest = lambda t: net.exact_rest(t[:, :W], t[:, W:])  # noqa: E731
         return lambda own: self._corrected(i, hp, tiles.exact(rest, torch.cat([partial, own], dim=1), self.TILE, 4))
 
-    def _hyper(self, z_hat: torch.Tensor) -> torch.Tensor:
-        return tiles.exact(self.h_s.exact, z_hat, self.TILE // 4, 2, up=4)
+    @property
+    def num_streams(self) -> int:
+        return 1 + len(self.slices)
 
     @torch.no_grad()
     def compress(self, y: torch.Tensor, z: torch.Tensor | None = None) -> tuple[list[bytes], tuple[int, int]]:
         """y (and z, the side information: h_a's unless given) -> [z stream, one per slice], z's shape."""
-        if z is None:
-            with plain_cpu_kernels():
-                z = tiles.exact(self.h_a, y.float().cpu(), self.TILE, 8, down=4)
-        z = z.float().cpu()
-        z_stream, z_hat = entropy.encode_factorized(self.entropy_bottleneck, z)
-        hp = self._hyper(z_hat)
+        z_stream, hp, z_shape = self._side_stream(y, z)
         first = anchors(y.shape)
         streams, done = [z_stream], []
         for i, part in enumerate(y.double().cpu().split(self.slices, dim=1)):
@@ -187,7 +169,7 @@ class SpaceChannelContext(nn.Module):
                 self.gaussian_conditional, [(part[a], s1[a], m1[a]), (part[~a], s2[~a], m2[~a])]))
             means = torch.where(first, m1, m2)
             done.append(torch.round(part - means) + means)  # what the decoder will have
-        return streams, tuple(z.shape[-2:])
+        return streams, z_shape
 
     @torch.no_grad()
     def decompress(self, strings: list[bytes], z_shape: tuple[int, int]) -> torch.Tensor:
@@ -215,41 +197,10 @@ class SpaceChannel(GainedTransforms):
     """Gained transforms + the space-channel latent codec; ``quality`` 1-100."""
 
     CONFIG = SCConfig
-    INT8_PREFIXES = ("latent_codec.h_a.",)  # encoder-only: picks z, never changes how a file decodes
 
     def __init__(self, config: SCConfig | None = None):
-        super().__init__()
-        self.config = config = config or SCConfig()
-        self.g_a = analysis(config.N, config.M)
-        self.g_s = synthesis(config.N, config.M)
-        self.latent_codec = SpaceChannelContext(config.N, config.M, config.slices, config.width, config.hyper)
-        self._init_gains(config.lambdas, config.M)
-
-    @property
-    def num_streams(self) -> int:
-        return 1 + len(self.config.slices)
-
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict:
-        """Training pass; ``pos`` is one position on the anchor axis per image."""
-        gain, inv_gain = self.gains(pos)
-        y = self.g_a(x).float() * gain
-        with torch.autocast(x.device.type, enabled=False):  # the entropy model stays float32
-            y_hat, likelihoods = self.latent_pass(y)
-        return {"x_hat": self.g_s(y_hat * inv_gain), "likelihoods": likelihoods}
-
-    def side_information(self, y: torch.Tensor) -> torch.Tensor:
-        return self.latent_codec.h_a(y)
-
-    def latent_pass(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        return self.latent_codec(y, quantise, z)
-
-    def encode_streams(self, y: torch.Tensor, quality: float,
-                       z: torch.Tensor | None = None) -> tuple[list[bytes], tuple[int, int]]:
-        """Latent (the gain already holds the quality) -> [z stream, one per slice], z's shape."""
-        return self.latent_codec.compress(y, z)
-
-    def decode_streams(self, strings: list[bytes], z_shape: tuple[int, int], quality: float) -> torch.Tensor:
-        return self.latent_codec.decompress(strings, z_shape)
+        c = config or SCConfig()
+        super().__init__(c, SpaceChannelContext(c.N, c.M, c.slices, c.width, c.hyper))
 
     @classmethod
     def grown_from(cls, cc, extra: int = 128, lambdas: tuple[float, ...] | None = None,
@@ -274,7 +225,8 @@ class SpaceChannel(GainedTransforms):
         old, new = cc.state_dict(), model.state_dict()
 
         # kept as they are: h_a (its new inputs are filled in below), h_s up to its last layer, the entropy models
-        kept = ("h_a.", "h_s.layers.0", "h_s.layers.1", "entropy_bottleneck.", "gaussian_conditional.")
+        kept = tuple("latent_codec." + k for k in ("h_a.", "h_s.layers.0", "h_s.layers.1", "entropy_bottleneck.",
+                                                    "gaussian_conditional."))
 
         def put(name: str, value: torch.Tensor) -> None:
             if new[name].shape != value.shape:
@@ -289,30 +241,28 @@ class SpaceChannel(GainedTransforms):
 
         with torch.no_grad():
             for k, v in old.items():
-                if k.startswith(("g_a.", "g_s.")) and new[k].shape == v.shape:
+                if k.startswith(("g_a.", "g_s.", *kept)) and new[k].shape == v.shape:
                     put(k, v)
-                elif k.startswith(kept) and new["latent_codec." + k].shape == v.shape:
-                    put("latent_codec." + k, v)
             last = f"g_a.{len(model.g_a) - 1}"
             for key in (last + ".weight", last + ".bias", "g_s.0.weight"):  # g_s.0: ConvTranspose2d, (in, out, k, k)
                 put(key, leading(new[key] * 0.1, old[key]))
             put("latent_codec.h_a.0.weight", leading(torch.zeros_like(new["latent_codec.h_a.0.weight"]),
-                                                     old["h_a.0.weight"], dim=1))
+                                                     old["latent_codec.h_a.0.weight"], dim=1))
             # h_s's output: (scales, means) of M0 channels -> of M; the new ones start at zero
             # (a scale of zero is the entropy model's lower bound: the new slice costs nothing yet)
             for kind in ("weight", "bias"):
-                o = old[f"h_s.layers.2.{kind}"]
+                o = old[f"latent_codec.h_s.layers.2.{kind}"]
                 n = torch.zeros_like(new[f"latent_codec.h_s.layers.2.{kind}"])
                 n[:M0], n[M : M + M0] = o[:M0], o[M0:]
                 put(f"latent_codec.h_s.layers.2.{kind}", n)
             for i in range(S):  # inputs (scales, means, slices before): spread out, zeros between
-                o = old[f"slice_nets.{i}.layers.0.weight"]
+                o = old[f"latent_codec.slice_nets.{i}.layers.0.weight"]
                 n = torch.zeros_like(new[f"latent_codec.slice_nets.{i}.layers.0.weight"])
                 n[:, :M0], n[:, M : M + M0] = o[:, :M0], o[:, M0 : 2 * M0]
                 n[:, 2 * M : 2 * M + i * (M0 // S)] = o[:, 2 * M0 :]
                 put(f"latent_codec.slice_nets.{i}.layers.0.weight", n)
                 for k in ("layers.0.bias", "layers.1.weight", "layers.1.bias", "layers.2.weight", "layers.2.bias"):
-                    put(f"latent_codec.slice_nets.{i}.{k}", old[f"slice_nets.{i}.{k}"])
+                    put(f"latent_codec.slice_nets.{i}.{k}", old[f"latent_codec.slice_nets.{i}.{k}"])
             for name, table in zip(("log_gain", "log_inv_gain"), cc.gain_tables_at(lambdas)):
                 t = table.float().new_empty(len(lambdas), M)
                 t[:, :M0] = table

@@ -22,7 +22,7 @@ from codec.models.sc import SCConfig, SpaceChannel
 from codec.train.data import model_of
 
 # the entropy models' context networks: trained at --slice-lr (they start from zero on trained transforms)
-CONTEXT_PREFIXES = ("slice_nets.", "lrp.", "latent_codec.slice_nets.")
+CONTEXT_PREFIXES = ("latent_codec.slice_nets.", "latent_codec.lrp.")
 
 
 def rd_loss(model: GainedTransforms, x: torch.Tensor, pos: torch.Tensor, net=None) -> dict:
