@@ -182,7 +182,7 @@ class ChannelConditional(GainedTransforms):
 
     def __init__(self, config: CCConfig | None = None):
         c = config or CCConfig()
-        super().__init__(c, ChannelConditionalContext(c.N, c.M, c.slices, c.width, c.lrp))
+        super().__init__(c, lambda: ChannelConditionalContext(c.N, c.M, c.slices, c.width, c.lrp))
 
     @property
     def lrp(self) -> nn.Module | None:

@@ -16,6 +16,7 @@ context) with two changes that a codec shipping real files needs:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -107,12 +108,14 @@ class GainedTransforms(CompressionModel):
     device_parts = ("g_a", "g_s")  # what runs on the chosen device; the latent codec stays on CPU
     padding = 64  # the image passes through g_a (x16) and h_a (x4)
 
-    def __init__(self, config, latent_codec: nn.Module):
+    def __init__(self, config, latent_codec: Callable[[], nn.Module]):
+        """``latent_codec`` builds it, after the transforms: a seeded model draws its weights in
+        the same order as it always has (a grown model is byte for byte reproducible)."""
         super().__init__()
         self.config = config
         self.g_a = analysis(config.N, config.M)
         self.g_s = synthesis(config.N, config.M)
-        self.latent_codec = latent_codec
+        self.latent_codec = latent_codec()
         self._init_gains(config.lambdas, config.M)
 
     @property
@@ -324,7 +327,7 @@ class GainHyperprior(GainedTransforms):
 
     def __init__(self, config: ModelConfig | None = None):
         config = config or ModelConfig()
-        super().__init__(config, Hyperprior(config.N, config.M))
+        super().__init__(config, lambda: Hyperprior(config.N, config.M))
 
     def with_lambdas(self, lambdas: tuple[float, ...]) -> GainHyperprior:
         """A copy of this model for other anchor lambdas (:meth:`gain_tables_at`); everything

@@ -200,7 +200,7 @@ class SpaceChannel(GainedTransforms):
 
     def __init__(self, config: SCConfig | None = None):
         c = config or SCConfig()
-        super().__init__(c, SpaceChannelContext(c.N, c.M, c.slices, c.width, c.hyper))
+        super().__init__(c, lambda: SpaceChannelContext(c.N, c.M, c.slices, c.width, c.hyper))
 
     @classmethod
     def grown_from(cls, cc, extra: int = 128, lambdas: tuple[float, ...] | None = None,
