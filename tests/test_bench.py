@@ -190,6 +190,12 @@ def test_quick_with_real_aecodec(tmp_path, capsys):
     assert all(math.isfinite(p) for p in res["psnr-rgb"])
     assert (out / "jpeg420.json").exists()  # the BD anchor always runs
     assert "aecodec: cpu" in (out / "summary.md").read_text()
+    # the encoder effort, as `compress --effort`: the same files the CLI would write, labelled as such
+    rc = bench.main([str(d), "--quick", "--codecs", "aecodec", "--qualities", "90", "--device", "cpu",
+                     "--weights", str(WEIGHTS), "--effort", "1", "--out", str(tmp_path / "e1")])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((tmp_path / "e1" / "aecodec.json").read_text())
+    assert "--effort 1" in data["description"] and "effort 1 |" in (tmp_path / "e1" / "summary.md").read_text()
 
 
 def test_jpeg_xl_through_imagecodecs(image_dir, tmp_path, capsys):

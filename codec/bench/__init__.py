@@ -182,6 +182,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qualities", metavar="LIST",
                    help="aecodec qualities, comma list of 1-100 "
                    f"(default: {','.join(map(str, AECODEC_QUALITIES))}; --quick: {','.join(map(str, AECODEC_QUICK))})")
+    p.add_argument("--effort", type=int, default=0, choices=range(5), metavar="0-4",
+                   help="the encoder effort of the rate-distortion models (as `aecodec compress --effort`; "
+                   "default 0: no search). Levels 1-4 are slow: measure them on a few images (--limit)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where aecodec runs (default: auto)")
     p.add_argument("--weights", metavar="FILE", help="aecodec (the hyperprior) weights: a file of that model, or a "
@@ -249,7 +252,7 @@ def _run(args: argparse.Namespace) -> int:
     classical = {**pillow_codecs(), "jpegxl": JxlCodec()}
     codecs: list = []
     for n in names:
-        codecs.append(_load_aecodec(args.device, given[n], n) if n in models else classical[n])
+        codecs.append(_load_aecodec(args.device, given[n], n, args.effort) if n in models else classical[n])
     qualities = {c.key: (c.quick if args.quick else c.qualities) for c in codecs}
     if aecodec_qs is not None:  # --qualities: the models on the benchmark's own qualities
         for c in codecs:
@@ -298,9 +301,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_aecodec(device: str, weights: str | None, key: str = "aecodec") -> AeCodec:
+def _load_aecodec(device: str, weights: str | None, key: str = "aecodec", effort: int = 0) -> AeCodec:
     try:
-        return AeCodec(device=device, weights=weights, key=key)
+        return AeCodec(device=device, weights=weights, key=key, effort=effort)
     except ImportError as e:
         raise BenchError(f"aecodec: cannot import the codec ({e})") from None
     except Exception as e:  # CodecError, WeightsError, OSError: bad device or weights

@@ -137,18 +137,19 @@ def aecodec_models() -> dict:
 class AeCodec:
     """aecodec through its public API, one registered model; it loads once, here."""
 
-    def __init__(self, device: str = "auto", weights: str | None = None, key: str = "aecodec"):
+    def __init__(self, device: str = "auto", weights: str | None = None, key: str = "aecodec", effort: int = 0):
         from codec.api import Codec  # late: torch and the weights load only when aecodec is benchmarked
 
         entry = aecodec_models()[key]
-        self.label = entry.label or f"aecodec {entry.name}"
         self.qualities, self.quick = entry.qualities or AECODEC_QUALITIES, entry.quick or AECODEC_QUICK
         self.key = key
         self.codec = Codec(weights=weights, device=device, model=entry.name)
+        self.effort = effort if hasattr(self.codec.model, "latent_pass") else 0  # the VAE has no latent search
+        self.label = (entry.label or f"aecodec {entry.name}") + (f", effort {self.effort}" if self.effort else "")
         self.device = self.codec.device
 
     def encode(self, image: Image.Image, quality: int) -> bytes:
-        return self.codec.compress(image, quality=quality)
+        return self.codec.compress(image, quality=quality, effort=self.effort)
 
     def decode(self, data: bytes) -> Image.Image:
         image = self.codec.decompress(data)
@@ -156,7 +157,8 @@ class AeCodec:
 
     def description(self) -> str:
         sha = getattr(self.codec, "weights_sha256", "")
-        return f"{self.label} weights {sha[:16]}; {describe_torch_device(self.device)}"
+        effort = f", --effort {self.effort}" if self.effort else ""
+        return f"{self.label} weights {sha[:16]}{effort}; {describe_torch_device(self.device)}"
 
 
 # --------------------------------------------------------------------------- device
