@@ -3,6 +3,7 @@ most 2x 0.74 s on 2 CPU threads, and encodes likewise).
 
     python tools/speed.py ../shared/data/kodak/kodim01.png            # cc and hp, 2 threads
     python tools/speed.py IMG --models cc --threads 1 --runs 9 -q 40
+    python tools/speed.py IMG --models cc --effort 1 --runs 3           # the encoder's search
 
 Times the API's ``compress`` and ``decompress`` calls (the model and the entropy coding: no
 process start, model load or file I/O), after one warm-up call each, and prints the median and
@@ -28,8 +29,8 @@ def positive(text: str) -> int:
     return n
 
 
-def timed(fn, runs: int) -> list[float]:
-    fn()  # warm-up: first-call allocations, kernel selection
+def timed(fn, runs: int, warm_up=None) -> list[float]:
+    (warm_up or fn)()  # first-call allocations, kernel selection
     times = []
     for _ in range(runs):
         t = time.perf_counter()
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=positive, default=2, help="torch threads (default: 2)")
     p.add_argument("--runs", type=positive, default=5, help="timed calls of each (default: 5)")
     p.add_argument("-q", "--quality", type=int, default=75, help="quality (default: 75)")
+    p.add_argument("--effort", type=int, default=0, choices=range(5), metavar="0-4",
+                   help="encoder effort, as compress --effort (default: 0); the warm-up stays at effort 0")
     args = p.parse_args(argv)
 
     import torch
@@ -66,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         image.load()
     except OSError as e:
         p.error(f"{args.image}: cannot read the image ({e})")
-    print(f"{Path(args.image).name} {image.size[0]}x{image.size[1]}, q {args.quality}, {args.threads} threads, "
-          f"median (min-max) of {args.runs} calls")
+    print(f"{Path(args.image).name} {image.size[0]}x{image.size[1]}, q {args.quality}, effort {args.effort}, "
+          f"{args.threads} threads, median (min-max) of {args.runs} calls")
     print("| model | weights | bytes | encode s | decode s |\n|---|---|---:|---:|---:|")
     for short in shorts:
         try:
@@ -76,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"speed.py: error: {e}", file=sys.stderr)
             return 1
         data = codec.compress(image, args.quality)
+        encode = lambda: codec.compress(image, args.quality, effort=args.effort)  # noqa: B023, E731
         cells = [f"{statistics.median(t):.3f} ({min(t):.3f}-{max(t):.3f})"
-                 for t in (timed(lambda: codec.compress(image, args.quality), args.runs),  # noqa: B023
+                 for t in (timed(encode, args.runs, lambda: codec.compress(image, args.quality)),  # noqa: B023
                            timed(lambda: codec.decompress(data), args.runs))]  # noqa: B023
         print(f"| {short} | {codec.weights_sha256[:16]} | {len(data):,} | {cells[0]} | {cells[1]} |")
     return 0
