@@ -69,6 +69,30 @@ def test_kl_term():
     assert math.isclose(float(kl_divergence(zero[:1], logvar)), 36 * (3 - math.log(4)) / 2, rel_tol=1e-6)
 
 
+def test_the_chroma_weight_weighs_colour_errors_against_luma():
+    """--chroma-weight W: an error along a colour axis costs W times a luma error of the same
+    energy; W 1 is the plain RGB error."""
+    from codec.train.vae import vae_loss
+
+    class Echo(torch.nn.Module):  # reconstructs x + a fixed error, with a zero KL
+        def __init__(self, error):
+            super().__init__()
+            self.error = error
+
+        def forward(self, x, sample=True):
+            zeros = torch.zeros(x.shape[0], 4, 1, 1)
+            return {"x_hat": x + self.error, "mean": zeros, "logvar": zeros}
+
+    x = torch.full((1, 3, 8, 8), 0.5)
+    luma = torch.tensor([1.0, 1.0, 1.0])[None, :, None, None] * 0.1 / 3**0.5
+    green = torch.tensor([1.0, -2.0, 1.0])[None, :, None, None] * 0.1 / 6**0.5  # same energy, green-magenta
+    cost = {(name, w): float(vae_loss(Echo(e), x, 0.0, chroma_weight=w)["loss"])
+            for name, e in (("luma", luma), ("green", green)) for w in (1.0, 8.0)}
+    assert cost["luma", 1.0] == pytest.approx(cost["green", 1.0]) == pytest.approx(0.01 / 3)
+    assert cost["luma", 8.0] == pytest.approx(cost["luma", 1.0])
+    assert cost["green", 8.0] == pytest.approx(8 * cost["green", 1.0])
+
+
 def test_sampling_only_in_training():
     torch.manual_seed(0)
     model = KLAutoencoder(VAEConfig(block_out_channels=(16, 16, 32, 32)))

@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--layers-per-block", type=int, default=1, help="VAE resnet blocks per scale")
     f.add_argument("--kl-weight", type=float, default=1e-6, help="VAE KL weight (latent diffusion: 1e-6)")
     f.add_argument("--rec-loss", choices=["mse", "l1"], default="mse", help="VAE reconstruction loss")
+    f.add_argument("--chroma-weight", type=float, default=1.0, metavar="W",
+                   help="VAE: weight of the reconstruction error's two colour axes (red-blue, green-magenta) "
+                   "against luma's (default 1: plain RGB error; weak colours are learned last under it)")
     f.add_argument("--val-every", type=int, default=1000, help="steps between validations (and checkpoints)")
     f.add_argument("--val-images", type=int, default=60, help="how many --val images to validate on")
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA if present")
