@@ -151,7 +151,8 @@ class Codec:
         self.model, digest = load_weights(weights, model)
         self.weights_sha256 = digest
         self.weights_id = bytes.fromhex(digest[:16])
-        # Only the heavy transforms move; entropy models, h_s and gains stay on CPU.
+        # Only the heavy transforms move; the latent codec (h_a, h_s, the entropy models, the slice
+        # networks) and the gains stay on CPU, so z and the CDF tables never depend on the device.
         for name in self.model.device_parts:
             getattr(self.model, name).to(self.device)
 

@@ -74,6 +74,18 @@ def test_files_that_name_tensors_as_earlier_releases_load(small, tmp_path):
     assert now.keys() == then.keys() and all(torch.equal(now[k], then[k]) for k in now)
 
 
+def test_tensor_names_are_upgraded_once_and_never_mixed():
+    from codec.models.hyperprior import upgrade_names
+
+    old = {"g_a.0.weight": 1, "log_gain": 2, "h_a.0.weight": 3, "h_a.0.weight.int8_scale": 4}
+    new = upgrade_names(old)
+    codec = "latent_codec."
+    assert list(new) == ["g_a.0.weight", "log_gain", codec + "h_a.0.weight", codec + "h_a.0.weight.int8_scale"]
+    assert upgrade_names(new) == new
+    with pytest.raises(ValueError, match="mixed"):
+        upgrade_names({**new, "slice_nets.0.layers.0.weight": 5})
+
+
 DAMAGE = ["cdf-short", "cdf-length-zero", "cdf-rows-mismatch", "cdf-table-huge", "cdf-junk-tables",
           "exact-as-float", "int8-scale-missing", "int8-scale-shape", "int8-scale-nan", "int8-scalar",
           "config-huge", "config-slices", "config-lrp", "config-no-lambdas", "config-nested", "config-overflow"]

@@ -223,7 +223,3 @@ class ChannelConditional(GainedTransforms):
 LRP = "latent_codec.lrp."
 CONTEXT = ("latent_codec.slice_nets.", LRP)  # what model 3 adds to the hyperprior
 
-
-def as_channel_conditional(model: GainHyperprior, slices: int = 4, width: int = 128) -> ChannelConditional:
-    """``model`` itself if it is channel-conditional already, else one made from it."""
-    return model if isinstance(model, ChannelConditional) else ChannelConditional.from_hyperprior(model, slices, width)

@@ -93,7 +93,10 @@ def upgrade_names(state: dict) -> dict:
     """Tensor names as models 1 and 3 stored them up to 0.15.0 (the latent codec's layers at the top
     level: ``h_a.0.weight``) -> today's (``latent_codec.h_a.0.weight``); today's pass unchanged.
     Released weights files and training checkpoints keep loading."""
-    if not state or any(k.startswith("latent_codec.") for k in state):
+    new = any(k.startswith("latent_codec.") for k in state)
+    if new and any(not k.startswith((*TRANSFORM_NAMES, "latent_codec.")) for k in state):
+        raise ValueError("tensor names of two layouts mixed (h_a.* beside latent_codec.*)")
+    if new or not state:
         return state
     return {(k if k.startswith(TRANSFORM_NAMES) else "latent_codec." + k): v for k, v in state.items()}
 
@@ -259,7 +262,7 @@ class Hyperprior(nn.Module):
     scales that pick y's CDF tables, in fixed point (codec/models/exact.py), so encoder and decoder
     always agree. Its networks run in tiles of TILE latent units, as the transforms do."""
 
-    TILE = 48  # latent units: 768 pixels, GainedTransforms.TILE
+    TILE = GainedTransforms.TILE // 16  # latent units, as the transforms' tiles
     num_streams = 2
 
     def __init__(self, N: int, M: int, hyper: tuple[int, int] | None = None):

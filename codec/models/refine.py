@@ -28,7 +28,7 @@ EFFORTS = {0: 0, 1: 25, 2: 100, 3: 300, 4: 1000}  # effort level -> search itera
 TEMPERATURE = (0.5, 0.02)  # annealed exponentially from the first to the last over the iterations
 LEARNING_RATE = 0.01  # Adam's, on latent values in quantisation steps; halved for 100 steps and more
 # (two 256^2 validation crops, 30 steps: 0.005 lowered the cost 0.8% / 1.8% at q 40 / 75, 0.01 0.7% / 2.4%)
-TILE = 48  # latent units (768 pixels) searched at once: a Kodak image is one tile, as in coding
+TILE = GainedTransforms.TILE // 16  # latent units searched at once, as coding's tiles: a Kodak image is one
 MARGIN = 4  # latent units around a tile, searched for its context but not kept
 CHECK = 5  # steps between measurements of the latent as hard rounding codes it
 

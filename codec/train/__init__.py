@@ -28,6 +28,17 @@ def parse_lambdas(text: str) -> tuple[float, ...]:
     return lambdas
 
 
+def positive_number(text: str) -> float:
+    """A finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """The module docstring as written, and each option's default after its help."""
 
@@ -80,7 +91,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--layers-per-block", type=int, default=1, help="VAE resnet blocks per scale")
     f.add_argument("--kl-weight", type=float, default=1e-6, help="VAE KL weight (latent diffusion: 1e-6)")
     f.add_argument("--rec-loss", choices=["mse", "l1"], default="mse", help="VAE reconstruction loss")
-    f.add_argument("--chroma-weight", type=float, default=1.0, metavar="W",
+    f.add_argument("--chroma-weight", type=positive_number, default=1.0, metavar="W",
                    help="VAE: weight of the reconstruction error's two colour axes (red-blue, green-magenta) "
                    "against luma's (default 1: plain RGB error; weak colours are learned last under it)")
     f.add_argument("--val-every", type=int, default=1000, help="steps between validations (and checkpoints)")

@@ -65,6 +65,14 @@ def load_checkpoint(path: str | Path) -> dict:
         raise SystemExit(f"error: {path}: not a training checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or not {"step", "model", "config"} <= ckpt.keys():
         raise SystemExit(f"error: {path}: not a checkpoint of codec.train fit (no step, model or config)")
+    entry = next((e for e in registry.MODELS.values() if e.short == ckpt.get("kind", "hp")), None)
+    upgrade = getattr(entry.cls, "upgrade_names", None) if entry else None
+    for key in ("model", "ema"):  # tensor names of earlier releases -> today's (export --average mixes them)
+        if upgrade and isinstance(ckpt.get(key), dict):
+            try:
+                ckpt[key] = upgrade(ckpt[key])
+            except ValueError as e:
+                raise SystemExit(f"error: {path}: {e}") from None
     return ckpt
 
 

@@ -32,15 +32,14 @@ def vae_loss(model: KLAutoencoder, x: torch.Tensor, kl_weight: float, rec: str =
     much more than luma (1: plain RGB error)."""
     out = (model if net is None else net)(x, sample=sample)
     err = out["x_hat"].float() - x
+    mse = err.pow(2).flatten(1).mean(1)
     if chroma_weight != 1.0:
         err = torch.einsum("oc,bchw->bohw", OPPONENT.to(err.device), err)
-        per_px = (err.abs() if rec == "l1" else err.pow(2)) * torch.tensor([1.0, chroma_weight, chroma_weight],
-                                                                          device=err.device)[:, None, None]
-        err = torch.einsum("co,bohw->bchw", OPPONENT.to(err.device), err)  # back to RGB, for PSNR
+        weights = torch.tensor([1.0, chroma_weight, chroma_weight], device=err.device)[:, None, None]
+        per_px = (err.abs() if rec == "l1" else err.pow(2)) * weights
     else:
         per_px = err.abs() if rec == "l1" else err.pow(2)
     kl = kl_divergence(out["mean"].float(), out["logvar"].float()) / x[0].numel()
-    mse = err.pow(2).flatten(1).mean(1)
     loss = (per_px.flatten(1).mean(1) + kl_weight * kl).mean()
     return {"loss": loss, "kl": kl.mean() * x[0].numel(), "psnr": psnr_from_mse(mse).mean()}
 
