@@ -18,6 +18,7 @@ same latent on the same machine: the random draws are seeded.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -44,13 +45,18 @@ def sga(v: torch.Tensor, temperature: float, generator: torch.Generator) -> torc
 
 
 def rd_cost(model: GainedTransforms, x: torch.Tensor, y: torch.Tensor, quality: float,
-            quantise: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor | None = None) -> torch.Tensor:
+            quantise: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor | None = None,
+            synthesis: torch.nn.Module | None = None) -> torch.Tensor:
     """bpp + lambda * 255^2 * MSE of latent ``y`` (and side information ``z``, else h_a's) for
-    padded image ``x``, as the model trains."""
+    padded image ``x``, as the model trains; ``synthesis``: g_s, or a copy of it in another layout."""
     position = model.position(quality).reshape(1)
     _, inv_gain = model.gains(position)
     y_hat, likelihoods = model.latent_pass(y, quantise, z)
-    x_hat = model.g_s(y_hat * inv_gain.to(y.dtype))
+    y_hat = y_hat * inv_gain.to(y.dtype)
+    if synthesis is None:
+        x_hat = model.g_s(y_hat)
+    else:
+        x_hat = synthesis(y_hat.contiguous(memory_format=torch.channels_last))
     mse = ((x_hat - x) ** 2).mean()
     lmbda = float(model.lmbda(position))
     return bpp_of(likelihoods, x.shape[-2] * x.shape[-1])[0] + lmbda * 255**2 * mse
@@ -74,8 +80,11 @@ def search(model: GainedTransforms, x: torch.Tensor, y: torch.Tensor, quality: f
     params = [(p, p.device) for p in model.parameters()]
     buffers = [(m, n, b.device) for m in model.modules() for n, b in m._buffers.items() if b is not None]
     model.to(x.device)
+    # g_s in channels_last: 1.4x faster forward and backward on a CPU (measured on a Zen 3); a copy,
+    # so the decoder's own layout (and its exact results) stay as they are
+    synthesis = copy.deepcopy(model.g_s).to(memory_format=torch.channels_last)
     try:
-        return _search(model, x, y, quality, iterations, seed, progress)
+        return _search(model, x, y, quality, iterations, seed, progress, synthesis)
     finally:
         for p, device in params:
             p.data = p.data.to(device)
@@ -85,7 +94,7 @@ def search(model: GainedTransforms, x: torch.Tensor, y: torch.Tensor, quality: f
             p.requires_grad_(True)
 
 
-def _search(model, x, y, quality, iterations, seed, progress) -> tuple[torch.Tensor, torch.Tensor]:
+def _search(model, x, y, quality, iterations, seed, progress, synthesis) -> tuple[torch.Tensor, torch.Tensor]:
     H, W = y.shape[-2:]  # multiples of 4, as TILE and MARGIN are: z is y's size / 4
     with torch.no_grad():
         z = model.side_information(y.float())
@@ -96,7 +105,7 @@ def _search(model, x, y, quality, iterations, seed, progress) -> tuple[torch.Ten
             t1, l1 = min(top + TILE + MARGIN, H), min(left + TILE + MARGIN, W)
             found_y, found_z = _search_tile(model, x[..., 16 * t0 : 16 * t1, 16 * l0 : 16 * l1], y[..., t0:t1, l0:l1],
                                             z[..., t0 // 4 : t1 // 4, l0 // 4 : l1 // 4], quality, iterations,
-                                            seed + 7919 * (top * W + left), progress)
+                                            seed + 7919 * (top * W + left), progress, synthesis)
             h, w = min(TILE, H - top), min(TILE, W - left)
             a, b = top - t0, left - l0
             out_y[..., top : top + h, left : left + w] = found_y[..., a : a + h, b : b + w]
@@ -105,7 +114,7 @@ def _search(model, x, y, quality, iterations, seed, progress) -> tuple[torch.Ten
     return out_y, out_z
 
 
-def _search_tile(model, x, y, z, quality, iterations, seed, progress) -> tuple[torch.Tensor, torch.Tensor]:
+def _search_tile(model, x, y, z, quality, iterations, seed, progress, synthesis) -> tuple[torch.Tensor, torch.Tensor]:
     """The search over one tile, of y and z together (Yang et al. search both); it keeps the best
     pair hard rounding measured (at the start, every CHECK steps and at the end), so it never
     returns a costlier one than it started from."""
@@ -114,15 +123,15 @@ def _search_tile(model, x, y, z, quality, iterations, seed, progress) -> tuple[t
     z_var = z.detach().clone().float().requires_grad_(True)
     opt = torch.optim.Adam([y_var, z_var], lr=LEARNING_RATE if iterations < 100 else LEARNING_RATE / 2)
     hi, lo = TEMPERATURE
-    best, best_cost = (y.detach().float(), z.detach().float()), _hard_cost(model, x, y, z, quality)
+    best, best_cost = (y.detach().float(), z.detach().float()), _hard_cost(model, x, y, z, quality, synthesis)
     for step in range(iterations):
         temperature = hi * (lo / hi) ** (step / max(iterations - 1, 1))
-        cost = rd_cost(model, x, y_var, quality, lambda v, t=temperature: sga(v, t, generator), z_var)
+        cost = rd_cost(model, x, y_var, quality, lambda v, t=temperature: sga(v, t, generator), z_var, synthesis)
         opt.zero_grad(set_to_none=True)
         cost.backward()
         opt.step()
         if (step + 1) % CHECK == 0 or step == iterations - 1:
-            now = _hard_cost(model, x, y_var, z_var, quality)
+            now = _hard_cost(model, x, y_var, z_var, quality, synthesis)
             if now < best_cost:
                 best, best_cost = (y_var.detach().clone(), z_var.detach().clone()), now
         if progress:
@@ -131,5 +140,5 @@ def _search_tile(model, x, y, z, quality, iterations, seed, progress) -> tuple[t
 
 
 @torch.no_grad()
-def _hard_cost(model, x, y, z, quality) -> float:
-    return float(rd_cost(model, x, y.float(), quality, hard, z.float()))
+def _hard_cost(model, x, y, z, quality, synthesis=None) -> float:
+    return float(rd_cost(model, x, y.float(), quality, hard, z.float(), synthesis))
