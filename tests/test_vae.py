@@ -291,3 +291,16 @@ def test_the_shipped_vae_keeps_every_hue():
     for decoded in (vae.decode_latent(vae.encode_latent(chart)), vae.decompress(vae.compress(chart, 75))):
         errors = chart_errors(decoded)
         assert errors.mean() <= 4 and errors.max() <= 10
+
+
+def test_turning_hues_keeps_luma_and_colourfulness():
+    """--hue-turn: a turned crop keeps its luma and its distance from grey, at a new hue."""
+    from codec.train.vae import OPPONENT, turn_hues
+
+    x = torch.tensor([0.3, 0.6, 0.4])[None, :, None, None].repeat(4, 1, 2, 2)  # a mid green, in range after turns
+    turned = turn_hues(x, 1.0, torch.Generator().manual_seed(0))
+    before, after = (torch.einsum("oc,bchw->bohw", OPPONENT, t) for t in (x, turned))
+    assert torch.allclose(after[:, 0], before[:, 0], atol=1e-6)
+    assert torch.allclose(after[:, 1:].norm(dim=1), before[:, 1:].norm(dim=1), atol=1e-6)
+    assert not torch.allclose(after, before, atol=1e-3)
+    assert torch.equal(turn_hues(x, 0.0, torch.Generator().manual_seed(0)), x)

@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--chroma-weight", type=positive_number, default=1.0, metavar="W",
                    help="VAE: weight of the reconstruction error's two colour axes (red-blue, green-magenta) "
                    "against luma's (default 1: plain RGB error; weak colours are learned last under it)")
+    f.add_argument("--hue-turn", type=float, default=0.0, metavar="P",
+                   help="VAE: turn the hues of this share of the training crops by a random angle, luma kept "
+                   "(default 0; photos hold little green-magenta, so the latent learns none without it)")
     f.add_argument("--val-every", type=int, default=1000, help="steps between validations (and checkpoints)")
     f.add_argument("--val-images", type=int, default=60, help="how many --val images to validate on")
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA if present")
@@ -135,8 +138,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     args = p.parse_args(argv)
     if getattr(args, "steps", 1) < 1:
         p.error("--steps must be at least 1")
-    if not 0 <= getattr(args, "top_share", 0) <= 1:
-        p.error("--top-share must be between 0 and 1")
+    for share in ("top_share", "hue_turn"):
+        if not 0 <= getattr(args, share, 0) <= 1:  # also refuses nan
+            p.error(f"--{share.replace('_', '-')} must be between 0 and 1")
     from codec.train import fit  # torch and the models load only now: --help and usage errors answer without them
 
     try:

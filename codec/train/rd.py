@@ -93,10 +93,13 @@ class RateDistortion:
         return rd_loss(model, x, torch.where(top, K - 2 + pos / (K - 1), pos), net=net)
 
     def validation(self, model: GainedTransforms, x: torch.Tensor) -> dict:
-        """A held-out crop, hard-rounded, at the lowest, middle and highest quality (averaged)."""
+        """A held-out crop, hard-rounded, at the lowest, middle and highest quality (averaged),
+        and the loss at each of the three: the average is mostly the highest quality's, whose
+        loss is several times the others', so a change at low rates shows only in ``low``."""
         K = len(model.config.lambdas)
         runs = [rd_loss(model, x, torch.tensor([p])) for p in (0.0, (K - 1) / 2, K - 1.0)]
-        return {k: sum(float(r[k]) for r in runs) / len(runs) for k in runs[0]}
+        mean = {k: sum(float(r[k]) for r in runs) / len(runs) for k in runs[0]}
+        return mean | {name: float(r["loss"]) for name, r in zip(("low", "middle", "high"), runs)}
 
     def describe(self, model: GainedTransforms) -> str:
         return f"lambdas {model.config.lambdas}"
