@@ -2,7 +2,8 @@
 by default, 256^2 centre crops, the lowest, middle and highest anchor, hard rounding), for the
 model and the hyperprior inside a cc file: how a release is compared with the weights it replaces.
 Models with other anchors compare at the same lambdas with --lambdas (each model at the position
-of its quality axis where it trained for that lambda):
+of its quality axis where it trained for that lambda). Beside the mean, the loss at each lambda
+(or anchor): the mean is mostly the highest one's, which is several times the others':
 
     python tools/val_loss.py weights/aecodec-cc.safetensors NEW.safetensors --val ../shared/data/val
     python tools/val_loss.py weights/aecodec-cc.safetensors SC.safetensors --lambdas 0.00065,0.00806226,0.1
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     images = load_images(list_images(args.val), 64)[: args.images]
     if not images:
         p.error(f"no images in {args.val}")
-    print("| weights | model | val loss | bpp | PSNR |\n|---|---|---:|---:|---:|")
+    header = False
     trainer = RateDistortion(argparse.Namespace())
     if args.lambdas:
         from codec.train.rd import rd_loss
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                 k = int(torch.searchsorted(log_l, t).clamp(1, len(log_l) - 1)) - 1
                 pos = k + float((t - log_l[k]) / (log_l[k + 1] - log_l[k]))
                 runs.append(rd_loss(model, x, torch.tensor([pos])))
-            return {k: sum(float(r[k]) for r in runs) / len(runs) for k in runs[0]}
+            mean = {k: sum(float(r[k]) for r in runs) / len(runs) for k in runs[0]}
+            return mean | {f"{lmbda:g}": float(r["loss"]) for lmbda, r in zip(lambdas, runs)}
 
         trainer.validation = at_lambdas
     for path in args.weights:
@@ -62,7 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         inner = getattr(loaded, "submodel", lambda name: None)("hyperprior-gain")  # the hyperprior inside a cc file
         for model in [loaded] + ([inner] if inner is not None else []):
             v = validate(model, trainer, images, torch.device("cpu"))
-            print(f"| {sha[:16]} | {model.NAME} | {v['loss']:.4f} | {v['bpp']:.4f} | {v['psnr']:.2f} |", flush=True)
+            each = [k for k in v if k not in ("loss", "bpp", "psnr")]  # the loss at each lambda or anchor
+            if not header:
+                print("| weights | model | val loss | bpp | PSNR | " + " | ".join(f"loss at {k}" for k in each)
+                      + " |\n|---|---|---:|---:|---:|" + "---:|" * len(each))
+                header = True
+            print(f"| {sha[:16]} | {model.NAME} | {v['loss']:.4f} | {v['bpp']:.4f} | {v['psnr']:.2f} | "
+                  + " | ".join(f"{v[k]:.4f}" for k in each) + " |", flush=True)
     return 0
 
 
