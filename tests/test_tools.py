@@ -36,3 +36,19 @@ def test_rd_gap_compares_only_where_both_curves_were_measured():
     assert rows[1][1] == pytest.approx(29.0) and rows[1][2]["webp"] == pytest.approx(-1.0)  # halfway in log-rate
     assert rows[2] == (0.8, 31.0, {"webp": -1.0})
     assert rows[3] == (1.2, None, {"webp": None})  # past our last point
+
+
+@pytest.mark.slow
+def test_vae_report_writes_the_pictures_it_is_asked_for(tmp_path: Path):
+    from PIL import Image
+
+    sys.path.insert(0, str(TOOLS[0].parent))
+    from vae_report import main
+
+    rng = np.random.default_rng(0)
+    for name in ("kodim03", "other"):
+        Image.fromarray(rng.integers(0, 256, (176, 192, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    pictures = tmp_path / "pictures"
+    assert main([str(tmp_path), "--device", "cpu", "--crop", "176", "--pictures", str(pictures)]) == 0
+    assert [p.name for p in pictures.iterdir()] == ["kodim03-vae.jpg"]  # only the names asked for
+    assert Image.open(pictures / "kodim03-vae.jpg").size == (192, 88)  # both, side by side, at half size

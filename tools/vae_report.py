@@ -41,6 +41,16 @@ def reconstruct(codec: Codec, image: Image.Image) -> tuple[np.ndarray, torch.Ten
     return np.asarray(merge(x_hat, "RGB", None)), vae.scale(mean).float().cpu()
 
 
+def save_picture(image: Image.Image, decoded: Image.Image, path: Path) -> None:
+    """The image (left) and its reconstruction (right), each at half size, as one JPEG."""
+    half = (image.width // 2, image.height // 2)
+    pair = Image.new("RGB", (2 * half[0], half[1]))
+    pair.paste(image.resize(half, Image.Resampling.LANCZOS), (0, 0))
+    pair.paste(decoded.resize(half, Image.Resampling.LANCZOS), (half[0], 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pair.save(path, quality=90)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", help="folder of images (e.g. the 24 Kodak images)")
@@ -48,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--crop", type=int, default=256, help="centre crop side (default: 256)")
     p.add_argument("--out", help="write the numbers as JSON here too")
+    p.add_argument("--pictures", metavar="DIR", help="write DIR/NAME-vae.jpg for the images of --picture-names: "
+                   "the image and its reconstruction side by side, at half size")
+    p.add_argument("--picture-names", default="kodim03,kodim23", help="image names (no extension) for --pictures")
     args = p.parse_args(argv)
 
     codec = Codec(args.weights, device=args.device, model="vae-kl-f8")
@@ -63,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"image": path.name, "psnr": psnr(a, full), "ms_ssim": ms_ssim_rgb(a, full),
                      "crop_psnr": psnr(b, cropped), "crop_ms_ssim": ms_ssim_rgb(b, cropped)})
         latents.append(z[0].flatten(1))
+        if args.pictures and path.stem in args.picture_names.split(","):
+            save_picture(image, Image.fromarray(full), Path(args.pictures) / f"{path.stem}-vae.jpg")
     z = torch.cat(latents, dim=1)
     chart = Image.fromarray(color_checker_chart())
     colour = {}
