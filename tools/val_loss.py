@@ -33,19 +33,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from codec.train.data import list_images, load_images
     from codec.train.fit import validate
-    from codec.train.rd import RateDistortion
+    from codec.train.rd import ANCHORS, RateDistortion, mean_and_each, rd_loss
     from codec.weights import load_weights
 
     torch.set_num_threads(args.threads)
     images = load_images(list_images(args.val), 64)[: args.images]
     if not images:
         p.error(f"no images in {args.val}")
-    header = False
-    trainer = RateDistortion(argparse.Namespace())
-    if args.lambdas:
-        from codec.train.rd import rd_loss
 
-        lambdas = [float(x) for x in args.lambdas.split(",")]
+    lambdas = [float(x) for x in args.lambdas.split(",")] if args.lambdas else []
+    each = [f"{lmbda:g}" for lmbda in lambdas] or list(ANCHORS)  # the loss at each lambda or anchor
+    print("| weights | model | val loss | bpp | PSNR | " + " | ".join(f"loss at {k}" for k in each)
+          + " |\n|---|---|---:|---:|---:|" + "---:|" * len(each))
+    trainer = RateDistortion(argparse.Namespace())
+    if lambdas:
 
         def at_lambdas(model, x):
             log_l = torch.log(torch.tensor(model.config.lambdas, dtype=torch.float64))
@@ -55,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 k = int(torch.searchsorted(log_l, t).clamp(1, len(log_l) - 1)) - 1
                 pos = k + float((t - log_l[k]) / (log_l[k + 1] - log_l[k]))
                 runs.append(rd_loss(model, x, torch.tensor([pos])))
-            mean = {k: sum(float(r[k]) for r in runs) / len(runs) for k in runs[0]}
-            return mean | {f"{lmbda:g}": float(r["loss"]) for lmbda, r in zip(lambdas, runs)}
+            return mean_and_each(runs, each)
 
         trainer.validation = at_lambdas
     for path in args.weights:
@@ -64,11 +64,6 @@ def main(argv: list[str] | None = None) -> int:
         inner = getattr(loaded, "submodel", lambda name: None)("hyperprior-gain")  # the hyperprior inside a cc file
         for model in [loaded] + ([inner] if inner is not None else []):
             v = validate(model, trainer, images, torch.device("cpu"))
-            each = [k for k in v if k not in ("loss", "bpp", "psnr")]  # the loss at each lambda or anchor
-            if not header:
-                print("| weights | model | val loss | bpp | PSNR | " + " | ".join(f"loss at {k}" for k in each)
-                      + " |\n|---|---|---:|---:|---:|" + "---:|" * len(each))
-                header = True
             print(f"| {sha[:16]} | {model.NAME} | {v['loss']:.4f} | {v['bpp']:.4f} | {v['psnr']:.2f} | "
                   + " | ".join(f"{v[k]:.4f}" for k in each) + " |", flush=True)
     return 0

@@ -37,6 +37,15 @@ def rd_loss(model: GainedTransforms, x: torch.Tensor, pos: torch.Tensor, net=Non
     return {"loss": loss, "bpp": bpp.mean(), "psnr": psnr_from_mse(mse).mean()}
 
 
+ANCHORS = ("low", "middle", "high")  # the quality positions validation measures, by name
+
+
+def mean_and_each(runs: list[dict], names: tuple[str, ...]) -> dict:
+    """Every measure averaged over the runs, and each run's loss under its name."""
+    mean = {k: sum(float(r[k]) for r in runs) / len(runs) for k in runs[0]}
+    return mean | {name: float(r["loss"]) for name, r in zip(names, runs)}
+
+
 class RateDistortion:
     """Training pieces for the models of ``codec/models/{hyperprior,cc,sc}.py``."""
 
@@ -97,9 +106,7 @@ class RateDistortion:
         and the loss at each of the three: the average is mostly the highest quality's, whose
         loss is several times the others', so a change at low rates shows only in ``low``."""
         K = len(model.config.lambdas)
-        runs = [rd_loss(model, x, torch.tensor([p])) for p in (0.0, (K - 1) / 2, K - 1.0)]
-        mean = {k: sum(float(r[k]) for r in runs) / len(runs) for k in runs[0]}
-        return mean | {name: float(r["loss"]) for name, r in zip(("low", "middle", "high"), runs)}
+        return mean_and_each([rd_loss(model, x, torch.tensor([p])) for p in (0.0, (K - 1) / 2, K - 1.0)], ANCHORS)
 
     def describe(self, model: GainedTransforms) -> str:
         return f"lambdas {model.config.lambdas}"
