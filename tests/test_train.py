@@ -215,3 +215,25 @@ def test_kill_saves_the_run_as_ctrl_c_does(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "interrupted at step" in err, err[-500:]
     assert torch.load(run / "last.pt", weights_only=False)["step"] > 0
+
+
+def test_rate_balance_weighs_each_image_by_its_lambda_against_the_anchors_middle():
+    """--rate-balance B: a low quality's image counts (lambda / geometric mean)^-B times its loss,
+    so the low anchors' small losses are not drowned by the high ones'; B 0 is the plain loss."""
+    from codec.train.rd import rd_loss
+
+    torch.manual_seed(0)
+    model = GainHyperprior(ModelConfig(N=8, M=8, lambdas=(0.001, 0.01, 0.1))).eval()
+    x = torch.rand(1, 3, 64, 64)
+    for pos, lmbda in ((0.0, 0.001), (1.0, 0.01), (2.0, 0.1)):
+        with torch.no_grad():
+            plain = rd_loss(model, x, torch.tensor([pos]))["loss"]
+            balanced = rd_loss(model, x, torch.tensor([pos]), balance=0.5)["loss"]
+        assert balanced == pytest.approx(float(plain) * (lmbda / 0.01) ** -0.5, rel=1e-4)
+
+
+def test_rate_balance_out_of_range_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--data", str(tmp_path), "--val", str(tmp_path), "--out", str(tmp_path / "o"),
+              "--rate-balance", "-1"])
+    assert e.value.code == 2 and "--rate-balance must be between 0 and 2" in capsys.readouterr().err

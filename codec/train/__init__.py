@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--top-share", type=float, default=0.0, metavar="P",
                    help="share of training images placed between the two highest anchors (the rest: uniform "
                    "over the whole axis): new high anchors catch up faster")
+    f.add_argument("--rate-balance", type=float, default=0.0, metavar="B",
+                   help="weigh each training image's loss by (lambda / the anchors' geometric mean)^-B, so that "
+                   "low qualities, whose losses are many times smaller, count as much as high ones (default 0: "
+                   "plain loss; 0.5 about evens out the anchors of 0.15.0's model)")
     f.add_argument("--lr-drop", type=float, default=0.0, help="fraction of --steps after which lr /= 10 (0: never)")
     f.add_argument("--lambdas", type=parse_lambdas,
                    help="comma-separated anchor lambdas, low to high (default: the model's; "
@@ -138,6 +142,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     args = p.parse_args(argv)
     if getattr(args, "steps", 1) < 1:
         p.error("--steps must be at least 1")
+    if not 0 <= getattr(args, "rate_balance", 0) <= 2:
+        p.error("--rate-balance must be between 0 and 2")
     for share in ("top_share", "hue_turn"):
         if not 0 <= getattr(args, share, 0) <= 1:  # also refuses nan
             p.error(f"--{share.replace('_', '-')} must be between 0 and 1")

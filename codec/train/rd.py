@@ -25,16 +25,22 @@ from codec.train.data import model_of
 CONTEXT_PREFIXES = ("latent_codec.slice_nets.", "latent_codec.lrp.")
 
 
-def rd_loss(model: GainedTransforms, x: torch.Tensor, pos: torch.Tensor, net=None) -> dict:
+def rd_loss(model: GainedTransforms, x: torch.Tensor, pos: torch.Tensor, net=None, balance: float = 0.0) -> dict:
     """Per-image bpp + lambda * 255^2 * MSE, averaged; also returns bpp and PSNR for logging.
-    ``net``: what runs the forward pass (the DistributedDataParallel wrapper), default ``model``."""
+    ``net``: what runs the forward pass (the DistributedDataParallel wrapper), default ``model``.
+    ``balance`` B weighs each image's loss by (lambda / the anchors' geometric mean)^-B: the loss
+    grows about as lambda^0.55 over the anchors, so without it the highest quality's gradients,
+    many times the lowest's, decide most of each shared weight's step."""
     out = (model if net is None else net)(x, pos)
     n_px = x.shape[-2] * x.shape[-1]
     bpp = bpp_of(out["likelihoods"], n_px)
     mse = ((out["x_hat"].float() - x) ** 2).flatten(1).mean(1)
     lmbda = model.lmbda(pos.cpu()).to(x.device, torch.float32)
-    loss = (bpp + lmbda * 255**2 * mse).mean()
-    return {"loss": loss, "bpp": bpp.mean(), "psnr": psnr_from_mse(mse).mean()}
+    loss = bpp + lmbda * 255**2 * mse
+    if balance:
+        middle = torch.tensor(model.config.lambdas, dtype=torch.float64).log().mean().exp().item()
+        loss = loss * (lmbda / middle) ** -balance
+    return {"loss": loss.mean(), "bpp": bpp.mean(), "psnr": psnr_from_mse(mse).mean()}
 
 
 ANCHORS = ("low", "middle", "high")  # the quality positions validation measures, by name
@@ -95,11 +101,13 @@ class RateDistortion:
 
     def loss(self, model: GainedTransforms, x: torch.Tensor, generator: torch.Generator, net=None) -> dict:
         """One batch, each image at its own position on the quality axis (``--top-share`` of them
-        between the two highest anchors, so that new high anchors catch up)."""
+        between the two highest anchors, so that new high anchors catch up), its loss weighed by
+        ``--rate-balance``."""
         K = len(model.config.lambdas)
         pos = torch.rand(x.shape[0], generator=generator) * (K - 1)
         top = torch.rand(x.shape[0], generator=generator) < self.args.top_share
-        return rd_loss(model, x, torch.where(top, K - 2 + pos / (K - 1), pos), net=net)
+        return rd_loss(model, x, torch.where(top, K - 2 + pos / (K - 1), pos), net=net,
+                       balance=self.args.rate_balance)
 
     def validation(self, model: GainedTransforms, x: torch.Tensor) -> dict:
         """A held-out crop, hard-rounded, at the lowest, middle and highest quality (averaged),
