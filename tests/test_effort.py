@@ -60,3 +60,12 @@ def test_effort_on_the_command_line_and_with_a_target(tmp_path, monkeypatch, cap
     with pytest.raises(SystemExit) as usage:  # a usage error, as argparse gives it
         main(["compress", str(tmp_path / "a.png"), "--effort", "5"])
     assert usage.value.code == 2 and "--effort: invalid choice: 5" in capsys.readouterr().err
+
+
+def test_the_search_strides_further_at_the_top_qualities_and_shorter_in_long_searches():
+    """Adam's step: the base up to q 80, three times it at q 100 (a high quality's latent spans
+    many quantisation steps), halved from 100 steps on (a long search can afford small strides)."""
+    base = refine.LEARNING_RATE
+    assert refine.learning_rate(20, 25) == refine.learning_rate(80, 25) == base
+    assert base < refine.learning_rate(90, 25) < refine.learning_rate(100, 25) == pytest.approx(3 * base)
+    assert refine.learning_rate(100, 100) == pytest.approx(1.5 * base)

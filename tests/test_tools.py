@@ -52,3 +52,20 @@ def test_vae_report_writes_the_pictures_it_is_asked_for(tmp_path: Path):
     assert main([str(tmp_path), "--device", "cpu", "--crop", "176", "--pictures", str(pictures)]) == 0
     assert [p.name for p in pictures.iterdir()] == ["kodim03-vae.jpg"]  # only the names asked for
     assert Image.open(pictures / "kodim03-vae.jpg").size == (192, 88)  # both, side by side, at half size
+
+
+def test_effort_tune_measures_a_schedule_and_leaves_the_defaults(tmp_path: Path, capsys):
+    from PIL import Image
+
+    from codec.models import refine
+
+    sys.path.insert(0, str(TOOLS[0].parent))
+    from effort_tune import main
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    defaults = (refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE)
+    assert main(["--val", str(tmp_path), "--first", "0", "--images", "1", "--crop", "64", "--qualities", "90",
+                 "--steps", "5"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("q 90: cost ") and float(line.split()[3].rstrip("%")) >= 0  # never costlier
+    assert (refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE) == defaults
