@@ -14,24 +14,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from codec.bench import load_rgb
 from codec.models import refine
 from codec.train.data import list_images
 from codec.weights import load_weights
 
 
 def centre_crops(folder: str, first: int, count: int, side: int) -> list[torch.Tensor]:
-    crops = []
-    for path in list_images(folder)[first : first + count]:
-        image = Image.open(path).convert("RGB")
-        w, h = image.size
-        a = np.array(image.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)))
-        crops.append(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255)
-    return crops
+    """The images' centre crops, read as the benchmark reads them, as (1, 3, side, side) in [0, 1]."""
+    paths = [Path(p) for p in list_images(folder)[first : first + count]]
+    return [torch.from_numpy(np.array(load_rgb(p, side))).permute(2, 0, 1)[None].float() / 255 for p in paths]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,10 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    defaults = refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE
     refine.LEARNING_RATE, refine.TOP_BOOST = args.lr, (refine.TOP_BOOST[0], args.boost)
     if args.start_temperature is not None:
         refine.SHORT_START = args.start_temperature
         refine.TEMPERATURE = (args.start_temperature, refine.TEMPERATURE[1])
+    try:
+        return measure(args)
+    finally:  # the module's schedule as it was (the tool may run inside another program)
+        refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE = defaults
+
+
+def measure(args: argparse.Namespace) -> int:
     model, _ = load_weights(args.weights)
     model.eval()
     crops = centre_crops(args.val, args.first, args.images, args.crop)

@@ -32,7 +32,7 @@ SHORT_START = 0.8  # the first temperature of searches under 100 steps: three 25
 # steps, cost lowered 2.4 / 1.8 / 5.4% at q 20 / 60 / 100 from 0.8, 2.1 / 1.6 / 4.8% from 0.5, less from 0.3
 LEARNING_RATE = 0.01  # Adam's, on latent values in quantisation steps; halved for 100 steps and more
 # (two 256^2 validation crops, 30 steps: 0.005 lowered the cost 0.8% / 1.8% at q 40 / 75, 0.01 0.7% / 2.4%)
-TOP_BOOST = (80, 3.0)  # above this quality the rate rises log-linearly to this many times at q 100: three
+TOP_BOOST = (80, 3.0)  # above this quality Adam's step rises log-linearly to this many times at q 100: three
 # 256^2 validation crops, 50 steps, cost lowered at q 100 by 4.8% at 0.01, 5.8% at 0.02, 5.9% at 0.03;
 # at q 20 / 60 / 80 more than 0.01 loses (q 20: 2.1% at 0.01, 1.3% at 0.02 decaying, 2.0% at 0.005)
 TILE = GainedTransforms.TILE // 16  # latent units searched at once, as coding's tiles: a Kodak image is one
