@@ -65,7 +65,8 @@ class CodecModel(Protocol):
 # here (``git mv``, then the new file takes the shipped name) and adds the new file's id.
 RELEASED_WEIGHTS: dict[str, tuple[str, str]] = {  # weights id -> (first release, file in the weights folder)
     "17f1beb8c8817404": ("aecodec 0.15.0", "aecodec-cc.safetensors"),  # cc, and the hyperprior inside it
-    "3e8a3fbfea39984c": ("aecodec 0.1.0", "aecodec-vae-f8.safetensors"),  # the f8 VAE (unchanged since)
+    "3e8a3fbfea39984c": ("aecodec 0.1.0", "aecodec-vae-f8-0.1.0.safetensors"),  # the f8 VAE of 0.1.0-0.16.0
+    "eb34b7970f5ed215": ("aecodec 0.17.0", "aecodec-vae-f8.safetensors"),  # the f8 VAE that keeps every hue
 }
 
 # Weights of releases before that policy, whose files this release cannot decode: each id names

@@ -360,6 +360,8 @@ def pick_precision(model: torch.nn.Module, device: torch.device, train_step, x: 
 def export(args: argparse.Namespace) -> None:
     """Checkpoint -> shipped safetensors: builds the rANS tables (``update``) and records the run.
     For the VAE, first measures the latent mean/std per channel and fits the priors on ``--data``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.checkpoint)
     a = ckpt.get("args", {})
     if args.ema:
