@@ -131,7 +131,9 @@ def test_cli_quick_classical(image_dir, tmp_path, capsys):
             assert im.format == "PNG" and im.size == (800, 600)
     with open(out / "per_image.csv") as f:
         assert len(list(csv.DictReader(f))) == 3 * (4 + 4 + 4 + 3 + 4)
-    assert "earlier run" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "earlier run" not in err
+    assert "aecodec bench: 3/3 images" in err  # no terminal: a line per image, so a log shows progress
     # the same --out again for JPEG alone: the other codecs' curves stay, and that is said
     assert bench.main([str(image_dir), "--quick", "--codecs", "jpeg420", "--limit", "1", "--out", str(out)]) == 0
     assert "also holds avif.json, jpeg2000.json, jpeg444.json, webp.json from an earlier run" in capsys.readouterr().err

@@ -143,6 +143,8 @@ def sweep(codecs: list, paths: list[Path], qualities: dict[str, Sequence[int]], 
                     bar.set_postfix_str(f"{path.name} {codec.key} q={q}", refresh=False)
                     rows.append(measure(codec, image, original, q, path.name))
                     bar.update()
+            if bar.disable:  # no terminal (a log file): a line per image, as compress writes one per file
+                print(f"aecodec bench: {i + 1}/{len(paths)} images ({path.name})", file=sys.stderr, flush=True)
     return rows
 
 
