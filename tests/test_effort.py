@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from codec.api import Codec, CodecError
 from codec.cli import main
@@ -69,3 +70,23 @@ def test_the_search_strides_further_at_the_top_qualities_and_shorter_in_long_sea
     assert refine.learning_rate(20, 25) == refine.learning_rate(80, 25) == base
     assert base < refine.learning_rate(90, 25) < refine.learning_rate(100, 25) == pytest.approx(3 * base)
     assert refine.learning_rate(100, 100) == pytest.approx(1.5 * base)
+
+
+def test_the_search_runs_a_copy_of_the_synthesis_that_computes_the_same_image(cc):
+    """The search's g_s (channels_last, each GDN read off once into a matrix product) is a faster
+    copy: the same pixels as the decoder's own layers, which it leaves as they were."""
+    g_s = cc.model.g_s
+    before = {k: v.clone() for k, v in g_s.state_dict().items()}
+    fast = refine.search_synthesis(g_s)
+    y = torch.randn(1, cc.model.config.M, 4, 6, generator=torch.Generator().manual_seed(3)) * 4
+    with torch.no_grad():
+        expected = g_s(y)
+        got = fast(y.contiguous(memory_format=torch.channels_last))
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert any(isinstance(layer, refine.FrozenGDN) for layer in fast)
+    gdn = cc.model.g_a[1]  # a forward GDN too (g_s has the inverse ones)
+    x = torch.randn(1, gdn.beta.shape[0], 5, 7, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(refine.FrozenGDN(gdn)(x.contiguous(memory_format=torch.channels_last)), gdn(x))
+    assert all(torch.equal(v, before[k]) for k, v in g_s.state_dict().items())
