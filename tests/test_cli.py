@@ -210,7 +210,8 @@ def test_no_weights_means_no_torch(folder):
     assert r.returncode == 1 and "which no release of aecodec ships: pass the weights file that wrote it " \
         "with --weights" in r.stderr
     r = run("decompress", "a.aec", "-o", "x.png", "--weights", str(weights_dir() / "aecodec-vae-f8.safetensors"))
-    assert r.returncode == 1 and "without --weights, aecodec 0.15.0's shipped weights decode it" in r.stderr
+    release = registry.RELEASED_WEIGHTS[header.weights_id.hex()][0]  # the default model's
+    assert r.returncode == 1 and f"without --weights, {release}'s shipped weights decode it" in r.stderr
     def chunk(tag: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
 
@@ -238,10 +239,10 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
 
 
 @pytest.mark.slow
-def test_the_hyperprior_inside_the_default_weights_file(folder, capsys):
+def test_the_hyperprior_inside_the_cc_weights_file(folder, capsys):
     """The hyperprior the channel-conditional file holds is no choice of compress any more (32%
     more bits for a 25% faster encode), but its files decode: any decompress reads the model from
-    the file, the default weights or that file named with --weights."""
+    the file, with the shipped weights or that file named with --weights."""
     with pytest.raises(SystemExit) as e:
         main(["compress", "a.png", "--model", "hp"])
     assert e.value.code == 2 and "invalid choice: 'hp'" in capsys.readouterr().err
@@ -250,7 +251,7 @@ def test_the_hyperprior_inside_the_default_weights_file(folder, capsys):
     Path("hp.aec").write_bytes(Codec(device="cpu", model="hyperprior-gain").compress(Image.open("a.png"), 75))
     assert main(["info", "hp.aec"]) == 0 and "hyperprior-gain" in capsys.readouterr().out
     assert main(["decompress", "hp.aec", "-o", "hp.png", "--device", "cpu"]) == 0
-    assert main(["decompress", "hp.aec", "-o", "hp2.png", "--weights", str(default_weights()),
+    assert main(["decompress", "hp.aec", "-o", "hp2.png", "--weights", str(default_weights("hyperprior-gain")),
                  "--device", "cpu"]) == 0
     assert Image.open("hp.png").tobytes() == Image.open("hp2.png").tobytes()
 

@@ -46,6 +46,9 @@ CASES = {
     "vae-25x30-rgba-q1.aec": ("vae-kl-f8", 25, 30, "RGBA", 1),
     "vae-48x32-rgb.safetensors": ("vae-kl-f8", 48, 32, "RGB", None),
     "vae-20x12-l.safetensors": ("vae-kl-f8", 20, 12, "L", None),
+    "sc-64x48-rgb-q75.aec": ("space-channel", 64, 48, "RGB", 75),
+    "sc-130x70-la-q10.aec": ("space-channel", 130, 70, "LA", 10),
+    "sc-33x70-rgba-q100.aec": ("space-channel", 33, 70, "RGBA", 100),
 }
 _codecs: dict[str, Codec] = {}
 
