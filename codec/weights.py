@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # torch loads when weights do: finding a file and its id need
 FORMAT = "aecodec-weights-1"
 INT8_SCALE = ".int8_scale"  # key suffix: per-output-channel scale of an int8-stored weight
 CDF = "._quantized_cdf"  # CompressAI's CDF table: rows zero-padded to the longest, lengths in ._cdf_length
-MAX_WEIGHTS_BYTES = 2**30  # read whole into memory: the shipped files are 7.5 and 19.4 MB
+MAX_WEIGHTS_BYTES = 2**30  # read whole into memory: the shipped files are 7.5 to 28.5 MB
 MAX_CDF_ENTRIES = 2**23  # of all padded CDF tables of a file together (shipped: 128 x 77 + 64 x 3133)
 
 Model = "torch.nn.Module"  # a registered codec model (codec/registry.py)
@@ -223,7 +223,7 @@ def load_weights(path: str | Path | None = None, model: str | None = None) -> tu
         meta = read_metadata(data, max_depth=64)
         if meta.get("format") != FORMAT:
             raise WeightsError(f"{path} is not an aecodec weights file")
-        entry = registry.MODELS.get(meta.get("model", DEFAULT_MODEL))
+        entry = registry.MODELS.get(meta.get("model", "hyperprior-gain"))  # the first files named none
         if entry is None:
             raise WeightsError(f"{path} holds an unknown model {meta['model']!r}")
         cls = entry.cls

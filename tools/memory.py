@@ -1,6 +1,6 @@
 """Peak memory and time of the command line on large images (issue: bounded memory).
 
-    python tools/memory.py --mp 1 6 24                  # the default model (cc), 2 threads
+    python tools/memory.py --mp 1 6 24                  # the default model (sc), 2 threads
     python tools/memory.py --mp 24 --model vae          # the f8 VAE
     python tools/memory.py --mp 67.1 --decode-only      # the largest size the format allows
 
@@ -55,8 +55,8 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mp", type=float, nargs="+", default=[1, 6, 24], help="sizes in megapixels (default: 1 6 24)")
-    p.add_argument("--model", choices=["cc", "vae"], default="cc",
-                   help="which model codes (default: cc, the command line's default)")
+    p.add_argument("--model", choices=["sc", "cc", "vae"], default="sc",
+                   help="which model codes (default: sc, the command line's default)")
     p.add_argument("--quality", type=int, default=75, help="quality (default: 75)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     p.add_argument("--decode-only", action="store_true",

@@ -91,9 +91,9 @@ def search(model: GainedTransforms, x: torch.Tensor, y: torch.Tensor, quality: f
     # keeps it (the entropy models and the fixed-point networks on the CPU)
     params = [(p, p.device) for p in model.parameters()]
     buffers = [(m, n, b.device) for m in model.modules() for n, b in m._buffers.items() if b is not None]
-    model.to(x.device)
-    synthesis = search_synthesis(model.g_s)
     try:
+        model.to(x.device)
+        synthesis = search_synthesis(model.g_s)
         return _search(model, x, y, quality, iterations, seed, progress, synthesis)
     finally:
         for p, device in params:
