@@ -78,6 +78,20 @@ def test_exact_passes_split_the_first_layer_without_changing_a_bit():
     assert torch.equal(net.exact(x), net.exact_rest(net.exact_first(x[:, :9]), x[:, 9:]))
 
 
+def test_training_splits_the_first_layer_too_and_zeros_cost_only_the_bias():
+    """Training's two checkerboard passes share the first layer's sums over the hyperprior and
+    the earlier slices (float sums: equal to rounding), and the anchors' pass, whose own input is
+    all zeros, adds only the bias; gradients flow through both parts."""
+    net = FixedPointConvStack([conv(12, 8, stride=1, kernel_size=3), conv(8, 6, stride=1, kernel_size=3)])
+    x = (torch.randn(1, 12, 9, 7, generator=torch.Generator().manual_seed(5)) * 4).requires_grad_(True)
+    partial = net.first(x[:, :9])
+    torch.testing.assert_close(net.rest(partial, x[:, 9:]), net(x), rtol=1e-4, atol=1e-3)
+    zeros = torch.cat([x[:, :9], torch.zeros_like(x[:, 9:])], dim=1)
+    torch.testing.assert_close(net.rest(partial, None), net(zeros), rtol=1e-4, atol=1e-3)
+    net.rest(partial, x[:, 9:]).sum().backward()
+    assert x.grad is not None and x.grad[:, :9].abs().sum() > 0 and x.grad[:, 9:].abs().sum() > 0
+
+
 def test_the_checkerboard_alternates():
     a = anchors((5, 4))
     assert a.shape == (1, 1, 5, 4) and bool(a[0, 0, 0, 0]) and not bool(a[0, 0, 0, 1]) and int(a.sum()) == 10

@@ -90,24 +90,37 @@ class FixedPointConvStack(nn.Module):
     # passes) computes the first layer's sums over those channels once: the sums are exact, so
     # splitting them changes nothing. exact(cat([a, b])) == exact_rest(exact_first(a), b).
 
-    @torch.no_grad()
-    def exact_first(self, x: torch.Tensor) -> torch.Tensor:
-        """The first layer's sums over the leading input channels ``x`` (no bias), exactly."""
+    # The training path splits the same way (first / rest: differentiable, any device and float
+    # type), so that a checkerboard's two passes cost one pass of the first layer's big sums.
+
+    def first(self, x: torch.Tensor) -> torch.Tensor:
+        """The first layer's sums over the leading input channels ``x`` (no bias)."""
         layer = self.layers[0]
-        x = fixed(x.detach().to("cpu", torch.float64), ACT_FRAC_BITS, ACT_LIMIT)
+        x = fixed(x, ACT_FRAC_BITS, ACT_LIMIT)
         w, _ = self._weights(layer, x.dtype)
         return self._conv(layer, x, w[:, : x.shape[1]] if isinstance(layer, nn.Conv2d) else w[: x.shape[1]], None)
 
-    @torch.no_grad()
-    def exact_rest(self, partial: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
-        """The output for the input (leading channels, ``rest``), given :meth:`exact_first` of the
-        leading channels."""
+    def rest(self, partial: torch.Tensor, rest: torch.Tensor | None) -> torch.Tensor:
+        """The output for the input (leading channels, ``rest``), given :meth:`first` of the
+        leading channels; ``rest`` None: zeros, whose sums are the bias alone."""
         layer = self.layers[0]
-        rest = fixed(rest.detach().to("cpu", torch.float64), ACT_FRAC_BITS, ACT_LIMIT)
-        w, b = self._weights(layer, rest.dtype)
+        w, b = self._weights(layer, partial.dtype)
+        if rest is None:
+            return self._after_first(partial + b.reshape(1, -1, 1, 1))
+        rest = fixed(rest, ACT_FRAC_BITS, ACT_LIMIT)
         n = rest.shape[1]
         w = w[:, -n:] if isinstance(layer, nn.Conv2d) else w[-n:]
         return self._after_first(partial + self._conv(layer, rest, w, b))
+
+    @torch.no_grad()
+    def exact_first(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`first`, exactly: float64 on CPU."""
+        return self.first(x.detach().to("cpu", torch.float64))
+
+    @torch.no_grad()
+    def exact_rest(self, partial: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+        """:meth:`rest`, exactly, given :meth:`exact_first`."""
+        return self.rest(partial, rest.detach().to("cpu", torch.float64))
 
 
 def integer_scales(model: nn.Module) -> dict[str, int]:

@@ -108,13 +108,6 @@ class SpaceChannelContext(Hyperprior):
                 net.layers[-1].weight.zero_()
                 net.layers[-1].bias.zero_()
 
-    def _params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor],
-                own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training: scales and means of slice ``i`` from the hyperprior output, the slices before
-        it and its own decoded anchors (``own``: zero where not decoded yet)."""
-        out = self.slice_nets[i](torch.cat([hp, *done, own], dim=1))
-        return self._corrected(i, hp, out)
-
     def _corrected(self, i: int, hp: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, C = sum(self.slices[:i]), self.slices[i]
         scales, means = hp.chunk(2, dim=1)
@@ -131,8 +124,10 @@ class SpaceChannelContext(Hyperprior):
         rounded = quantise or ste_round
         done, likelihoods = [], []
         for i, part in enumerate(y.split(self.slices, dim=1)):
-            s1, m1 = self._params(i, hp, done, torch.zeros_like(part))
-            s2, m2 = self._params(i, hp, done, (rounded(part - m1) + m1) * first)
+            net = self.slice_nets[i]
+            partial = net.first(torch.cat([hp, *done], dim=1))  # shared by both passes, as in coding
+            s1, m1 = self._corrected(i, hp, net.rest(partial, None))  # the anchors: nothing of their own yet
+            s2, m2 = self._corrected(i, hp, net.rest(partial, (rounded(part - m1) + m1) * first))
             scales, means = torch.where(first, s1, s2), torch.where(first, m1, m2)
             part_hat, lik = coded_slice(self.gaussian_conditional, part, scales, means, quantise)
             done.append(part_hat)
