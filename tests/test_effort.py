@@ -14,8 +14,8 @@ from conftest import make_image
 
 
 @pytest.fixture(scope="module")
-def cc():
-    return Codec(device="cpu")
+def codec():
+    return Codec(device="cpu")  # the default model
 
 
 def _cost(codec: Codec, image, data: bytes, quality: int) -> float:
@@ -27,22 +27,22 @@ def _cost(codec: Codec, image, data: bytes, quality: int) -> float:
 
 
 @pytest.mark.slow
-def test_a_searched_file_costs_less_and_decodes(cc, monkeypatch):
+def test_a_searched_file_costs_less_and_decodes(codec, monkeypatch):
     monkeypatch.setitem(refine.EFFORTS, 1, 30)
     image = make_image(64, 64, seed=11)
-    plain = cc.compress(image, 80)
+    plain = codec.compress(image, 80)
     steps = []
-    searched = cc.compress(image, 80, effort=1, progress=steps.append)
+    searched = codec.compress(image, 80, effort=1, progress=steps.append)
     assert len(steps) == 30 and searched != plain
-    assert _cost(cc, image, searched, 80) < _cost(cc, image, plain, 80)
-    assert cc.compress(image, 80, effort=1) == searched  # the same input, the same bytes
+    assert _cost(codec, image, searched, 80) < _cost(codec, image, plain, 80)
+    assert codec.compress(image, 80, effort=1) == searched  # the same input, the same bytes
 
 
-def test_effort_is_checked_and_is_for_the_rate_distortion_models(cc):
+def test_effort_is_checked_and_is_for_the_rate_distortion_models(codec):
     image = make_image(16, 16)
     for bad in (-1, 5, 1.5, "2", True):
         with pytest.raises(CodecError, match="effort must be one of"):
-            cc.compress(image, 50, effort=bad)
+            codec.compress(image, 50, effort=bad)
     vae = Codec(device="cpu", model="vae-kl-f8")
     with pytest.raises(CodecError, match="no latent search"):
         vae.compress(image, 50, effort=1)
@@ -72,20 +72,20 @@ def test_the_search_strides_further_at_the_top_qualities_and_shorter_in_long_sea
     assert refine.learning_rate(100, 100) == pytest.approx(1.5 * base)
 
 
-def test_the_search_runs_a_copy_of_the_synthesis_that_computes_the_same_image(cc):
+def test_the_search_runs_a_copy_of_the_synthesis_that_computes_the_same_image(codec):
     """The search's g_s (channels_last, each GDN read off once into a matrix product) is a faster
     copy: the same pixels as the decoder's own layers, which it leaves as they were."""
-    g_s = cc.model.g_s
+    g_s = codec.model.g_s
     before = {k: v.clone() for k, v in g_s.state_dict().items()}
     fast = refine.search_synthesis(g_s)
-    y = torch.randn(1, cc.model.config.M, 4, 6, generator=torch.Generator().manual_seed(3)) * 4
+    y = torch.randn(1, codec.model.config.M, 4, 6, generator=torch.Generator().manual_seed(3)) * 4
     with torch.no_grad():
         expected = g_s(y)
         got = fast(y.contiguous(memory_format=torch.channels_last))
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert any(isinstance(layer, refine.FrozenGDN) for layer in fast)
-    gdn = cc.model.g_a[1]  # a forward GDN too (g_s has the inverse ones)
+    gdn = codec.model.g_a[1]  # a forward GDN too (g_s has the inverse ones)
     x = torch.randn(1, gdn.beta.shape[0], 5, 7, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         torch.testing.assert_close(refine.FrozenGDN(gdn)(x.contiguous(memory_format=torch.channels_last)), gdn(x))

@@ -112,8 +112,8 @@ class FrozenGDN(nn.Module):
     def __init__(self, gdn: GDN):
         super().__init__()
         C = gdn.beta.shape[0]
-        with torch.no_grad():
-            self.register_buffer("beta", gdn.beta_reparam(gdn.beta).detach().clone())
+        with torch.no_grad():  # the reparametrisations make new tensors: nothing is shared with gdn
+            self.register_buffer("beta", gdn.beta_reparam(gdn.beta))
             self.register_buffer("gamma_t", gdn.gamma_reparam(gdn.gamma).reshape(C, C).t().contiguous())
         self.inverse = gdn.inverse
 
