@@ -90,3 +90,46 @@ def test_the_search_runs_a_copy_of_the_synthesis_that_computes_the_same_image(co
     with torch.no_grad():
         torch.testing.assert_close(refine.FrozenGDN(gdn)(x.contiguous(memory_format=torch.channels_last)), gdn(x))
     assert all(torch.equal(v, before[k]) for k, v in g_s.state_dict().items())
+
+
+def test_the_search_rates_each_value_under_the_contexts_of_the_values_it_codes(codec):
+    """One random rounding per value, the checkerboard's anchors included: fed back unrounded, the
+    latent the search would code gets the very probabilities the search charged for it."""
+    model, g = codec.model, torch.Generator().manual_seed(5)
+    y = torch.randn(1, model.config.M, 8, 12, generator=g) * 3
+    drawn = []
+
+    def quantise(v: torch.Tensor) -> torch.Tensor:
+        drawn.append(refine.sga(v, 0.5, g))
+        return drawn[-1]
+
+    with torch.no_grad():
+        z = model.side_information(y)
+        y_hat, searched = model.latent_pass(y, quantise, z)
+        z_hat = drawn[0] + model.latent_codec.entropy_bottleneck.quantiles[:, 0, 1].reshape(1, -1, 1, 1)
+        _, again = model.latent_pass(y_hat, lambda v: v, z_hat)
+    assert not torch.equal(y_hat, torch.round(y_hat))  # soft rounding: the test means something
+    torch.testing.assert_close(again["z"], searched["z"])
+    torch.testing.assert_close(again["y"], searched["y"])
+
+
+def test_the_search_leaves_the_context_networks_without_gradient_and_the_values_with_it(codec):
+    """``context_grad=False`` (the search's choice, refine.CONTEXT_GRADIENT): the rate reaches each
+    value through its own probability alone, not back through the context networks, which then
+    cost no backward pass."""
+    model = codec.model
+    y = (torch.randn(1, model.config.M, 4, 4, generator=torch.Generator().manual_seed(6)) * 3).requires_grad_(True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    grads = {}
+    try:
+        for context_grad in (True, False):
+            y.grad = None
+            _, likelihoods = model.latent_pass(y, refine.hard, None, context_grad=context_grad)
+            (-likelihoods["y"].log2().sum()).backward()
+            grads[context_grad] = y.grad.clone()
+        assert grads[False].abs().sum() > 0
+        assert not torch.allclose(grads[True], grads[False])  # the contexts' share of the gradient is gone
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)

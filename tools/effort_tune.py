@@ -5,7 +5,7 @@
 
 For each quality, the mean over the crops of 1 - cost(searched) / cost(g_a's latent), the cost
 being what ``codec/models/refine.py`` lowers (bpp + lambda * 255^2 * MSE, hard rounding), for
-the cc model's weights (``--weights``: another file). The schedule's knobs are the module's
+the default model's weights (``--weights``: another file). The schedule's knobs are the module's
 constants, set from the options, so a schedule measured here is the one ``--effort`` runs once they are written there.
 Tune on validation images, never on Kodak.
 """
@@ -33,7 +33,8 @@ def centre_crops(folder: str, first: int, count: int, side: int) -> list[torch.T
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="weights/aecodec-cc.safetensors", help="a rate-distortion weights file")
+    p.add_argument("--weights", default="weights/aecodec-sc.safetensors",
+                   help="a rate-distortion weights file (default: the default model's)")
     p.add_argument("--val", default="../shared/data/val", help="validation folder")
     p.add_argument("--first", type=int, default=20, help="index of the first image used (default 20)")
     p.add_argument("--images", type=int, default=3, help="how many images (default 3)")
@@ -44,19 +45,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--boost", type=float, default=refine.TOP_BOOST[1], help="the step's factor at q 100 (1: none)")
     p.add_argument("--start-temperature", type=float,
                    help="the first temperature (default: the module's for this many steps)")
+    p.add_argument("--context-gradient", choices=("yes", "no"),
+                   help="the rate's gradient through the context networks (default: the module's)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    defaults = refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE
+    defaults = refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE, refine.CONTEXT_GRADIENT
     refine.LEARNING_RATE, refine.TOP_BOOST = args.lr, (refine.TOP_BOOST[0], args.boost)
     if args.start_temperature is not None:
         refine.SHORT_START = args.start_temperature
         refine.TEMPERATURE = (args.start_temperature, refine.TEMPERATURE[1])
+    if args.context_gradient is not None:
+        refine.CONTEXT_GRADIENT = args.context_gradient == "yes"
     try:
         return measure(args)
     finally:  # the module's schedule as it was (the tool may run inside another program)
-        refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE = defaults
+        (refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE,
+         refine.CONTEXT_GRADIENT) = defaults
 
 
 def measure(args: argparse.Namespace) -> int:

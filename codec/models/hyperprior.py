@@ -195,9 +195,11 @@ class GainedTransforms(CompressionModel):
         """z, as the encoder computes it from y (h_a)."""
         return self.latent_codec.h_a(y)
 
-    def latent_pass(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """y (and z: h_a's unless given) -> (y_hat, likelihoods of y and z): the latent codec's forward."""
-        return self.latent_codec(y, quantise, z)
+    def latent_pass(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None,
+                    context_grad: bool = True) -> tuple[torch.Tensor, dict]:
+        """y (and z: h_a's unless given) -> (y_hat, likelihoods of y and z): the latent codec's
+        forward; ``context_grad`` False runs its context networks without gradient."""
+        return self.latent_codec(y, quantise, z, context_grad)
 
     # Large images run in tiles (codec/models/tiles.py), so memory stays bounded: g_a in tiles of
     # TILE pixels, the latent codec's networks over the matching latents, each with a halo wider
@@ -276,11 +278,13 @@ class Hyperprior(nn.Module):
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
 
-    def forward(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    def forward(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None,
+                context_grad: bool = True) -> tuple[torch.Tensor, dict]:
         """y (and z: h_a's unless given) -> (y_hat, likelihoods of y and z). ``quantise`` None:
         training's relaxation (noise for the rate; in training, rounding with a straight-through
         gradient for the synthesis); else a function of ``value - mean`` whose result is both coded
-        and decoded (the encoder's search, codec/models/refine.py)."""
+        and decoded (the encoder's search, codec/models/refine.py). ``context_grad``: for the
+        models with context networks (cc, sc); the hyperprior has none."""
         z_hat, z_likelihoods = coded_side(self.entropy_bottleneck, self.h_a(y) if z is None else z, quantise)
         scales, means = self.h_s(z_hat).chunk(2, dim=1)
         if quantise is not None:
@@ -349,7 +353,13 @@ def coded_gaussian(conditional: GaussianConditional, y: torch.Tensor, scales: to
     """``y`` rounded by ``quantise`` around ``means``, and the likelihood of that value under the
     entropy model (the probability of its bin): the rate of what is coded, differentiable."""
     y_hat = quantise(y - means) + means
-    return y_hat, conditional.likelihood_lower_bound(conditional._likelihood(y_hat, scales, means))
+    return y_hat, likelihood_of(conditional, y_hat, scales, means)
+
+
+def likelihood_of(conditional: GaussianConditional, y_hat: torch.Tensor, scales: torch.Tensor,
+                  means: torch.Tensor) -> torch.Tensor:
+    """The probability of the bin of the coded value ``y_hat`` (differentiable in all three)."""
+    return conditional.likelihood_lower_bound(conditional._likelihood(y_hat, scales, means))
 
 
 def coded_side(bottleneck: EntropyBottleneck, z: torch.Tensor, quantise) -> tuple[torch.Tensor, torch.Tensor]:

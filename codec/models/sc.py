@@ -24,6 +24,7 @@ rest).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -41,6 +42,7 @@ from codec.models.hyperprior import (
     coded_side,
     coded_slice,
     conv,
+    likelihood_of,
 )
 
 MAX_SLICES = 16  # published models use 5 (ELIC) or 10 (Minnen & Singh)
@@ -114,22 +116,35 @@ class SpaceChannelContext(Hyperprior):
         d_scale, d_mean = out.chunk(2, dim=1)
         return scales[:, start : start + C] + d_scale, means[:, start : start + C] + d_mean
 
-    def forward(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    def forward(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None,
+                context_grad: bool = True) -> tuple[torch.Tensor, dict]:
         """y -> (y_hat, likelihoods of y and z). ``quantise`` None: training's relaxation (noise for
         the rate, rounding with a straight-through gradient for the contexts and the synthesis);
-        else a function of ``value - mean`` whose result is coded and decoded (codec/models/refine.py)."""
+        else a function of ``value - mean`` whose result is coded and decoded (codec/models/refine.py),
+        the anchors rounded once, for their own rate and for the second pass's context alike.
+        ``context_grad`` False: the slice networks run without gradient (the search's choice)."""
         z_hat, z_likelihoods = coded_side(self.entropy_bottleneck, self.h_a(y) if z is None else z, quantise)
         hp = self.h_s(z_hat)
         first = anchors(y.shape, y.device)
         rounded = quantise or ste_round
+        grad = contextlib.nullcontext() if context_grad else torch.no_grad()
         done, likelihoods = [], []
         for i, part in enumerate(y.split(self.slices, dim=1)):
             net = self.slice_nets[i]
-            partial = net.first(torch.cat([hp, *done], dim=1))  # shared by both passes, as in coding
-            s1, m1 = self._corrected(i, hp, net.rest(partial, None))  # the anchors: nothing of their own yet
-            s2, m2 = self._corrected(i, hp, net.rest(partial, (rounded(part - m1) + m1) * first))
+            with grad:
+                partial = net.first(torch.cat([hp, *done], dim=1))  # shared by both passes, as in coding
+                out = net.rest(partial, None)  # the anchors: nothing of their own yet
+            s1, m1 = self._corrected(i, hp, out)
+            anchors_hat = rounded(part - m1) + m1
+            with grad:
+                out = net.rest(partial, anchors_hat * first)
+            s2, m2 = self._corrected(i, hp, out)
             scales, means = torch.where(first, s1, s2), torch.where(first, m1, m2)
-            part_hat, lik = coded_slice(self.gaussian_conditional, part, scales, means, quantise)
+            if quantise is None:
+                part_hat, lik = coded_slice(self.gaussian_conditional, part, scales, means, None)
+            else:
+                part_hat = torch.where(first, anchors_hat, quantise(part - m2) + m2)
+                lik = likelihood_of(self.gaussian_conditional, part_hat, scales, means)
             done.append(part_hat)
             likelihoods.append(lik)
         return torch.cat(done, dim=1), {"y": torch.cat(likelihoods, dim=1), "z": z_likelihoods}
