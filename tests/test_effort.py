@@ -133,3 +133,20 @@ def test_the_search_leaves_the_context_networks_without_gradient_and_the_values_
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
+
+
+@pytest.mark.parametrize("layer", ["g_s.1", "g_a.1"])  # an inverse GDN and a forward one
+def test_the_search_s_gdn_has_compressai_s_gradient(codec, layer):
+    """FrozenGDN's own backward (fewer passes over the tensor than autograd's) is the derivative
+    of CompressAI's GDN: the same gradient in float32, and float64's numerical check."""
+    gdn = codec.model.get_submodule(layer)
+    x = torch.randn(1, gdn.beta.shape[0], 5, 7, generator=torch.Generator().manual_seed(8)) * 3
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+    grads = []
+    for module, start in ((gdn, x), (refine.FrozenGDN(gdn), x.contiguous(memory_format=torch.channels_last))):
+        start = start.clone().requires_grad_(True)
+        (module(start) * weights).sum().backward()
+        grads.append(start.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+    small = x[:, :, :2, :3].double().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert torch.autograd.gradcheck(refine.FrozenGDN(gdn).double(), (small,))
