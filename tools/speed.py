@@ -6,8 +6,10 @@ most 2x 0.74 s on 2 CPU threads, and encodes likewise).
     python tools/speed.py IMG --models cc --effort 1 --runs 3           # the encoder's search
 
 Times the API's ``compress`` and ``decompress`` calls (the model and the entropy coding: no
-process start, model load or file I/O), after one warm-up call each, and prints the median and
-the range of ``--runs`` calls as a Markdown table. Nothing else should run on the machine.
+process start, model load or file I/O), after one warm-up call each (for ``--effort``, a
+compress at effort 0: the search's own first-call costs, small beside its minutes, are timed as
+a user waits for them), and prints the median and the range of ``--runs`` calls as a Markdown
+table. Nothing else should run on the machine.
 """
 
 from __future__ import annotations

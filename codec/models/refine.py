@@ -143,13 +143,14 @@ class _GDN(torch.autograd.Function):
         return x * factor
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the search needs no second derivative
     def backward(ctx, grad: torch.Tensor):
         x, factor, gamma_t = ctx.saved_tensors
         C = x.shape[-1]
-        # twice d loss / d norm: grad * x * d factor / d norm * 2 = grad * x / factor (inverse), -x factor^3
+        # twice d loss / d norm: 2 * grad * x * d factor / d norm = grad * x / factor (inverse), -grad * x * factor^3
         twice = grad * x
         twice = twice.div_(factor) if ctx.inverse else twice.mul_(factor * factor * factor).neg_()
-        # d loss / d x = grad * factor + 2x * (d loss / d norm) gamma
+        # d loss / d x = grad * factor + 2x * (d loss / d norm) gamma_t^T
         by_square = torch.mm(twice.reshape(-1, C), gamma_t.t()).reshape(x.shape)
         return (grad * factor).addcmul_(x, by_square), None, None, None
 

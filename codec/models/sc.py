@@ -127,16 +127,16 @@ class SpaceChannelContext(Hyperprior):
         hp = self.h_s(z_hat)
         first = anchors(y.shape, y.device)
         rounded = quantise or ste_round
-        grad = contextlib.nullcontext() if context_grad else torch.no_grad()
+        context = contextlib.nullcontext() if context_grad else torch.no_grad()
         done, likelihoods = [], []
         for i, part in enumerate(y.split(self.slices, dim=1)):
             net = self.slice_nets[i]
-            with grad:
+            with context:
                 partial = net.first(torch.cat([hp, *done], dim=1))  # shared by both passes, as in coding
                 out = net.rest(partial, None)  # the anchors: nothing of their own yet
             s1, m1 = self._corrected(i, hp, out)
             anchors_hat = rounded(part - m1) + m1
-            with grad:
+            with context:
                 out = net.rest(partial, anchors_hat * first)
             s2, m2 = self._corrected(i, hp, out)
             scales, means = torch.where(first, s1, s2), torch.where(first, m1, m2)
