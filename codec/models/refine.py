@@ -36,7 +36,9 @@ SHORT_START = 0.8  # the first temperature of searches under 100 steps: three 25
 LEARNING_RATE = 0.01  # Adam's, on latent values in quantisation steps; halved for 100 steps and more
 # (two 256^2 validation crops, 30 steps: 0.005 lowered the cost 0.8% / 1.8% at q 40 / 75, 0.01 0.7% / 2.4%);
 # constant: a cosine decay to a fifth lowered it less at q 20 / 60 (2.08 / 1.58% against 2.21 / 1.84%,
-# three 256^2 validation crops, 50 steps) and barely more at q 100 (6.69% against 6.58%)
+# three 256^2 validation crops, 50 steps) and barely more at q 100 (6.69% against 6.58%); model 4 without the
+# context gradient, the same crops: 0.007 / 0.01 / 0.015 lowered it 2.31 / 2.45 / 2.11% at q 20,
+# 2.18 / 2.36 / 2.26% at q 60
 TOP_BOOST = (80, 3.0)  # above this quality Adam's step rises log-linearly to this many times at q 100: three
 # 256^2 validation crops, 50 steps, cost lowered at q 100 by 4.8% at 0.01, 5.8% at 0.02, 5.9% at 0.03;
 # at q 20 / 60 / 80 more than 0.01 loses (q 20: 2.1% at 0.01, 1.3% at 0.02 decaying, 2.0% at 0.005)
