@@ -5,8 +5,9 @@
 
 For each quality, the mean over the crops of 1 - cost(searched) / cost(g_a's latent), the cost
 being what ``codec/models/refine.py`` lowers (bpp + lambda * 255^2 * MSE, hard rounding), for
-the default model's weights (``--weights``: another file). The schedule's knobs are the module's
-constants, set from the options, so a schedule measured here is the one ``--effort`` runs once they are written there.
+the default model's weights (``--weights``: another file). The schedule's knobs are the
+module's constants, set from the options, so a schedule measured here is the one ``--effort``
+runs once they are written there.
 Tune on validation images, never on Kodak.
 """
 
