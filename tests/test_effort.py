@@ -114,9 +114,8 @@ def test_the_search_rates_each_value_under_the_contexts_of_the_values_it_codes(c
 
 
 def test_the_search_leaves_the_context_networks_without_gradient_and_the_values_with_it(codec):
-    """``context_grad=False`` (the search's choice, refine.CONTEXT_GRADIENT): the rate reaches each
-    value through its own probability alone, not back through the context networks, which then
-    cost no backward pass."""
+    """With ``contexts`` (the search's): the rate reaches each value through its own probability
+    alone, not back through the context networks, which then cost no backward pass."""
     model = codec.model
     y = (torch.randn(1, model.config.M, 4, 4, generator=torch.Generator().manual_seed(6)) * 3).requires_grad_(True)
     trained = [p for p in model.parameters() if p.requires_grad]
@@ -124,16 +123,37 @@ def test_the_search_leaves_the_context_networks_without_gradient_and_the_values_
         p.requires_grad_(False)
     grads = {}
     try:
-        for context_grad in (True, False):
+        for contexts in (None, {}):
             y.grad = None
-            _, likelihoods = model.latent_pass(y, refine.hard, None, context_grad=context_grad)
+            _, likelihoods = model.latent_pass(y, refine.hard, None, contexts)
             (-likelihoods["y"].log2().sum()).backward()
-            grads[context_grad] = y.grad.clone()
+            grads[contexts is None] = y.grad.clone()
         assert grads[False].abs().sum() > 0
         assert not torch.allclose(grads[True], grads[False])  # the contexts' share of the gradient is gone
     finally:
         for p in trained:
             p.requires_grad_(True)
+
+
+def test_kept_contexts_are_reused_until_cleared(codec):
+    """The search refreshes the contexts every ``refine.REFRESH`` steps: in between, a change to the
+    earlier slices leaves a later slice's probabilities as they were; cleared, they follow it."""
+    model = codec.model
+    image = torch.from_numpy(np.asarray(make_image(64, 64, seed=7))).permute(2, 0, 1)[None].float() / 255
+    y = model.analyse(image, 60)
+    z = model.side_information(y)
+    moved = y.clone()
+    moved[:, 0] += 2  # the first slice
+    first, size = model.latent_codec.slices[:2]
+    later = slice(first, first + size)  # the second slice, coded in the context of the first
+    with torch.no_grad():
+        contexts: dict = {}
+        _, before = model.latent_pass(y, refine.hard, z, contexts)
+        _, kept = model.latent_pass(moved, refine.hard, z, contexts)
+        contexts.clear()
+        _, fresh = model.latent_pass(moved, refine.hard, z, contexts)
+    torch.testing.assert_close(kept["y"][:, later], before["y"][:, later])
+    assert not torch.allclose(fresh["y"][:, later], before["y"][:, later])
 
 
 @pytest.mark.parametrize("layer", ["g_s.1", "g_a.1"])  # an inverse GDN and a forward one

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,24 +47,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--boost", type=float, default=refine.TOP_BOOST[1], help="the step's factor at q 100 (1: none)")
     p.add_argument("--start-temperature", type=float,
                    help="the first temperature (default: the module's for this many steps)")
-    p.add_argument("--context-gradient", choices=("yes", "no"),
-                   help="the rate's gradient through the context networks (default: the module's)")
+    p.add_argument("--refresh", type=int, default=refine.REFRESH,
+                   help="steps between runs of the context networks (default: the module's)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    defaults = refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE, refine.CONTEXT_GRADIENT
+    defaults = refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE, refine.REFRESH
     refine.LEARNING_RATE, refine.TOP_BOOST = args.lr, (refine.TOP_BOOST[0], args.boost)
     if args.start_temperature is not None:
         refine.SHORT_START = args.start_temperature
         refine.TEMPERATURE = (args.start_temperature, refine.TEMPERATURE[1])
-    if args.context_gradient is not None:
-        refine.CONTEXT_GRADIENT = args.context_gradient == "yes"
+    refine.REFRESH = args.refresh
     try:
         return measure(args)
     finally:  # the module's schedule as it was (the tool may run inside another program)
         (refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE,
-         refine.CONTEXT_GRADIENT) = defaults
+         refine.REFRESH) = defaults
 
 
 def measure(args: argparse.Namespace) -> int:
@@ -74,16 +74,19 @@ def measure(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: no images in {args.val}")
     drops = {}
     for q in (float(v) for v in args.qualities.split(",")):
-        each = []
+        each, seconds = [], 0.0
         for i, x in enumerate(crops):
             with torch.no_grad():
                 y = model.analyse(x, q)
                 z = model.side_information(y)
             before = refine._hard_cost(model, x, y, z, q)
+            start = time.perf_counter()
             found_y, found_z = refine.search(model, x, y, q, args.steps, seed=i)
+            seconds += time.perf_counter() - start
             each.append(1 - refine._hard_cost(model, x, found_y, found_z, q) / before)
         drops[q] = float(np.mean(each))
-        print(f"q {q:g}: cost {100 * drops[q]:.2f}% lower ({args.steps} steps, {len(crops)} crops)", flush=True)
+        print(f"q {q:g}: cost {100 * drops[q]:.2f}% lower ({args.steps} steps, {len(crops)} crops, "
+              f"{seconds / len(crops):.1f} s a search)", flush=True)
     print(f"mean {100 * np.mean(list(drops.values())):.2f}%")
     return 0
 

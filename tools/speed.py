@@ -1,9 +1,9 @@
 """Encode and decode time of one image per model (issue 13's target: a Kodak image decodes in at
 most 2x 0.74 s on 2 CPU threads, and encodes likewise).
 
-    python tools/speed.py ../shared/data/kodak/kodim01.png            # cc and hp, 2 threads
+    python tools/speed.py ../shared/data/kodak/kodim01.png            # sc and cc, 2 threads
     python tools/speed.py IMG --models cc --threads 1 --runs 9 -q 40
-    python tools/speed.py IMG --models cc --effort 1 --runs 3           # the encoder's search
+    python tools/speed.py IMG --models sc --effort 2 --runs 1           # the encoder's search
 
 Times the API's ``compress`` and ``decompress`` calls (the model and the entropy coding: no
 process start, model load or file I/O), after one warm-up call each (for ``--effort``, a
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", help="image to code, e.g. ../shared/data/kodak/kodim01.png")
-    p.add_argument("--models", default="cc,hp", help="comma-separated --model names (default: cc,hp)")
+    p.add_argument("--models", default="sc,cc", help="comma-separated --model names (default: sc,cc)")
     p.add_argument("--weights", help="weights file (default: the shipped weights of each model)")
     p.add_argument("--threads", type=positive, default=2, help="torch threads (default: 2)")
     p.add_argument("--runs", type=positive, default=5, help="timed calls of each (default: 5)")

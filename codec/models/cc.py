@@ -27,7 +27,6 @@ A file holds the z stream, then one stream per slice.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -46,6 +45,7 @@ from codec.models.hyperprior import (
     check_rd_config,
     coded_side,
     coded_slice,
+    context_output,
     conv,
     default_lambdas,
 )
@@ -113,24 +113,23 @@ class ChannelConditionalContext(Hyperprior):
         return 1 + self.slices
 
     def _slice_params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor],
-                      net, context_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                      net, contexts: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Scales and means of slice ``i`` from the hyperprior output and the slices before it
-        (``context_grad`` False: the slice network runs without gradient)."""
+        (``contexts``: see :func:`~codec.models.hyperprior.context_output`)."""
         C = hp.shape[1] // 2 // self.slices
         scales, means = hp.chunk(2, dim=1)
-        with contextlib.nullcontext() if context_grad else torch.no_grad():
-            out = net(torch.cat([hp, *done], dim=1))
+        out = context_output(contexts, i, lambda: net(torch.cat([hp, *done], dim=1)))
         d_scale, d_mean = out.chunk(2, dim=1)
         return scales[:, i * C : (i + 1) * C] + d_scale, means[:, i * C : (i + 1) * C] + d_mean
 
     def forward(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None,
-                context_grad: bool = True) -> tuple[torch.Tensor, dict]:
+                contexts: dict | None = None) -> tuple[torch.Tensor, dict]:
         """As :meth:`Hyperprior.forward`; the slices see the earlier slices as rounded."""
         z_hat, z_likelihoods = coded_side(self.entropy_bottleneck, self.h_a(y) if z is None else z, quantise)
         hp = self.h_s(z_hat)
         done, likelihoods = [], []
         for i, part in enumerate(y.chunk(self.slices, dim=1)):
-            scales, means = self._slice_params(i, hp, done, self.slice_nets[i], context_grad)
+            scales, means = self._slice_params(i, hp, done, self.slice_nets[i], contexts)
             part_hat, lik = coded_slice(self.gaussian_conditional, part, scales, means, quantise)
             done.append(part_hat)
             likelihoods.append(lik)

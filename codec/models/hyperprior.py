@@ -196,10 +196,10 @@ class GainedTransforms(CompressionModel):
         return self.latent_codec.h_a(y)
 
     def latent_pass(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None,
-                    context_grad: bool = True) -> tuple[torch.Tensor, dict]:
+                    contexts: dict | None = None) -> tuple[torch.Tensor, dict]:
         """y (and z: h_a's unless given) -> (y_hat, likelihoods of y and z): the latent codec's
-        forward; ``context_grad`` False runs its context networks without gradient."""
-        return self.latent_codec(y, quantise, z, context_grad)
+        forward; ``contexts``: see :func:`context_output`."""
+        return self.latent_codec(y, quantise, z, contexts)
 
     # Large images run in tiles (codec/models/tiles.py), so memory stays bounded: g_a in tiles of
     # TILE pixels, the latent codec's networks over the matching latents, each with a halo wider
@@ -279,12 +279,12 @@ class Hyperprior(nn.Module):
         self.gaussian_conditional = GaussianConditional(None)
 
     def forward(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None,
-                context_grad: bool = True) -> tuple[torch.Tensor, dict]:
+                contexts: dict | None = None) -> tuple[torch.Tensor, dict]:
         """y (and z: h_a's unless given) -> (y_hat, likelihoods of y and z). ``quantise`` None:
         training's relaxation (noise for the rate; in training, rounding with a straight-through
         gradient for the synthesis); else a function of ``value - mean`` whose result is both coded
-        and decoded (the encoder's search, codec/models/refine.py). ``context_grad``: for the
-        models with context networks (cc, sc); the hyperprior has none."""
+        and decoded (the encoder's search, codec/models/refine.py). ``contexts``: for the
+        models with context networks (cc, sc, :func:`context_output`); the hyperprior has none."""
         z_hat, z_likelihoods = coded_side(self.entropy_bottleneck, self.h_a(y) if z is None else z, quantise)
         scales, means = self.h_s(z_hat).chunk(2, dim=1)
         if quantise is not None:
@@ -360,6 +360,19 @@ def likelihood_of(conditional: GaussianConditional, y_hat: torch.Tensor, scales:
                   means: torch.Tensor) -> torch.Tensor:
     """The probability of the bin of the coded value ``y_hat`` (differentiable in all three)."""
     return conditional.likelihood_lower_bound(conditional._likelihood(y_hat, scales, means))
+
+
+def context_output(contexts: dict | None, key, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A context network's output, ``compute()``. ``contexts`` None (training, coding): computed
+    with gradient. Else (the encoder's search): computed without gradient, kept in ``contexts``
+    under ``key`` and reused while it is there: the search's rate then reaches each value through
+    its own probability and the hyperprior's, and the search decides how stale a context may be."""
+    if contexts is None:
+        return compute()
+    if key not in contexts:
+        with torch.no_grad():
+            contexts[key] = compute()
+    return contexts[key]
 
 
 def coded_side(bottleneck: EntropyBottleneck, z: torch.Tensor, quantise) -> tuple[torch.Tensor, torch.Tensor]:

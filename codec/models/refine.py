@@ -11,7 +11,8 @@ from 0.5 (0.8 in searches under 100 steps) towards 0, so that the search ends on
 rounding will code. The rate is the entropy model's probability of the rounded value, with every
 context (the hyperprior, earlier slices, the checkerboard's anchors) computed from the very
 values that are coded, as the decoder will; the rate's gradient reaches each value through its
-own probability, not back through the context networks (``CONTEXT_GRADIENT``).
+own probability, not back through the context networks, whose outputs are refreshed every
+``REFRESH`` steps.
 
 Large images are searched in tiles of the latent (with a margin that is searched but not kept),
 so memory stays bounded like the rest of the codec. The same image, quality and effort give the
@@ -29,7 +30,7 @@ from compressai.layers import GDN
 
 from codec.models.hyperprior import GainedTransforms, bpp_of
 
-EFFORTS = {0: 0, 1: 25, 2: 50, 3: 100, 4: 1000}  # effort level -> search iterations (0: g_a's latent as it is)
+EFFORTS = {0: 0, 1: 25, 2: 58, 3: 100, 4: 1000}  # effort level -> search iterations (0: g_a's latent as it is)
 TEMPERATURE = (0.5, 0.02)  # annealed exponentially from the first to the last over the iterations
 SHORT_START = 0.8  # the first temperature of searches under 100 steps: three 256^2 validation crops, 50
 # steps, cost lowered 2.4 / 1.8 / 5.4% at q 20 / 60 / 100 from 0.8, 2.1 / 1.6 / 4.8% from 0.5, less from 0.3
@@ -44,14 +45,17 @@ TOP_BOOST = (80, 3.0)  # above this quality Adam's step rises log-linearly to th
 # at q 20 / 60 / 80 more than 0.01 loses (q 20: 2.1% at 0.01, 1.3% at 0.02 decaying, 2.0% at 0.005)
 TILE = GainedTransforms.TILE // 16  # latent units searched at once, as coding's tiles: a Kodak image is one
 MARGIN = 4  # latent units around a tile, searched for its context but not kept
-CONTEXT_GRADIENT = False  # whether the rate's gradient also flows back through the context networks (the
-# earlier slices, the checkerboard's anchors) or only through each value's own probability and the hyperprior:
-# without it the search gains more per step and a step is cheaper (model 4, three 256^2 validation crops, 50
-# steps: cost lowered 2.45 / 2.36 / 9.76% at q 20 / 60 / 100 against 2.45 / 2.12 / 9.29% with it), likely as
-# that gradient follows one random rounding of the earlier values and is mostly noise
-CHECK = 5  # steps between measurements of the latent as hard rounding codes it
+REFRESH = 5  # steps between runs of the context networks (the earlier slices, the checkerboard's anchors),
+# whose outputs are kept in between: they cost a quarter of a step, and a few steps' staleness costs less than
+# the steps it buys. Three 256^2 validation crops, about the same time: 50 steps refreshing at every one lowered
+# the cost 2.39 / 2.36 / 9.80% at q 20 / 60 / 100, 58 steps every 5th 2.42 / 2.55 / 10.03%, 55 every 3rd
+# 2.42 / 2.49 / 9.95%. The rate's gradient never flows back through them: without it the search gains more per
+# step (model 4, the same crops, 50 steps: 2.45 / 2.36 / 9.76% against 2.45 / 2.12 / 9.29% with it), likely
+# as that gradient follows one random rounding and is mostly noise
+CHECK = 10  # steps between measurements of the latent as hard rounding codes it
 CHECK_FROM = 0.5  # ... from this share of the search on (each check costs half a step): on kodim01 at q 10 / 40 /
-# 70 / 100, 50 steps, the lowest cost came at step 35 / 45 / 45 / 30, never in the first half
+# 70 / 100, 50 steps, the lowest cost came at step 35 / 45 / 45 / 30, never in the first half; every 10th step
+# rather than every 5th: level 2 checks 4 times, not 7 (a step and a half's time)
 
 
 def sga(v: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
@@ -66,12 +70,13 @@ def sga(v: torch.Tensor, temperature: float, generator: torch.Generator) -> torc
 
 def rd_cost(model: GainedTransforms, x: torch.Tensor, y: torch.Tensor, quality: float,
             quantise: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor | None = None,
-            synthesis: torch.nn.Module | None = None) -> torch.Tensor:
+            synthesis: torch.nn.Module | None = None, contexts: dict | None = None) -> torch.Tensor:
     """bpp + lambda * 255^2 * MSE of latent ``y`` (and side information ``z``, else h_a's) for
-    padded image ``x``, as the model trains; ``synthesis``: g_s, or a copy of it in another layout."""
+    padded image ``x``, as the model trains; ``synthesis``: g_s, or a copy of it in another layout;
+    ``contexts``: the search's context outputs (``hyperprior.context_output``), None to compute them afresh."""
     position = model.position(quality).reshape(1)
     _, inv_gain = model.gains(position)
-    y_hat, likelihoods = model.latent_pass(y, quantise, z, context_grad=CONTEXT_GRADIENT)
+    y_hat, likelihoods = model.latent_pass(y, quantise, z, contexts)
     y_hat = y_hat * inv_gain.to(y.dtype)
     if synthesis is None:
         x_hat = model.g_s(y_hat)
@@ -195,9 +200,13 @@ def _search_tile(model, x, y, z, quality, iterations, seed, progress, synthesis)
     opt = torch.optim.Adam([y_var, z_var], lr=learning_rate(quality, iterations))
     hi, lo = (SHORT_START if iterations < 100 else TEMPERATURE[0]), TEMPERATURE[1]
     best, best_cost = (y.detach().float(), z.detach().float()), _hard_cost(model, x, y, z, quality, synthesis)
+    contexts: dict = {}
     for step in range(iterations):
         temperature = hi * (lo / hi) ** (step / max(iterations - 1, 1))
-        cost = rd_cost(model, x, y_var, quality, lambda v, t=temperature: sga(v, t, generator), z_var, synthesis)
+        if step % REFRESH == 0:
+            contexts.clear()
+        cost = rd_cost(model, x, y_var, quality, lambda v, t=temperature: sga(v, t, generator), z_var, synthesis,
+                       contexts)
         opt.zero_grad(set_to_none=True)
         cost.backward()
         opt.step()

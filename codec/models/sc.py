@@ -24,7 +24,7 @@ rest).
 
 from __future__ import annotations
 
-import contextlib
+import functools
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -41,6 +41,7 @@ from codec.models.hyperprior import (
     check_rd_config,
     coded_side,
     coded_slice,
+    context_output,
     conv,
     likelihood_of,
 )
@@ -116,29 +117,30 @@ class SpaceChannelContext(Hyperprior):
         d_scale, d_mean = out.chunk(2, dim=1)
         return scales[:, start : start + C] + d_scale, means[:, start : start + C] + d_mean
 
+    def _output(self, i: int, hp: torch.Tensor, done: list[torch.Tensor], contexts: dict | None):
+        """Slice ``i``'s network as a function of its own decoded anchors (None in the first pass);
+        the first layer's sum over the hyperprior and the slices before is made once for both passes."""
+        net = self.slice_nets[i]
+        partial = functools.cache(lambda: net.first(torch.cat([hp, *done], dim=1)))
+        return lambda own: context_output(contexts, (i, own is None), lambda: net.rest(partial(), own))
+
     def forward(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None,
-                context_grad: bool = True) -> tuple[torch.Tensor, dict]:
+                contexts: dict | None = None) -> tuple[torch.Tensor, dict]:
         """y -> (y_hat, likelihoods of y and z). ``quantise`` None: training's relaxation (noise for
         the rate, rounding with a straight-through gradient for the contexts and the synthesis);
         else a function of ``value - mean`` whose result is coded and decoded (codec/models/refine.py),
         the anchors rounded once, for their own rate and for the second pass's context alike.
-        ``context_grad`` False: the slice networks run without gradient (the search's choice)."""
+        ``contexts``: see :func:`~codec.models.hyperprior.context_output`."""
         z_hat, z_likelihoods = coded_side(self.entropy_bottleneck, self.h_a(y) if z is None else z, quantise)
         hp = self.h_s(z_hat)
         first = anchors(y.shape, y.device)
         rounded = quantise or ste_round
-        context = contextlib.nullcontext() if context_grad else torch.no_grad()
         done, likelihoods = [], []
         for i, part in enumerate(y.split(self.slices, dim=1)):
-            net = self.slice_nets[i]
-            with context:
-                partial = net.first(torch.cat([hp, *done], dim=1))  # shared by both passes, as in coding
-                out = net.rest(partial, None)  # the anchors: nothing of their own yet
-            s1, m1 = self._corrected(i, hp, out)
+            output = self._output(i, hp, done, contexts)
+            s1, m1 = self._corrected(i, hp, output(None))  # the anchors: nothing of their own yet
             anchors_hat = rounded(part - m1) + m1
-            with context:
-                out = net.rest(partial, anchors_hat * first)
-            s2, m2 = self._corrected(i, hp, out)
+            s2, m2 = self._corrected(i, hp, output(anchors_hat * first))
             scales, means = torch.where(first, s1, s2), torch.where(first, m1, m2)
             if quantise is None:
                 part_hat, lik = coded_slice(self.gaussian_conditional, part, scales, means, None)
