@@ -10,6 +10,7 @@ import torch
 from codec.api import Codec, CodecError
 from codec.cli import main
 from codec.models import refine
+from codec.models.cc import CCConfig, ChannelConditional
 from conftest import make_image
 
 
@@ -113,6 +114,12 @@ def test_the_search_rates_each_value_under_the_contexts_of_the_values_it_codes(c
     torch.testing.assert_close(again["y"], searched["y"])
 
 
+def _latent(model, seed: int) -> torch.Tensor:
+    """The latent of a small synthetic image at q 60."""
+    image = torch.from_numpy(np.array(make_image(64, 64, seed=seed))).permute(2, 0, 1)[None].float() / 255
+    return model.analyse(image, 60)
+
+
 def test_the_search_leaves_the_context_networks_without_gradient_and_the_values_with_it(codec):
     """With ``contexts`` (the search's): the rate reaches each value through its own probability
     alone, not back through the context networks, which then cost no backward pass."""
@@ -123,29 +130,52 @@ def test_the_search_leaves_the_context_networks_without_gradient_and_the_values_
         p.requires_grad_(False)
     grads = {}
     try:
-        for contexts in (None, {}):
+        for name, contexts in (("through the contexts", None), ("kept", {})):
             y.grad = None
             _, likelihoods = model.latent_pass(y, refine.hard, None, contexts)
             (-likelihoods["y"].log2().sum()).backward()
-            grads[contexts is None] = y.grad.clone()
-        assert grads[False].abs().sum() > 0
-        assert not torch.allclose(grads[True], grads[False])  # the contexts' share of the gradient is gone
+            grads[name] = y.grad.clone()
+        assert grads["kept"].abs().sum() > 0
+        assert not torch.allclose(grads["through the contexts"], grads["kept"])  # the contexts' share is gone
     finally:
         for p in trained:
             p.requires_grad_(True)
+
+
+def _small_cc() -> ChannelConditional:
+    """A small channel-conditional model whose slice networks predict something (they start at zero)."""
+    torch.manual_seed(8)
+    model = ChannelConditional(CCConfig(N=16, M=32, slices=4, width=16)).eval()
+    with torch.no_grad():
+        for net in model.latent_codec.slice_nets:
+            net.layers[-1].weight.normal_(0, 0.05)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["sc", "cc"])
+def test_fresh_contexts_are_the_contexts_of_training_and_coding(codec, kind):
+    """Kept contexts, freshly made, are the ones made without keeping: each slice and each
+    checkerboard pass keeps its own."""
+    model = codec.model if kind == "sc" else _small_cc()
+    y = _latent(model, seed=9)
+    z = model.side_information(y)
+    with torch.no_grad():
+        made, made_likelihoods = model.latent_pass(y, refine.hard, z, None)
+        kept, kept_likelihoods = model.latent_pass(y, refine.hard, z, {})
+    torch.testing.assert_close(kept, made)
+    torch.testing.assert_close(kept_likelihoods["y"], made_likelihoods["y"])
 
 
 def test_kept_contexts_are_reused_until_cleared(codec):
     """The search refreshes the contexts every ``refine.REFRESH`` steps: in between, a change to the
     earlier slices leaves a later slice's probabilities as they were; cleared, they follow it."""
     model = codec.model
-    image = torch.from_numpy(np.asarray(make_image(64, 64, seed=7))).permute(2, 0, 1)[None].float() / 255
-    y = model.analyse(image, 60)
+    y = _latent(model, seed=7)
     z = model.side_information(y)
     moved = y.clone()
     moved[:, 0] += 2  # the first slice
-    first, size = model.latent_codec.slices[:2]
-    later = slice(first, first + size)  # the second slice, coded in the context of the first
+    start, size = model.latent_codec.slices[:2]
+    later = slice(start, start + size)  # the second slice, coded in the context of the first
     with torch.no_grad():
         contexts: dict = {}
         _, before = model.latent_pass(y, refine.hard, z, contexts)

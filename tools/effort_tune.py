@@ -27,6 +27,13 @@ from codec.train.data import list_images
 from codec.weights import load_weights
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def centre_crops(folder: str, first: int, count: int, side: int) -> list[torch.Tensor]:
     """The images' centre crops, read as the benchmark reads them, as (1, 3, side, side) in [0, 1]."""
     paths = [Path(p) for p in list_images(folder)[first : first + count]]
@@ -47,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--boost", type=float, default=refine.TOP_BOOST[1], help="the step's factor at q 100 (1: none)")
     p.add_argument("--start-temperature", type=float,
                    help="the first temperature (default: the module's for this many steps)")
-    p.add_argument("--refresh", type=int, default=refine.REFRESH,
+    p.add_argument("--refresh", type=positive, default=refine.REFRESH,
                    help="steps between runs of the context networks (default: the module's)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     args = p.parse_args(argv)

@@ -16,7 +16,7 @@ context) with two changes that a codec shipping real files needs:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -362,11 +362,12 @@ def likelihood_of(conditional: GaussianConditional, y_hat: torch.Tensor, scales:
     return conditional.likelihood_lower_bound(conditional._likelihood(y_hat, scales, means))
 
 
-def context_output(contexts: dict | None, key, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """A context network's output, ``compute()``. ``contexts`` None (training, coding): computed
-    with gradient. Else (the encoder's search): computed without gradient, kept in ``contexts``
-    under ``key`` and reused while it is there: the search's rate then reaches each value through
-    its own probability and the hyperprior's, and the search decides how stale a context may be."""
+def context_output(contexts: dict | None, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A context network's output, ``compute()``. ``contexts`` None: computed as the caller runs
+    (with gradient in training). Else (the encoder's search): computed without gradient, kept in
+    ``contexts`` under ``key`` and reused while it is there: the search's rate then reaches each
+    value through its own probability and the hyperprior's, and the search decides how stale a
+    context may be (it clears ``contexts``)."""
     if contexts is None:
         return compute()
     if key not in contexts:

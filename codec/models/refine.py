@@ -8,11 +8,11 @@ gradient, so the search relaxes it as stochastic Gumbel annealing does (Yang, Ba
 "Improving Inference for Neural Image Compression", NeurIPS 2020): each value is rounded down or
 up at random, with odds from its distance to each (atanh), softened by a temperature that anneals
 from 0.5 (0.8 in searches under 100 steps) towards 0, so that the search ends on what hard
-rounding will code. The rate is the entropy model's probability of the rounded value, with every
-context (the hyperprior, earlier slices, the checkerboard's anchors) computed from the very
-values that are coded, as the decoder will; the rate's gradient reaches each value through its
-own probability, not back through the context networks, whose outputs are refreshed every
-``REFRESH`` steps.
+rounding will code. The rate is the entropy model's probability of the rounded value under the
+contexts the decoder will use: the hyperprior's follows every step; the context networks' (the
+earlier slices, the checkerboard's anchors) see the values as rounded at their last refresh, every
+``REFRESH`` steps, and the rate's gradient reaches each value through its own probability, not
+back through them. What the search keeps is measured with every context fresh.
 
 Large images are searched in tiles of the latent (with a margin that is searched but not kept),
 so memory stays bounded like the rest of the codec. The same image, quality and effort give the
@@ -52,10 +52,10 @@ REFRESH = 5  # steps between runs of the context networks (the earlier slices, t
 # 2.42 / 2.49 / 9.95%. The rate's gradient never flows back through them: without it the search gains more per
 # step (model 4, the same crops, 50 steps: 2.45 / 2.36 / 9.76% against 2.45 / 2.12 / 9.29% with it), likely
 # as that gradient follows one random rounding and is mostly noise
-CHECK = 10  # steps between measurements of the latent as hard rounding codes it
+CHECK = 10  # steps between measurements of the latent as hard rounding codes it (every 5th before: level 2
+# now checks 4 times, not 7, a step and a half's time)
 CHECK_FROM = 0.5  # ... from this share of the search on (each check costs half a step): on kodim01 at q 10 / 40 /
-# 70 / 100, 50 steps, the lowest cost came at step 35 / 45 / 45 / 30, never in the first half; every 10th step
-# rather than every 5th: level 2 checks 4 times, not 7 (a step and a half's time)
+# 70 / 100, 50 steps, the lowest cost came at step 35 / 45 / 45 / 30, never in the first half
 
 
 def sga(v: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
@@ -73,7 +73,8 @@ def rd_cost(model: GainedTransforms, x: torch.Tensor, y: torch.Tensor, quality: 
             synthesis: torch.nn.Module | None = None, contexts: dict | None = None) -> torch.Tensor:
     """bpp + lambda * 255^2 * MSE of latent ``y`` (and side information ``z``, else h_a's) for
     padded image ``x``, as the model trains; ``synthesis``: g_s, or a copy of it in another layout;
-    ``contexts``: the search's context outputs (``hyperprior.context_output``), None to compute them afresh."""
+    ``contexts``: the search's kept context outputs (:func:`~codec.models.hyperprior.context_output`), None
+    to compute them afresh."""
     position = model.position(quality).reshape(1)
     _, inv_gain = model.gains(position)
     y_hat, likelihoods = model.latent_pass(y, quantise, z, contexts)

@@ -24,7 +24,6 @@ rest).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -121,8 +120,15 @@ class SpaceChannelContext(Hyperprior):
         """Slice ``i``'s network as a function of its own decoded anchors (None in the first pass);
         the first layer's sum over the hyperprior and the slices before is made once for both passes."""
         net = self.slice_nets[i]
-        partial = functools.cache(lambda: net.first(torch.cat([hp, *done], dim=1)))
-        return lambda own: context_output(contexts, (i, own is None), lambda: net.rest(partial(), own))
+        partial: list[torch.Tensor] = []  # made by whichever pass runs the network first
+
+        def output(own: torch.Tensor | None) -> torch.Tensor:
+            def compute() -> torch.Tensor:
+                if not partial:
+                    partial.append(net.first(torch.cat([hp, *done], dim=1)))
+                return net.rest(partial[0], own)
+            return context_output(contexts, (i, own is None), compute)
+        return output
 
     def forward(self, y: torch.Tensor, quantise=None, z: torch.Tensor | None = None,
                 contexts: dict | None = None) -> tuple[torch.Tensor, dict]:
@@ -130,7 +136,8 @@ class SpaceChannelContext(Hyperprior):
         the rate, rounding with a straight-through gradient for the contexts and the synthesis);
         else a function of ``value - mean`` whose result is coded and decoded (codec/models/refine.py),
         the anchors rounded once, for their own rate and for the second pass's context alike.
-        ``contexts``: see :func:`~codec.models.hyperprior.context_output`."""
+        ``contexts``: see :func:`~codec.models.hyperprior.context_output` (kept, the second pass's
+        context is the anchors as rounded when it was made)."""
         z_hat, z_likelihoods = coded_side(self.entropy_bottleneck, self.h_a(y) if z is None else z, quantise)
         hp = self.h_s(z_hat)
         first = anchors(y.shape, y.device)
