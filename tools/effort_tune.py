@@ -25,13 +25,7 @@ from codec.bench import load_rgb
 from codec.models import refine
 from codec.train.data import list_images
 from codec.weights import load_weights
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+from speed import positive  # tools/speed.py, beside this file
 
 
 def centre_crops(folder: str, first: int, count: int, side: int) -> list[torch.Tensor]:
