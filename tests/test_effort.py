@@ -73,6 +73,30 @@ def test_the_search_strides_further_at_the_top_qualities_and_shorter_in_long_sea
     assert refine.learning_rate(100, 100) == pytest.approx(1.5 * base)
 
 
+@pytest.mark.parametrize("odds", [0.0, 1.0, 2.0])
+def test_the_relaxed_rounding_lies_between_floor_and_ceil_and_hardens_as_it_cools(odds):
+    """Each value is drawn towards floor or ceil, nearer the nearer integer on average, and cold
+    it is what rounding codes; the gradient reaches the value through its odds."""
+    v = torch.tensor([2.1, 2.5, 2.9, -0.3]).repeat(2000).requires_grad_(True)
+    g = torch.Generator().manual_seed(0)
+    warm = refine.sga(v, 1.0, g, odds)
+    assert bool(((warm >= torch.floor(v)) & (warm <= torch.ceil(v))).all())
+    mean = warm.detach().reshape(-1, 4).mean(0)
+    assert mean[0] < 2.5 < mean[2] and mean[3] > -0.5  # drawn towards the nearer integer
+    warm.sum().backward()
+    assert v.grad is not None and bool(v.grad.abs().sum() > 0)
+    cold = refine.sga(v.detach(), 0.02, g, odds).reshape(-1, 4)
+    assert torch.equal(cold[:, [0, 2, 3]].round(), torch.tensor([2.0, 3.0, 0.0]).expand(2000, 3))
+    assert float((cold[:, [0, 2, 3]] - torch.tensor([2.0, 3.0, 0.0])).abs().max()) < 0.01
+
+
+def test_long_searches_start_warmer_with_sga_plus_odds():
+    assert refine.schedule(25) == refine.schedule(99) == (0.8, 0.0)
+    assert refine.schedule(100) == (0.5, 0.0)  # level 3 as tuned with atanh
+    start, odds = refine.schedule(refine.EFFORTS[4])
+    assert start == 1.0 and odds > 0
+
+
 def test_the_search_runs_a_copy_of_the_synthesis_that_computes_the_same_image(codec):
     """The search's g_s (channels_last, each GDN read off once into a matrix product) is a faster
     copy: the same pixels as the decoder's own layers, which it leaves as they were."""

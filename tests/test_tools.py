@@ -63,9 +63,9 @@ def test_effort_tune_measures_a_schedule_and_leaves_the_defaults(tmp_path: Path,
     from effort_tune import main
 
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(tmp_path / "a.png")
-    defaults = (refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE, refine.REFRESH)
+    defaults = (refine.LEARNING_RATE, refine.TOP_BOOST, refine.SCHEDULES, refine.REFRESH)
     assert main(["--val", str(tmp_path), "--first", "0", "--images", "1", "--crop", "64", "--qualities", "90",
-                 "--steps", "5", "--refresh", "2"]) == 0
+                 "--steps", "5", "--refresh", "2", "--odds", "1"]) == 0
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith("q 90: cost ") and float(line.split()[3].rstrip("%")) >= 0  # never costlier
-    assert (refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE, refine.REFRESH) == defaults
+    assert (refine.LEARNING_RATE, refine.TOP_BOOST, refine.SCHEDULES, refine.REFRESH) == defaults

@@ -48,23 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--boost", type=float, default=refine.TOP_BOOST[1], help="the step's factor at q 100 (1: none)")
     p.add_argument("--start-temperature", type=float,
                    help="the first temperature (default: the module's for this many steps)")
+    p.add_argument("--odds", type=float,
+                   help="the odds' slope: 0 atanh, a > 0 SGA+'s sigmoid-scaled logit (default: the module's)")
     p.add_argument("--refresh", type=positive, default=refine.REFRESH,
                    help="steps between runs of the context networks (default: the module's)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    defaults = refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE, refine.REFRESH
+    defaults = refine.LEARNING_RATE, refine.TOP_BOOST, refine.SCHEDULES, refine.REFRESH
+    start, odds = refine.schedule(args.steps)
     refine.LEARNING_RATE, refine.TOP_BOOST = args.lr, (refine.TOP_BOOST[0], args.boost)
-    if args.start_temperature is not None:
-        refine.SHORT_START = args.start_temperature
-        refine.TEMPERATURE = (args.start_temperature, refine.TEMPERATURE[1])
+    refine.SCHEDULES = {0: (start if args.start_temperature is None else args.start_temperature,
+                            odds if args.odds is None else args.odds)}
     refine.REFRESH = args.refresh
     try:
         return measure(args)
     finally:  # the module's schedule as it was (the tool may run inside another program)
-        (refine.LEARNING_RATE, refine.TOP_BOOST, refine.SHORT_START, refine.TEMPERATURE,
-         refine.REFRESH) = defaults
+        refine.LEARNING_RATE, refine.TOP_BOOST, refine.SCHEDULES, refine.REFRESH = defaults
 
 
 def measure(args: argparse.Namespace) -> int:

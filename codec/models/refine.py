@@ -7,8 +7,9 @@ what it finds: any latent is a valid file, decoded by the unchanged decoder. Rou
 gradient, so the search relaxes it as stochastic Gumbel annealing does (Yang, Bamler & Mandt,
 "Improving Inference for Neural Image Compression", NeurIPS 2020): each value is rounded down or
 up at random, with odds from its distance to each (atanh), softened by a temperature that anneals
-from 0.5 (0.8 in searches under 100 steps) towards 0, so that the search ends on what hard
-rounding will code. The rate is the entropy model's probability of the rounded value under the
+towards 0, so that the search ends on what hard rounding will code. Long searches take SGA+'s
+odds instead (Perugachi-Diaz et al., NeurIPS 2024): linear in the distance, which saturates less
+than atanh near the integers. The rate is the entropy model's probability of the rounded value under the
 contexts the decoder will use: the hyperprior's follows every step; the context networks' (the
 earlier slices, the checkerboard's anchors) see the values as rounded at their last refresh, every
 ``REFRESH`` steps, and the rate's gradient reaches each value through its own probability, not
@@ -26,14 +27,19 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from compressai.layers import GDN
 
 from codec.models.hyperprior import GainedTransforms, bpp_of
 
 EFFORTS = {0: 0, 1: 25, 2: 58, 3: 100, 4: 1000}  # effort level -> search iterations (0: g_a's latent as it is)
-TEMPERATURE = (0.5, 0.02)  # annealed exponentially from the first to the last over the iterations
-SHORT_START = 0.8  # the first temperature of searches under 100 steps: three 256^2 validation crops, 50
-# steps, cost lowered 2.4 / 1.8 / 5.4% at q 20 / 60 / 100 from 0.8, 2.1 / 1.6 / 4.8% from 0.5, less from 0.3
+END_TEMPERATURE = 0.02  # each search anneals its temperature exponentially from its start to this
+SCHEDULES = {0: (0.8, 0.0), 100: (0.5, 0.0), 300: (1.0, 1.0)}  # a search of at least N steps: its first temperature
+# and the slope of its odds (0: atanh; a > 0: SGA+'s sigmoid-scaled logit, a = 1 linear). Three 256^2
+# validation crops, cost lowered at q 20 / 60 / 100: 50 steps, 2.4 / 1.8 / 5.4% from 0.8, 2.1 / 1.6 / 4.8% from
+# 0.5, less from 0.3; 128^2 crops, 300 steps, 4.93 / 4.02 / 11.28% from 0.5 (atanh), 5.45 / 4.29 / 12.45%
+# from 1 (atanh), 5.70 / 4.43 / 12.15% from 1 (linear), 6.08 / 4.56 / 11.49% from 1 (slope 2), 5.17 / 4.02 /
+# 9.91% from 0.5 (slope 2), 5.04 / 4.04 / 10.94% from 0.5 (linear): the warmer start is most of the gain
 LEARNING_RATE = 0.01  # Adam's, on latent values in quantisation steps; halved for 100 steps and more
 # (two 256^2 validation crops, 30 steps: 0.005 lowered the cost 0.8% / 1.8% at q 40 / 75, 0.01 0.7% / 2.4%);
 # constant: a cosine decay to a fifth lowered it less at q 20 / 60 (2.08 / 1.58% against 2.21 / 1.84%,
@@ -58,11 +64,21 @@ CHECK_FROM = 0.5  # ... from this share of the search on (each check costs half 
 # 70 / 100, 50 steps, the lowest cost came at step 35 / 45 / 45 / 30, never in the first half
 
 
-def sga(v: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
-    """Stochastic Gumbel annealing of ``round(v)``: floor or ceil, relaxed (differentiable in v)."""
+def schedule(iterations: int) -> tuple[float, float]:
+    """The first temperature and the odds' slope of a search of ``iterations`` steps (:data:`SCHEDULES`)."""
+    return SCHEDULES[max(n for n in SCHEDULES if n <= iterations)]
+
+
+def sga(v: torch.Tensor, temperature: float, generator: torch.Generator, odds: float = 0.0) -> torch.Tensor:
+    """Stochastic Gumbel annealing of ``round(v)``: floor or ceil, relaxed (differentiable in v); ``odds``:
+    0 for Yang et al.'s atanh odds, a > 0 for SGA+'s sigmoid-scaled logit of slope a."""
     floor = torch.floor(v).detach()
     frac = (v - floor).clamp(1e-4, 1 - 1e-4)
-    logits = torch.stack([-torch.atanh(frac), -torch.atanh(1 - frac)], dim=-1) / temperature
+    if odds:
+        up = odds * torch.logit(frac)
+        logits = torch.stack([F.logsigmoid(-up), F.logsigmoid(up)], dim=-1) / temperature
+    else:
+        logits = torch.stack([-torch.atanh(frac), -torch.atanh(1 - frac)], dim=-1) / temperature
     u = torch.rand(logits.shape, generator=generator).clamp(1e-9, 1 - 1e-9).to(logits.device)
     weights = torch.softmax((logits - torch.log(-torch.log(u))) / temperature, dim=-1)
     return floor + weights[..., 1]  # floor * w_floor + (floor + 1) * w_ceil
@@ -199,14 +215,14 @@ def _search_tile(model, x, y, z, quality, iterations, seed, progress, synthesis)
     y_var = y.detach().clone().float().requires_grad_(True)
     z_var = z.detach().clone().float().requires_grad_(True)
     opt = torch.optim.Adam([y_var, z_var], lr=learning_rate(quality, iterations))
-    hi, lo = (SHORT_START if iterations < 100 else TEMPERATURE[0]), TEMPERATURE[1]
+    (hi, odds), lo = schedule(iterations), END_TEMPERATURE
     best, best_cost = (y.detach().float(), z.detach().float()), _hard_cost(model, x, y, z, quality, synthesis)
     contexts: dict = {}
     for step in range(iterations):
         temperature = hi * (lo / hi) ** (step / max(iterations - 1, 1))
         if step % REFRESH == 0:
             contexts.clear()
-        cost = rd_cost(model, x, y_var, quality, lambda v, t=temperature: sga(v, t, generator), z_var, synthesis,
+        cost = rd_cost(model, x, y_var, quality, lambda v, t=temperature: sga(v, t, generator, odds), z_var, synthesis,
                        contexts)
         opt.zero_grad(set_to_none=True)
         cost.backward()
