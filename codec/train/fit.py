@@ -18,6 +18,7 @@ exported from the average.
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import math
 import os
@@ -93,7 +94,10 @@ def fit(args: argparse.Namespace) -> None:
     if world > 1:
         import torch.distributed as dist
 
-        dist.init_process_group("nccl" if cuda else "gloo")
+        # a long wait is no fault here: ranks paused together (SIGSTOP) for a measurement find on
+        # waking that their pending exchange has waited as long as the pause (the default, 30 minutes,
+        # ended a run paused for 45)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=6))
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     device = torch.device("cuda" if cuda else "cpu")
