@@ -94,7 +94,7 @@ def test_long_searches_start_warmer_with_sga_plus_odds():
     assert refine.schedule(25) == refine.schedule(99) == (0.8, 0.0)
     assert refine.schedule(100) == (0.5, 0.0)  # level 3 as tuned with atanh
     start, odds = refine.schedule(refine.EFFORTS[4])
-    assert start == 1.0 and odds > 0
+    assert start > 1.0 and odds > 0
 
 
 def test_the_search_runs_a_copy_of_the_synthesis_that_computes_the_same_image(codec):
