@@ -550,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--effort", type=int, choices=range(5), default=0, metavar="0-4",  # refine.EFFORTS
                    help="encoder effort, as cjxl -e: 0 (default) codes the analysis transform's latent at once; "
                    "1-4 search it for a smaller file at the same quality, slower with each level (on 2 CPU threads "
-                   "about 2 minutes a photo at 3, 25 at 4). The files decode as any other")
+                   "about 2 minutes a photo at 3, 25 minutes at 4). The files decode as any other")
     c.add_argument("--psnr-space", choices=["rgb", "yuv420"], default="rgb",  # metrics.PSNR_SPACES
                    help="the PSNR that --target-psnr and -v mean: rgb (default), or yuv420, over YCbCr 4:2:0 "
                    "samples as cwebp's -psnr measures it (luma weighs more: the same number needs fewer bytes)")
