@@ -82,7 +82,7 @@ def sga(v: torch.Tensor, temperature: float, generator: torch.Generator, odds: f
         logits = torch.stack([F.logsigmoid(-up), F.logsigmoid(up)], dim=-1)
     else:
         logits = torch.stack([-torch.atanh(frac), -torch.atanh(1 - frac)], dim=-1)
-    logits = logits / temperature
+    logits = logits / temperature  # then a relaxed one-hot draw at the same temperature, as Yang et al.'s code does
     u = torch.rand(logits.shape, generator=generator).clamp(1e-9, 1 - 1e-9).to(logits.device)
     weights = torch.softmax((logits - torch.log(-torch.log(u))) / temperature, dim=-1)
     return floor + weights[..., 1]  # floor * w_floor + (floor + 1) * w_ceil
