@@ -215,6 +215,38 @@ def test_training_improves_reconstruction(tmp_path):
     assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["best"] < first
 
 
+def test_a_deepened_vae_reconstructs_as_before_and_then_learns(tmp_path):
+    """More resnets per block start as identities (bit for bit the same output); training from
+    a weights file with --layers-per-block 2 deepens it and moves the new blocks."""
+    torch.manual_seed(0)
+    small = KLAutoencoder(VAEConfig(block_out_channels=(16, 16, 32, 32))).eval()
+    deep = small.deepened(2).eval()
+    assert deep.config.layers_per_block == 2 and len(deep.decoder.up_blocks[0].resnets) == 3
+    x = torch.rand(2, 3, 40, 24)
+    with torch.no_grad():
+        assert torch.equal(deep.encode(x)[0], small.encode(x)[0])
+        assert torch.equal(deep(x, sample=False)["x_hat"], small(x, sample=False)["x_hat"])
+    with pytest.raises(ValueError, match="cannot deepen"):
+        deep.deepened(1)
+
+    data = tmp_path / "d"
+    data.mkdir()
+    make_image(64, 64, seed=4).save(data / "0.png")
+    run = tmp_path / "run"
+    train(["fit", "--model", "vae", *TINY, "--data", str(data), "--val", str(data), "--out", str(run),
+           "--patch-size", "32", "--batch-size", "2", "--steps", "1", "--val-every", "1", "--device", "cpu"])
+    train(["fit", "--model", "vae", "--layers-per-block", "2", "--resume", str(run / "last.pt"), "--data", str(data),
+           "--val", str(data), "--out", str(tmp_path / "deep"), "--patch-size", "32", "--batch-size", "2",
+           "--steps", "3", "--val-every", "3", "--device", "cpu"])
+    ckpt = torch.load(tmp_path / "deep" / "last.pt", weights_only=False)
+    assert ckpt["config"]["layers_per_block"] == 2
+    assert ckpt["model"]["decoder.up_blocks.3.resnets.2.conv2.weight"].abs().sum() > 0
+    with pytest.raises(SystemExit, match="deepened, not cut"):
+        train(["fit", "--model", "vae", "--layers-per-block", "1", "--resume", str(tmp_path / "deep" / "last.pt"),
+               "--data", str(data), "--val", str(data), "--out", str(tmp_path / "cut"), "--steps", "4",
+               "--device", "cpu"])
+
+
 def test_diffusers_export_loads(vae_weights, tmp_path):
     diffusers = pytest.importorskip("diffusers")
     from codec.weights import load_weights

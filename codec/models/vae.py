@@ -217,6 +217,28 @@ class KLAutoencoder(CompressionModel):
         self.post_quant_conv = nn.Conv2d(c.latent_channels, c.latent_channels, 1)
         self.priors = nn.ModuleList(EntropyBottleneck(c.latent_channels) for _ in c.codec_steps)
 
+    def deepened(self, layers_per_block: int) -> KLAutoencoder:
+        """A copy with ``layers_per_block`` resnets per encoder block (the decoder one more, as
+        diffusers has it), grown, not restarted: the added resnets go last in each block with
+        their second convolution at zero, so each adds exactly nothing and the copy reconstructs
+        as this model does, bit for bit; training then moves them (the zero convolution's input
+        is not zero, so it gets a gradient at once)."""
+        old = self.config.layers_per_block
+        if layers_per_block < old:
+            raise ValueError(f"cannot deepen {old} layers per block to {layers_per_block}")
+        new = KLAutoencoder(VAEConfig(**{**asdict(self.config), "layers_per_block": layers_per_block}))
+        missing, unexpected = new.load_state_dict(self.state_dict(), strict=False)
+        added = {k.rsplit(".", 1)[0] for k in missing}
+        if unexpected or any(".resnets." not in k for k in added):
+            raise ValueError(f"deepening does not fit this model ({unexpected or missing})")
+        with torch.no_grad():
+            for blocks, first in ((new.encoder.down_blocks, old), (new.decoder.up_blocks, old + 1)):
+                for block in blocks:
+                    for resnet in block.resnets[first:]:
+                        resnet.conv2.weight.zero_()
+                        resnet.conv2.bias.zero_()
+        return new
+
     @property
     def stride(self) -> int:
         """Image size / latent size (8 for f8)."""

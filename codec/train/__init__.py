@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
                    help="cc: add a latent residual prediction network of this width (trains at --slice-lr; "
                    "a --resume/--init model without one grows it, starting at zero; default 0: none, or the model's)")
     f.add_argument("--channels", default="32,64,128,128", help="VAE block widths (4 blocks: f8)")
-    f.add_argument("--layers-per-block", type=int, default=1, help="VAE resnet blocks per scale")
+    f.add_argument("--layers-per-block", type=int, help="VAE resnet blocks per scale (default: 1, or the model's; a "
+                   "--resume/--init VAE with fewer is deepened: the added blocks start as identities)")
     f.add_argument("--kl-weight", type=float, default=1e-6, help="VAE KL weight (latent diffusion: 1e-6)")
     f.add_argument("--rec-loss", choices=["mse", "l1"], default="mse", help="VAE reconstruction loss")
     f.add_argument("--chroma-weight", type=positive_number, default=1.0, metavar="W",

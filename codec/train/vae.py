@@ -68,13 +68,21 @@ class VAETraining:
         self.args = args
 
     def build(self, cls: type, start: nn.Module | None) -> tuple[nn.Module, str]:
-        """A new VAE from the arguments, or ``start`` as it is (see codec/train/rd.py)."""
+        """A new VAE from the arguments, or ``start`` as it is or deepened to --layers-per-block
+        (see codec/train/rd.py)."""
+        layers = self.args.layers_per_block
         if start is not None:
             if not isinstance(start, KLAutoencoder):
                 raise SystemExit(f"error: --model vae, but the checkpoint or weights hold a {start.NAME} model")
-            return start, "same"
+            if layers is None or layers == start.config.layers_per_block:
+                return start, "same"
+            if layers < start.config.layers_per_block:
+                raise SystemExit(f"error: --layers-per-block {layers}, but the model has "
+                                 f"{start.config.layers_per_block}: a VAE can be deepened, not cut")
+            # new layers in the middle of the parameter list: the optimiser starts afresh
+            return start.deepened(layers), "changed"
         channels = tuple(int(c) for c in self.args.channels.split(","))
-        config = VAEConfig(block_out_channels=channels, layers_per_block=self.args.layers_per_block)
+        config = VAEConfig(block_out_channels=channels, layers_per_block=layers or 1)
         return KLAutoencoder(config), "same"
 
     def loss(self, model: KLAutoencoder, x: torch.Tensor, generator: torch.Generator, net=None) -> dict:
