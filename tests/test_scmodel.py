@@ -72,6 +72,30 @@ def test_grown_from_model_3_it_codes_the_same_latent_and_pixels(small_cc):
         assert float(pixels.max()) * 255 < 1
 
 
+def test_a_wider_synthesis_codes_the_same_bits_and_pixels(sc_weights, tmp_path):
+    """g_s grown from 16 to 24 channels: the same streams, the same pixels to float rounding, and
+    the new weights learn from the first step; the file records the width and reloads."""
+    model = Codec(sc_weights, device="cpu").model
+    wide = model.with_synthesis_width(24).eval()
+    wide.update(force=True)
+    assert wide.config.N_s == 24 and wide.g_s[0].out_channels == 24 and wide.g_a[0].out_channels == 16
+    x = _padded(96, 64, seed=5)
+    streams, shape = model.compress(x, 70)
+    assert wide.compress(x, 70) == (streams, shape)
+    pixels = (wide.decompress(streams, shape, 70) - model.decompress(streams, shape, 70)).abs()
+    assert float(pixels.max()) * 255 < 0.01
+    wide.train()
+    out = wide(x, torch.tensor([1.0]))
+    ((out["x_hat"] - x) ** 2).mean().backward()
+    assert float(wide.g_s[-1].weight.grad[16:].abs().sum()) > 0  # the zeros into the pixels move
+    with pytest.raises(ValueError, match="not narrowed"):
+        wide.with_synthesis_width(16)
+    save_weights(wide, tmp_path / "wide.safetensors")
+    assert Codec(tmp_path / "wide.safetensors", device="cpu").model.config.N_s == 24
+    with pytest.raises(ValueError, match="N_s"):
+        SCConfig(N=16, M=32, slices=(16, 16), N_s=8)
+
+
 def test_exact_passes_split_the_first_layer_without_changing_a_bit():
     net = FixedPointConvStack([conv(12, 8, stride=1, kernel_size=3), conv(8, 6, stride=1, kernel_size=3)])
     x = torch.randn(1, 12, 9, 7) * 4
@@ -153,3 +177,9 @@ def test_train_sc_grown_from_a_cc_run(tmp_path):
     codec = Codec(tmp_path / "sc.safetensors", device="cpu")
     image = make_image(40, 30)
     assert codec.decompress(codec.compress(image, 100)).size == (40, 30)
+    main(["fit", *common, "--steps", "2", "--init", str(tmp_path / "sc.safetensors"), "--synthesis-width", "24",
+          "--out", str(tmp_path / "wide")])
+    assert torch.load(tmp_path / "wide" / "last.pt", weights_only=False)["config"]["N_s"] == 24
+    with pytest.raises(SystemExit, match="not narrowed"):
+        main(["fit", *common, "--steps", "4", "--resume", str(tmp_path / "wide" / "last.pt"),
+              "--synthesis-width", "16", "--out", str(tmp_path / "narrow")])

@@ -117,7 +117,7 @@ class GainedTransforms(CompressionModel):
         super().__init__()
         self.config = config
         self.g_a = analysis(config.N, config.M)
-        self.g_s = synthesis(config.N, config.M)
+        self.g_s = synthesis(getattr(config, "N_s", 0) or config.N, config.M)
         self.latent_codec = latent_codec()
         self._init_gains(config.lambdas, config.M)
 

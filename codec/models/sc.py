@@ -24,7 +24,7 @@ rest).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -62,9 +62,12 @@ class SCConfig:
     slices: tuple[int, ...] = (48, 48, 48, 48, 128)  # channels per slice, coded in this order; sum M
     width: int = 128  # channels of the slice networks
     hyper: tuple[int, int] = (192, 288)  # channels of h_s's two hidden layers (model 3's)
+    N_s: int = 0  # g_s's channels, where wider than g_a's (0: N, as every model up to 0.18.0)
 
     def __post_init__(self) -> None:
         check_rd_config(self)
+        if not (self.N_s == 0 or self.N <= self.N_s <= MAX_CHANNELS):
+            raise ValueError(f"N_s={self.N_s}: 0 (same as N) or N..{MAX_CHANNELS}")
         if not (1 <= len(self.slices) <= MAX_SLICES and min(self.slices) >= 1 and sum(self.slices) == self.M):
             raise ValueError(f"slices={self.slices}: 1..{MAX_SLICES} positive sizes that add up to M={self.M}")
         widths = (self.width, *self.hyper)
@@ -78,7 +81,7 @@ class SCConfig:
     def from_dict(cls, d: dict) -> SCConfig:
         return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(x) for x in d["lambdas"]),
                    slices=tuple(int(x) for x in d["slices"]), width=int(d["width"]),
-                   hyper=tuple(int(x) for x in d["hyper"]))
+                   hyper=tuple(int(x) for x in d["hyper"]), N_s=int(d.get("N_s", 0)))
 
 
 def anchors(shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
@@ -288,4 +291,32 @@ class SpaceChannel(GainedTransforms):
                 t[:, M0:] = table.mean(1, keepdim=True)
                 put(name, t)
         model.load_state_dict(new)
+        return model
+
+    def with_synthesis_width(self, N_s: int, seed: int = 0) -> SpaceChannel:
+        """A copy whose synthesis ``g_s`` has ``N_s`` channels, grown, not restarted: the old
+        channels keep their weights, the new ones start random on their inputs and with zero
+        weights into every old channel (and into the pixels), so the copy codes the same bits and
+        the same pixels (to float rounding) until training moves it. The zero weights get a
+        gradient at once: the random channels they read are not zero. The analysis, the latent
+        codec and every CDF table stay as they are; the file's config records ``N_s``."""
+        c = self.config
+        old = c.N_s or c.N
+        if N_s < old:
+            raise ValueError(f"g_s has {old} channels: it can be widened, not narrowed, to {N_s}")
+        torch.manual_seed(seed)
+        model = SpaceChannel(replace(c, N_s=N_s))
+        state = model.state_dict()
+        with torch.no_grad():
+            for k, v in self.state_dict().items():
+                if k.startswith("g_s."):  # the old channels in the leading corner, the rest as drawn
+                    state[k] = state[k].clone()
+                    state[k][tuple(slice(0, n) for n in v.shape)] = v
+                else:
+                    state[k] = v
+            for i, layer in enumerate(model.g_s):
+                if isinstance(layer, nn.ConvTranspose2d) and i > 0:  # weight: (in, out, k, k)
+                    out = layer.out_channels if i == len(model.g_s) - 1 else old
+                    state[f"g_s.{i}.weight"][old:, :out] = 0
+        model.load_state_dict(state)
         return model

@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
     f.add_argument("--lrp", type=int, default=0, metavar="CHANNELS",
                    help="cc: add a latent residual prediction network of this width (trains at --slice-lr; "
                    "a --resume/--init model without one grows it, starting at zero; default 0: none, or the model's)")
+    f.add_argument("--synthesis-width", type=int, metavar="N_S",
+                   help="sc: channels of the synthesis g_s (default: the model's; a --resume/--init model with "
+                   "fewer is widened, its new channels starting where they change no pixel)")
     f.add_argument("--channels", default="32,64,128,128", help="VAE block widths (4 blocks: f8)")
     f.add_argument("--layers-per-block", type=int, help="VAE resnet blocks per scale (default: 1, or the model's; a "
                    "--resume/--init VAE with fewer is deepened: the added blocks start as identities)")
