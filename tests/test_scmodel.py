@@ -75,7 +75,11 @@ def test_grown_from_model_3_it_codes_the_same_latent_and_pixels(small_cc):
 def test_a_wider_synthesis_codes_the_same_bits_and_pixels(sc_weights, tmp_path):
     """g_s grown from 16 to 24 channels: the same streams, the same pixels to float rounding, and
     the new weights learn from the first step; the file records the width and reloads."""
-    model = Codec(sc_weights, device="cpu").model
+    model = _nudge(Codec(sc_weights, device="cpu").model, "g_s.", seed=2)  # GDNs as training leaves them
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("g_s.") and name.endswith(("beta", "gamma")):
+                p.add_(torch.rand(p.shape, generator=torch.Generator().manual_seed(3)) * 0.05)
     wide = model.with_synthesis_width(24).eval()
     wide.update(force=True)
     assert wide.config.N_s == 24 and wide.g_s[0].out_channels == 24 and wide.g_a[0].out_channels == 16
@@ -90,8 +94,12 @@ def test_a_wider_synthesis_codes_the_same_bits_and_pixels(sc_weights, tmp_path):
     assert float(wide.g_s[-1].weight.grad[16:].abs().sum()) > 0  # the zeros into the pixels move
     with pytest.raises(ValueError, match="not narrowed"):
         wide.with_synthesis_width(16)
+    wider = wide.with_synthesis_width(32).eval()  # a widened model widens again
+    assert float((wider.decompress(streams, shape, 70) - model.decompress(streams, shape, 70)).abs().max()) * 255 < 0.01
     save_weights(wide, tmp_path / "wide.safetensors")
-    assert Codec(tmp_path / "wide.safetensors", device="cpu").model.config.N_s == 24
+    reloaded = Codec(tmp_path / "wide.safetensors", device="cpu").model
+    assert reloaded.config.N_s == 24
+    assert float((reloaded.decompress(streams, shape, 70) - model.decompress(streams, shape, 70)).abs().max()) * 255 < 1
     with pytest.raises(ValueError, match="N_s"):
         SCConfig(N=16, M=32, slices=(16, 16), N_s=8)
 

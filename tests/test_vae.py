@@ -241,6 +241,11 @@ def test_a_deepened_vae_reconstructs_as_before_and_then_learns(tmp_path):
     ckpt = torch.load(tmp_path / "deep" / "last.pt", weights_only=False)
     assert ckpt["config"]["layers_per_block"] == 2
     assert ckpt["model"]["decoder.up_blocks.3.resnets.2.conv2.weight"].abs().sum() > 0
+    for bad in ("0", "5"):  # diffusers' range: 1 to 4
+        with pytest.raises(SystemExit):
+            train(["fit", "--model", "vae", "--layers-per-block", bad, "--data", str(data), "--val", str(data),
+                   "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
     with pytest.raises(SystemExit, match="deepened, not cut"):
         train(["fit", "--model", "vae", "--layers-per-block", "1", "--resume", str(tmp_path / "deep" / "last.pt"),
                "--data", str(data), "--val", str(data), "--out", str(tmp_path / "cut"), "--steps", "4",

@@ -304,8 +304,9 @@ class SpaceChannel(GainedTransforms):
         old = c.N_s or c.N
         if N_s < old:
             raise ValueError(f"g_s has {old} channels: it can be widened, not narrowed, to {N_s}")
-        torch.manual_seed(seed)
-        model = SpaceChannel(replace(c, N_s=N_s))
+        with torch.random.fork_rng():  # the new channels' draw, without touching the caller's generator
+            torch.manual_seed(seed)
+            model = SpaceChannel(replace(c, N_s=N_s))
         state = model.state_dict()
         with torch.no_grad():
             for k, v in self.state_dict().items():

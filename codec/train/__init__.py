@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
                    "a --resume/--init model without one grows it, starting at zero; default 0: none, or the model's)")
     f.add_argument("--synthesis-width", type=int, metavar="N_S",
                    help="sc: channels of the synthesis g_s (default: the model's; a --resume/--init model with "
-                   "fewer is widened, its new channels starting where they change no pixel)")
+                   "fewer is widened, its new channels starting where they change no pixel; widen from "
+                   "--init of an `export --ema` file: a --resume checkpoint's average is not carried over)")
     f.add_argument("--channels", default="32,64,128,128", help="VAE block widths (4 blocks: f8)")
     f.add_argument("--layers-per-block", type=int, help="VAE resnet blocks per scale (default: 1, or the model's; a "
                    "--resume/--init VAE with fewer is deepened: the added blocks start as identities)")
@@ -151,6 +152,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> 
         p.error("--steps must be at least 1")
     if not 0 <= getattr(args, "rate_balance", 0) <= 2:
         p.error("--rate-balance must be between 0 and 2")
+    if getattr(args, "layers_per_block", None) is not None and not 1 <= args.layers_per_block <= 4:
+        p.error("--layers-per-block must be 1 to 4")
+    if getattr(args, "synthesis_width", None) is not None and not 1 <= args.synthesis_width <= 512:
+        p.error("--synthesis-width must be 1 to 512")
     for share in ("top_share", "hue_turn"):
         if not 0 <= getattr(args, share, 0) <= 1:  # also refuses nan
             p.error(f"--{share.replace('_', '-')} must be between 0 and 1")

@@ -302,8 +302,12 @@ def _average(ckpts: list[dict], key: str) -> dict:
     """The uniform average of the checkpoints' ``key`` ("model" or "ema") weights: averaging the
     running average over several validations' checkpoints evens out more of the steps' noise."""
     first = ckpts[0]
+
+    def model(c: dict) -> tuple:  # configs compared as read (a field added since reads as its default)
+        return c.get("kind"), registry.by_short(c.get("kind", "hp")).cls.CONFIG.from_dict(c["config"])
+
     for c in ckpts[1:]:
-        if (c.get("kind"), c.get("config")) != (first.get("kind"), first.get("config")) or key not in c:
+        if model(c) != model(first) or key not in c:
             raise SystemExit(f"error: --average: the checkpoints differ in model or config, or lack {key!r}")
     return {k: (sum(c[key][k].double() for c in ckpts) / len(ckpts)).to(v.dtype) if v.is_floating_point() else v
             for k, v in first[key].items()}

@@ -65,9 +65,14 @@ class RateDistortion:
         "grown" (new parameters appended, starting at zero: the old state applies to the rest)."""
         a = self.args
         if start is None:
+            if a.synthesis_width and cls is not SpaceChannel:
+                raise SystemExit("error: --synthesis-width is for the space-channel model (--model sc)")
             if cls is SpaceChannel:
-                return SpaceChannel(SCConfig(**({"lambdas": a.lambdas} if a.lambdas else {}),
-                                             N_s=a.synthesis_width or 0)), "same"
+                try:
+                    config = SCConfig(**({"lambdas": a.lambdas} if a.lambdas else {}), N_s=a.synthesis_width or 0)
+                except ValueError as e:
+                    raise SystemExit(f"error: {e}") from None
+                return SpaceChannel(config), "same"
             lambdas = a.lambdas or default_lambdas()
             if cls is ChannelConditional:
                 return ChannelConditional(CCConfig(a.N, a.M, lambdas, a.slices, a.cc_width, a.lrp)), "same"
@@ -82,7 +87,7 @@ class RateDistortion:
             # model 3 grows into model 4: its latents, slices and pixels carry over (SpaceChannel.grown_from)
             if model.lrp is not None:
                 raise SystemExit("error: --model sc grows a cc model without residual prediction")
-            return SpaceChannel.grown_from(model, lambdas=a.lambdas), "changed"
+            model, how = SpaceChannel.grown_from(model, lambdas=a.lambdas), "changed"
         if cls is ChannelConditional and type(model) is GainHyperprior:
             # the transforms and hyperprior carry over; the slice networks start as "no correction",
             # so the new model codes exactly as the old one did. New parameters: fresh Adam state.
