@@ -272,6 +272,25 @@ def test_diffusers_export_loads(vae_weights, tmp_path):
     assert tuple(theirs.config.latents_std) == model.config.latents_std
 
 
+def test_a_deepened_vae_exports_to_diffusers(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from codec.models.vae import export_diffusers
+
+    torch.manual_seed(0)
+    deep = KLAutoencoder(VAEConfig(block_out_channels=(16, 16, 32, 32))).deepened(2).eval()
+    with torch.no_grad():  # the new blocks as training leaves them, not identities
+        for p in deep.parameters():
+            p.add_(torch.randn_like(p) * 1e-2)
+    export_diffusers(deep, tmp_path / "hf")
+    theirs = diffusers.AutoencoderKL.from_pretrained(tmp_path / "hf").eval()
+    assert theirs.config.layers_per_block == 2
+    x = torch.rand(1, 3, 32, 40)
+    with torch.no_grad():
+        mean, _ = deep.encode(x)
+        out = (theirs.decode(theirs.encode(2 * x - 1).latent_dist.mean).sample + 1) / 2
+        assert torch.allclose(out, deep.decode(mean), atol=1e-4)
+
+
 def test_latents_are_normalised_per_channel(vae, vae_weights):
     """Export measures each channel's mean and std on training crops, so that the scaled
     calibration latents are centred with unit variance, channel by channel."""
