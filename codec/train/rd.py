@@ -96,14 +96,15 @@ class RateDistortion:
             kind = registry.MODELS[model.NAME].short
             raise SystemExit(f"error: --model {registry.MODELS[cls.NAME].short}, but the checkpoint or weights "
                              f"hold a {kind} model")
-        if a.synthesis_width and not isinstance(model, SpaceChannel):
-            raise SystemExit("error: --synthesis-width is for the space-channel model (--model sc)")
-        if a.synthesis_width and a.synthesis_width < (model.config.N_s or model.config.N):
-            raise SystemExit(f"error: --synthesis-width {a.synthesis_width}, but g_s has "
-                             f"{model.config.N_s or model.config.N} channels: it can be widened, not narrowed")
-        if a.synthesis_width and a.synthesis_width != (model.config.N_s or model.config.N):
-            # new channels inside g_s's layers: the optimiser starts afresh
-            model, how = model.with_synthesis_width(a.synthesis_width), "changed"
+        if a.synthesis_width:
+            if not isinstance(model, SpaceChannel):
+                raise SystemExit("error: --synthesis-width is for the space-channel model (--model sc)")
+            width = model.config.N_s or model.config.N
+            if a.synthesis_width < width:
+                raise SystemExit(f"error: --synthesis-width {a.synthesis_width}, but g_s has {width} channels: "
+                                 "it can be widened, not narrowed")
+            if a.synthesis_width > width:  # new channels inside g_s's layers: the optimiser starts afresh
+                model, how = model.with_synthesis_width(a.synthesis_width), "changed"
         if a.lrp and isinstance(model, ChannelConditional) and model.config.lrp != a.lrp:
             if model.config.lrp:
                 raise SystemExit(f"error: --lrp {a.lrp}, but the model's residual prediction has "
