@@ -113,6 +113,30 @@ def test_usage_errors(folder, capsys):
     assert capsys.readouterr().err.startswith("usage: aecodec vae decode")
 
 
+def test_every_help_page_says_what_it_was_given():
+    """argparse formats help with ``%``: an unescaped "3.7% larger" once printed argparse's own
+    internals in the middle of ``compress --help``."""
+    import argparse
+
+    from codec.cli import build_parser
+
+    def pages(parser):
+        yield parser.format_help()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from pages(sub)
+
+    helps = list(pages(build_parser()))
+    assert len(helps) > 5
+    for text in helps:
+        assert "option_strings" not in text and "%(" not in text
+    flat = " ".join(" ".join(helps).split())
+    for entry in registry.MODELS.values():
+        if entry.on_command_line and entry.about:
+            assert " ".join(entry.about.split()) in flat
+
+
 def test_every_output_clash_is_named_at_once(folder, capsys):
     for name in ("a.jpg", "b.png", "sub/b.png"):
         Path(name).parent.mkdir(exist_ok=True)

@@ -534,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     default = registry.MODELS[registry.DEFAULT_MODEL].short
     c.add_argument("-m", "--model", choices=[default] + [e.short for e in registry.MODELS.values()
                                                          if e.short != default and e.on_command_line],
-                   help="; ".join(f"{e.short}: {e.about}" for e in sorted(registry.MODELS.values(),
+                   help="; ".join(f"{e.short}: {e.about}".replace("%", "%%") for e in sorted(registry.MODELS.values(),
                                                                           key=lambda e: e.short != default)
                                   if e.on_command_line)
                    + ". With --weights: the file's own model unless given")
