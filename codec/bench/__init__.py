@@ -208,7 +208,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def register(subparsers) -> None:
     """Add the ``bench`` subcommand to an ``add_subparsers()`` object."""
     p = subparsers.add_parser(
-        "bench", help="rate-distortion and speed against JPEG, WebP, AVIF, JPEG 2000",
+        "bench", help="rate-distortion and speed against JPEG, WebP, JPEG XL, AVIF, JPEG 2000",
         description="Benchmark aecodec and Pillow's codecs on a folder of images: per-codec JSON "
         "(CompressAI format), per-image CSV, summary.md with BD-rates, and RD plots.",
     )

@@ -483,7 +483,8 @@ def _positive(kind: type):
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a {'whole ' if kind is int else ''}number: {text!r}") from None
         if not (value > 0 and math.isfinite(value)):  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+            what = "a whole number" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"must be {what} above 0, got {text}")
         return value
     return parse
 
@@ -550,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--effort", type=int, choices=range(5), default=0, metavar="0-4",  # refine.EFFORTS
                    help="encoder effort, as cjxl -e: 0 (default) codes the analysis transform's latent at once; "
                    "1-4 search it for a smaller file at the same quality, slower with each level (on 2 CPU threads "
-                   "about 2 minutes a photo at 3, 25 minutes at 4). The files decode as any other")
+                   "about 100 s a photo at 3, 25 minutes at 4). The files decode as any other")
     c.add_argument("--psnr-space", choices=["rgb", "yuv420"], default="rgb",  # metrics.PSNR_SPACES
                    help="the PSNR that --target-psnr and -v mean: rgb (default), or yuv420, over YCbCr 4:2:0 "
                    "samples as cwebp's -psnr measures it (luma weighs more: the same number needs fewer bytes)")

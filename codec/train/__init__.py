@@ -11,10 +11,12 @@ from pathlib import Path
 from codec import registry
 
 
-def _train_docstring() -> str:
-    """codec/train/fit.py's docstring (the guide to training), read without importing torch."""
+def _train_docstring(prog: str) -> str:
+    """codec/train/fit.py's docstring (the guide to training), read without importing torch, as
+    plain text: its examples under the name the command was run by, without reST's quotes."""
     origin = importlib.util.find_spec("codec.train.fit").origin
-    return ast.get_docstring(ast.parse(Path(origin).read_text(encoding="utf-8"))) or ""
+    text = ast.get_docstring(ast.parse(Path(origin).read_text(encoding="utf-8"))) or ""
+    return text.replace("python -m codec.train", prog).replace("``", "")
 
 
 def parse_lambdas(text: str) -> tuple[float, ...]:
@@ -50,7 +52,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m codec.train") -> None:
-    p = argparse.ArgumentParser(prog=prog, description=_train_docstring(), formatter_class=_Formatter)
+    p = argparse.ArgumentParser(prog=prog, description=_train_docstring(prog), formatter_class=_Formatter)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{fit,export}")
     f = sub.add_parser("fit", help="train (or resume) the variable-rate model or the VAE", formatter_class=_Formatter,
                        description="Train, or resume. Ctrl-C (or kill PID) writes last.pt and stops. Data-parallel on "

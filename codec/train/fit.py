@@ -1,10 +1,10 @@
 """Train the variable-rate model on rate + lambda * distortion, or the f8 VAE, and export weights.
 
-    python -m codec.train fit --model cc --data ../shared/data/train --val ../shared/data/val --out runs/cc --ema 0.995
-    python -m codec.train export runs/cc/last.pt weights/aecodec-cc.safetensors --ema
+    python -m codec.train fit --init weights/aecodec-sc.safetensors --data DIR --val DIR --out runs/sc --ema 0.995
+    python -m codec.train export runs/sc/last.pt runs/sc/aecodec-sc.safetensors --ema
 
     python -m codec.train fit --model vae --data ../shared/data/train --val ../shared/data/val --out runs/vae
-    python -m codec.train export runs/vae/best.pt weights/aecodec-vae-f8.safetensors --data ../shared/data/train
+    python -m codec.train export runs/vae/best.pt runs/vae/aecodec-vae-f8.safetensors --data ../shared/data/train
 
 The loop here knows no model by name: each registered model names its training pieces
 (``codec/registry.py``: how it is built or grown from another, its loss, validation, parameter
