@@ -117,6 +117,7 @@ def test_every_help_page_says_what_it_was_given():
     """argparse formats help with ``%``: an unescaped "3.7% larger" once printed argparse's own
     internals in the middle of ``compress --help``."""
     import argparse
+    import re
 
     from codec.cli import build_parser
 
@@ -131,6 +132,7 @@ def test_every_help_page_says_what_it_was_given():
     assert len(helps) > 5
     for text in helps:
         assert "option_strings" not in text and "%(" not in text
+        assert not re.search(r"[a-z]-\n\s+[a-z]", text), "a hyphenated name broken across lines"
     flat = " ".join(" ".join(helps).split())
     for entry in registry.MODELS.values():
         if entry.on_command_line and entry.about:

@@ -179,7 +179,7 @@ def _parse_qualities(text: str) -> tuple[int, ...]:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", help="folder of images (PNG, JPEG, ...), e.g. the 24 Kodak images")
     p.add_argument("--codecs", metavar="LIST",
-                   help=f"comma list from {','.join(all_codecs())} (default: all, the aecodec models without "
+                   help=f"comma list from {', '.join(all_codecs())} (default: all, the aecodec models without "
                    f"weights to measure left out; {ANCHOR} always runs, as the BD-rate anchor)")
     p.add_argument("--qualities", metavar="LIST",
                    help="aecodec qualities, comma list of 1-100 "
