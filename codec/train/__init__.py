@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import textwrap
 from pathlib import Path
 
 from codec import registry
@@ -42,7 +43,11 @@ def positive_number(text: str) -> float:
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """The module docstring as written, and each option's default after its help."""
+    """The module docstring as written, each option's default after its help, and no line break
+    inside a hyphenated name (weights/aecodec-sc.safetensors)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
