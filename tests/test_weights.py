@@ -205,3 +205,30 @@ def test_a_file_larger_than_any_weights_is_refused_unread(small, tmp_path, monke
     monkeypatch.setattr(weights, "MAX_WEIGHTS_BYTES", path.stat().st_size - 1)
     with pytest.raises(WeightsError, match="larger than any weights file"):
         load_weights(path)
+
+
+def test_the_space_channel_model_stores_its_encoder_in_int8_and_loads_earlier_float16_files(tmp_path, monkeypatch):
+    """g_a, encoder-only, is int8 from the files after 0.18.0 on; 0.18.0's float16 g_a still loads."""
+    from codec.models.sc import SCConfig, SpaceChannel
+
+    torch.manual_seed(0)
+    model = SpaceChannel(SCConfig(N=16, M=24, slices=(8, 16), width=16, hyper=(16, 16)))
+    model.update(force=True)
+    save_weights(model, tmp_path / "new.safetensors")
+    raw = load_file(tmp_path / "new.safetensors")
+    assert raw["g_a.0.weight"].dtype == torch.int8 and raw["g_a.1.beta"].dtype == torch.float16
+    assert raw["g_s.0.weight"].dtype == torch.float16  # the decoder's transform is not rounded further
+    monkeypatch.setattr(SpaceChannel, "INT8_PREFIXES", ("latent_codec.h_a.",))  # as 0.18.0 stored it
+    save_weights(model, tmp_path / "old.safetensors")
+    assert load_file(tmp_path / "old.safetensors")["g_a.0.weight"].dtype == torch.float16
+    monkeypatch.undo()
+    new, _ = load_weights(tmp_path / "new.safetensors")
+    old, _ = load_weights(tmp_path / "old.safetensors")
+    for name, t in old.state_dict().items():
+        if name.startswith("g_a.") and name.endswith(".weight"):  # within half a step of the trained value
+            want = model.state_dict()[name]
+            step = want.abs().amax(dim=(1, 2, 3), keepdim=True) / 127
+            assert ((new.state_dict()[name] - want).abs() <= step / 2 + 1e-7).all(), name
+            assert torch.equal(t, want.half().float()), name
+        else:
+            assert torch.equal(new.state_dict()[name], t), name
