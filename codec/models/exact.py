@@ -123,6 +123,23 @@ class FixedPointConvStack(nn.Module):
         return self.rest(partial, rest.detach().to("cpu", torch.float64))
 
 
+@torch.no_grad()
+def exact_first_shared(stacks: list[FixedPointConvStack], x: torch.Tensor, start: int = 0) -> list[torch.Tensor]:
+    """Each stack's first-layer sums over the input channels ``start`` .. ``start + x.shape[1]``
+    (no bias), exactly, as one convolution: the stacks' weights on those channels side by side,
+    so ``x`` is read once for all of them. Exact sums, so the same numbers as each stack's own
+    (``exact_first`` where ``start`` is 0); model 4's five slice networks share the hyperprior's
+    640 channels, and one convolution over them ran 1.9x faster than five."""
+    layers = [stack.layers[0] for stack in stacks]
+    if not all(isinstance(layer, nn.Conv2d) and (layer.stride, layer.padding) == (layers[0].stride, layers[0].padding)
+               for layer in layers):
+        raise ValueError("stacks whose first layers are convolutions of one stride and padding")
+    x = fixed(x.detach().to("cpu", torch.float64), ACT_FRAC_BITS, ACT_LIMIT)
+    weights = [stack._weights(layer, x.dtype)[0][:, start : start + x.shape[1]] for stack, layer in zip(stacks, layers)]
+    sums = F.conv2d(x, torch.cat(weights), None, layers[0].stride, layers[0].padding)
+    return list(sums.split([w.shape[0] for w in weights], dim=1))
+
+
 def integer_scales(model: nn.Module) -> dict[str, int]:
     """State-dict names of every fixed-point tensor in ``model`` -> the integer scale it is
     stored with (weights x 2^12 as int16, biases x 2^22 as int32), so a file holds them exactly."""

@@ -32,7 +32,7 @@ import torch.nn as nn
 from codec import registry
 from codec.format import entropy
 from codec.models import tiles
-from codec.models.exact import FixedPointConvStack, ste_round
+from codec.models.exact import FixedPointConvStack, exact_first_shared, ste_round
 from codec.models.hyperprior import (
     MAX_CHANNELS,
     GainedTransforms,
@@ -163,12 +163,27 @@ class SpaceChannelContext(Hyperprior):
 
     # -- coding: everything that picks a CDF table runs exactly, on CPU, in tiles ---------------
 
-    def _exact_params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor]):
+    def _hyper_sums(self, hp: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every slice network's first-layer sums over the hyperprior's channels, in one convolution
+        (one pass over them instead of one a slice: the same exact sums, sooner) where the latent is
+        one tile, as a Kodak image's is; None on larger ones, where holding all of them at once
+        would cost as much memory as the hyperprior itself: each slice then makes its own."""
+        if max(hp.shape[-2:]) > self.TILE:
+            return None
+        return exact_first_shared(list(self.slice_nets), hp)
+
+    def _exact_params(self, i: int, hp: torch.Tensor, done: list[torch.Tensor],
+                      hyper_sums: list[torch.Tensor] | None = None):
         """Coding: slice ``i``'s scales and means as a function of its own decoded anchors, exact,
-        in tiles; the first layer's sums over the hyperprior and the slices before are made once
-        for both passes."""
+        in tiles; the first layer's sums over the hyperprior (or ``hyper_sums``, see
+        :meth:`_hyper_sums`) and the slices before are made once for both passes."""
         net = self.slice_nets[i]
-        partial = tiles.exact(net.exact_first, torch.cat([hp, *done], dim=1), self.TILE, 2)
+        if hyper_sums is None:
+            partial = tiles.exact(net.exact_first, torch.cat([hp, *done], dim=1), self.TILE, 2)
+        else:  # one tile: no tiles.exact needed
+            partial = hyper_sums[i]
+            if done:
+                partial = partial + exact_first_shared([net], torch.cat(done, dim=1), start=hp.shape[1])[0]
         W = partial.shape[1]
         rest = lambda t: net.exact_rest(t[:, :W], t[:, W:])  # noqa: E731
         return lambda own: self._corrected(i, hp, tiles.exact(rest, torch.cat([partial, own], dim=1), self.TILE, 4))
@@ -183,8 +198,9 @@ class SpaceChannelContext(Hyperprior):
         z_stream, hp, z_shape = self._side_stream(y, z)
         first = anchors(y.shape)
         streams, done = [z_stream], []
+        hyper_sums = self._hyper_sums(hp)
         for i, part in enumerate(y.double().cpu().split(self.slices, dim=1)):
-            params, a = self._exact_params(i, hp, done), first.expand_as(part)
+            params, a = self._exact_params(i, hp, done, hyper_sums), first.expand_as(part)
             s1, m1 = params(torch.zeros_like(part))
             s2, m2 = params((torch.round(part - m1) + m1) * first)
             streams.append(entropy.encode_gaussian_parts(
@@ -200,9 +216,9 @@ class SpaceChannelContext(Hyperprior):
         hp = self._hyper(z_hat)
         first = anchors(hp.shape)
         tables = entropy.CdfTables.of(self.gaussian_conditional)
-        done = []
+        done, hyper_sums = [], self._hyper_sums(hp)
         for i, C in enumerate(self.slices):
-            params, part = self._exact_params(i, hp, done), hp.new_zeros(1, C, *hp.shape[-2:])
+            params, part = self._exact_params(i, hp, done, hyper_sums), hp.new_zeros(1, C, *hp.shape[-2:])
             a = first.expand_as(part)
             reader = entropy.Reader(strings[1 + i], tables)
             s1, m1 = params(part)
