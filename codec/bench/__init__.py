@@ -180,7 +180,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", help="folder of images (PNG, JPEG, ...), e.g. the 24 Kodak images")
     p.add_argument("--codecs", metavar="LIST",
                    help=f"comma list from {', '.join(all_codecs())} (default: all, the aecodec models without "
-                   f"weights to measure left out; {ANCHOR} always runs, as the BD-rate anchor)")
+                   f"weights to measure left out; {ANCHOR} always runs, as the BD-rate anchor). aecodec-sc is "
+                   "compress's default model, aecodec-cc its --model cc, aecodec the plain hyperprior inside the "
+                   "cc file (API only)")
     p.add_argument("--qualities", metavar="LIST",
                    help="aecodec qualities, comma list of 1-100 "
                    f"(default: {','.join(map(str, AECODEC_QUALITIES))}; --quick: {','.join(map(str, AECODEC_QUICK))})")
