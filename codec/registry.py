@@ -190,7 +190,7 @@ register(ModelEntry(2, "vae-kl-f8", "vae", "codec.models.vae:KLAutoencoder", "ae
                     trainer="codec.train.vae:VAETraining"))  # a narrow, low rate range
 register(ModelEntry(3, "cc-hyperprior-gain", "cc", "codec.models.cc:ChannelConditional", "aecodec-cc.safetensors",
                     about="the channel-conditional model (0.3.0-0.17.0's default: 3.7% larger files than sc's, "
-                    "about 1.45x faster)",
+                    "about 1.3x faster)",
                     label="aecodec channel-conditional", trainer=RD_TRAINING))
 register(ModelEntry(4, "space-channel", "sc", "codec.models.sc:SpaceChannel", "aecodec-sc.safetensors",
                     about="the space-channel model (the default: the smallest files, and the highest quality)",
