@@ -113,12 +113,13 @@ def test_usage_errors(folder, capsys):
     assert capsys.readouterr().err.startswith("usage: aecodec vae decode")
 
 
-def test_every_help_page_says_what_it_was_given(capsys):
+def test_every_help_page_says_what_it_was_given(capsys, monkeypatch):
     """argparse formats help with ``%``: an unescaped "3.7% larger" once printed argparse's own
-    internals in the middle of ``compress --help``."""
+    internals in the middle of ``compress --help``. And its wrapping split names at a hyphen."""
     import argparse
     import re
 
+    from codec.bench import main as bench_main
     from codec.cli import build_parser
 
     def pages(parser):
@@ -128,15 +129,20 @@ def test_every_help_page_says_what_it_was_given(capsys):
                 for sub in action.choices.values():
                     yield from pages(sub)
 
-    helps = list(pages(build_parser()))
-    for command in ([], ["fit"], ["export"]):  # training parses its own command line
+    def printed(run, argv):
         with pytest.raises(SystemExit):
-            main(["train", *command, "--help"])
-        helps.append(capsys.readouterr().out)
-    assert len(helps) > 8 and "--synthesis-width" in helps[-2]
-    for text in helps:
-        assert "option_strings" not in text and "%(" not in text
-        assert not re.search(r"[a-z]-\n\s+[a-z]", text), "a hyphenated name broken across lines"
+            run(argv)
+        return capsys.readouterr().out
+
+    for columns in (80, 100, 120):  # argparse wraps to the terminal's width
+        monkeypatch.setenv("COLUMNS", str(columns))
+        helps = list(pages(build_parser()))
+        helps += [printed(main, ["train", *command, "--help"]) for command in ([], ["fit"], ["export"])]
+        helps.append(printed(bench_main, ["--help"]))  # python -m codec.bench parses its own
+        assert len(helps) > 8 and "--synthesis-width" in helps[-3] and "--sc-weights" in helps[-1]
+        for text in helps:
+            assert "option_strings" not in text and "%(" not in text
+            assert not re.search(r"[a-z]-\n\s+[a-z]", text), "a hyphenated name broken across lines"
     flat = " ".join(" ".join(helps).split())
     for entry in registry.MODELS.values():
         if entry.on_command_line and entry.about:

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, features
 
+from codec import helptext
 from codec.bench.codecs import (  # noqa: F401 (the adapters, re-exported)
     AECODEC_QUALITIES,
     AECODEC_QUICK,
@@ -316,7 +317,7 @@ def _load_aecodec(device: str, weights: str | None, key: str = "aecodec", effort
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m codec.bench DIR ...``: the same options as ``aecodec bench``."""
-    parser = argparse.ArgumentParser(prog="python -m codec")
+    parser = helptext.Parser(prog="python -m codec")
     subparsers = parser.add_subparsers()
     register(subparsers)
     bench = subparsers.choices["bench"]  # the parser register() made

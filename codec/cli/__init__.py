@@ -13,7 +13,6 @@ import math
 import os
 import signal
 import sys
-import textwrap
 from pathlib import Path
 
 EPILOG = """examples:
@@ -27,7 +26,7 @@ EPILOG = """examples:
   aecodec vae export-diffusers hf-vae        a folder diffusers.AutoencoderKL loads
 """
 
-from codec import registry  # noqa: E402
+from codec import helptext, registry  # noqa: E402
 
 
 class UsageError(Exception):
@@ -490,35 +489,12 @@ def _positive(kind: type):
     return parse
 
 
-class _Wrap(argparse.HelpFormatter):
-    """argparse's layout, without a line break inside a hyphenated name (``aecodec-sc``)."""
-
-    def _split_lines(self, text: str, width: int) -> list[str]:
-        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
-                             break_on_hyphens=False)
-
-
-class _RawDescription(argparse.RawDescriptionHelpFormatter, _Wrap):
-    """The top-level page: its description and epilog as written, options as :class:`_Wrap`."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose pages, and its subcommands' (argparse makes them of this class), wrap
-    as :class:`_Wrap`."""
-
-    def __init__(self, *args, formatter_class: type = _Wrap, **kwargs):
-        super().__init__(*args, formatter_class=formatter_class, **kwargs)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = helptext.Parser(
         prog="aecodec",
         description="A learned image codec: writes compact .aec files and restores PNGs.",
         epilog=EPILOG,
-        formatter_class=_RawDescription,
+        formatter_class=helptext.RawDescription,
     )
     from codec import __version__
 

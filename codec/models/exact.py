@@ -131,9 +131,10 @@ def exact_first_shared(stacks: list[FixedPointConvStack], x: torch.Tensor, start
     (``exact_first`` where ``start`` is 0); model 4's five slice networks share the hyperprior's
     640 channels, and one convolution over them ran 1.9x faster than five."""
     layers = [stack.layers[0] for stack in stacks]
-    if not all(isinstance(layer, nn.Conv2d) and (layer.stride, layer.padding) == (layers[0].stride, layers[0].padding)
+    shape = lambda layer: (layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.groups)  # noqa: E731
+    if not all(isinstance(layer, nn.Conv2d) and layer.groups == 1 and shape(layer) == shape(layers[0])
                for layer in layers):
-        raise ValueError("stacks whose first layers are convolutions of one stride and padding")
+        raise ValueError("stacks whose first layers are ungrouped convolutions of one shape")
     x = fixed(x.detach().to("cpu", torch.float64), ACT_FRAC_BITS, ACT_LIMIT)
     weights = [stack._weights(layer, x.dtype)[0][:, start : start + x.shape[1]] for stack, layer in zip(stacks, layers)]
     sums = F.conv2d(x, torch.cat(weights), None, layers[0].stride, layers[0].padding)

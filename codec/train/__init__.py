@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
-import textwrap
 from pathlib import Path
 
-from codec import registry
+from codec import helptext, registry
 
 
 def _train_docstring(prog: str) -> str:
@@ -42,12 +41,8 @@ def positive_number(text: str) -> float:
     return value
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """The module docstring as written, each option's default after its help, and no line break
-    inside a hyphenated name (weights/aecodec-sc.safetensors)."""
-
-    def _split_lines(self, text: str, width: int) -> list[str]:
-        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+class _Formatter(helptext.RawDescription):
+    """The module docstring as written, and each option's default after its help."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
