@@ -32,7 +32,7 @@ from compressai.models.base import CompressionModel  # noqa: E402
 from compressai.models.utils import conv, deconv  # noqa: E402
 
 from codec.format import entropy  # noqa: E402
-from codec.models import tiles  # noqa: E402
+from codec.models import cpu_synthesis, tiles  # noqa: E402
 from codec.models.exact import FixedPointConvStack, plain_cpu_kernels, ste_round  # noqa: E402
 
 
@@ -210,7 +210,8 @@ class GainedTransforms(CompressionModel):
         return tiles.exact(self.g_a, x, self.TILE, 64, down=16)
 
     def _g_s(self, y_hat: torch.Tensor) -> torch.Tensor:
-        return tiles.exact(self.g_s, y_hat, self.TILE // 16, 4, up=16)
+        net = cpu_synthesis.for_decoding(self.g_s) if y_hat.device.type == "cpu" else self.g_s
+        return tiles.exact(net, y_hat, self.TILE // 16, 4, up=16)
 
     # Coding is split in two: analysis (image -> latent) and coding (latent -> streams), so an
     # encoder-side search can sit between them; decoding mirrors it.

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from compressai.layers import GDN
 
+from codec.models.cpu_synthesis import gdn_matrices
 from codec.models.hyperprior import GainedTransforms, bpp_of
 
 EFFORTS = {0: 0, 1: 25, 2: 58, 3: 100, 4: 2000}  # effort level -> search iterations (0: g_a's latent as it is);
@@ -145,10 +146,9 @@ class FrozenGDN(nn.Module):
 
     def __init__(self, gdn: GDN):
         super().__init__()
-        C = gdn.beta.shape[0]
-        with torch.no_grad():  # the reparametrisations make new tensors: nothing is shared with gdn
-            self.register_buffer("beta", gdn.beta_reparam(gdn.beta))
-            self.register_buffer("gamma_t", gdn.gamma_reparam(gdn.gamma).reshape(C, C).t().contiguous())
+        beta, gamma_t = gdn_matrices(gdn)
+        self.register_buffer("beta", beta)
+        self.register_buffer("gamma_t", gamma_t)
         self.inverse = gdn.inverse
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
