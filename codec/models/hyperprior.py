@@ -32,7 +32,7 @@ from compressai.models.base import CompressionModel  # noqa: E402
 from compressai.models.utils import conv, deconv  # noqa: E402
 
 from codec.format import entropy  # noqa: E402
-from codec.models import cpu_synthesis, tiles  # noqa: E402
+from codec.models import cpu_transforms, tiles  # noqa: E402
 from codec.models.exact import FixedPointConvStack, plain_cpu_kernels, ste_round  # noqa: E402
 
 
@@ -207,10 +207,11 @@ class GainedTransforms(CompressionModel):
     TILE = 768  # pixels; a multiple of 64 (the stride), and a Kodak image is one tile
 
     def _g_a(self, x: torch.Tensor) -> torch.Tensor:
-        return tiles.exact(self.g_a, x, self.TILE, 64, down=16)
+        net = cpu_transforms.analysis(self.g_a) if x.device.type == "cpu" else self.g_a
+        return tiles.exact(net, x, self.TILE, 64, down=16)
 
     def _g_s(self, y_hat: torch.Tensor) -> torch.Tensor:
-        net = cpu_synthesis.for_decoding(self.g_s) if y_hat.device.type == "cpu" else self.g_s
+        net = cpu_transforms.synthesis(self.g_s) if y_hat.device.type == "cpu" else self.g_s
         return tiles.exact(net, y_hat, self.TILE // 16, 4, up=16)
 
     # Coding is split in two: analysis (image -> latent) and coding (latent -> streams), so an

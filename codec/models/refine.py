@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from compressai.layers import GDN
 
-from codec.models.cpu_synthesis import gdn_matrices
+from codec.models.cpu_transforms import gdn_matrices
 from codec.models.hyperprior import GainedTransforms, bpp_of
 
 EFFORTS = {0: 0, 1: 25, 2: 58, 3: 100, 4: 2000}  # effort level -> search iterations (0: g_a's latent as it is);
