@@ -67,7 +67,8 @@ RELEASED_WEIGHTS: dict[str, tuple[str, str]] = {  # weights id -> (first release
     "17f1beb8c8817404": ("aecodec 0.15.0", "aecodec-cc.safetensors"),  # cc, and the hyperprior inside it
     "3e8a3fbfea39984c": ("aecodec 0.1.0", "aecodec-vae-f8-0.1.0.safetensors"),  # the f8 VAE of 0.1.0-0.16.0
     "eb34b7970f5ed215": ("aecodec 0.17.0", "aecodec-vae-f8.safetensors"),  # the f8 VAE that keeps every hue
-    "02aa3de9d3bd31e7": ("aecodec 0.18.0", "aecodec-sc.safetensors"),  # space-channel
+    "02aa3de9d3bd31e7": ("aecodec 0.18.0", "aecodec-sc-0.18.0.safetensors"),  # space-channel
+    "728a5b2f2ea83a3c": ("aecodec 0.19.0", "aecodec-sc.safetensors"),  # space-channel, the wider synthesis
 }
 
 # Weights of releases before that policy, whose files this release cannot decode: each id names
@@ -189,8 +190,8 @@ register(ModelEntry(2, "vae-kl-f8", "vae", "codec.models.vae:KLAutoencoder", "ae
                     label="aecodec VAE f8", qualities=(1, 34, 67, 100), quick=(1, 100),
                     trainer="codec.train.vae:VAETraining"))  # a narrow, low rate range
 register(ModelEntry(3, "cc-hyperprior-gain", "cc", "codec.models.cc:ChannelConditional", "aecodec-cc.safetensors",
-                    about="the channel-conditional model (0.3.0-0.17.0's default: 3.7% larger files than sc's, "
-                    "about 1.3x faster)",
+                    about="the channel-conditional model (0.3.0-0.17.0's default: 6.5% larger files than sc's, "
+                    "about 2x faster to decode)",
                     label="aecodec channel-conditional", trainer=RD_TRAINING))
 register(ModelEntry(4, "space-channel", "sc", "codec.models.sc:SpaceChannel", "aecodec-sc.safetensors",
                     about="the space-channel model (the default: the smallest files, and the highest quality)",

@@ -3,7 +3,7 @@ curves measured here solid, references dashed, as ``aecodec bench`` draws its ow
 
     A=../shared/anchors/kodak
     python tools/rd_plot.py docs/rd-psnr-kodak.png \\
-        --ours "aecodec (sc, 0.18.0)=results/kodak-aecodec-sc.json" \\
+        --ours "aecodec (sc, 0.19.0)=results/kodak-aecodec-sc.json" \\
         "aecodec --model cc (0.15.0)=results/kodak-aecodec-cc.json" \\
         --reference "JPEG 4:2:0=$A/measured-jpeg-420.json" "WebP=$A/measured-webp.json" \\
         "JPEG XL=$A/measured-jxl.json" "AVIF=$A/measured-avif.json" \\
