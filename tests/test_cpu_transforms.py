@@ -68,3 +68,16 @@ def test_an_unknown_stack_is_left_as_it_is():
     reflecting = nn.Sequential(nn.Conv2d(3, 8, 5, stride=2, padding=2),
                                nn.Conv2d(8, 8, 5, stride=2, padding=2, padding_mode="reflect"))
     assert cpu_transforms.analysis(reflecting) is reflecting
+
+
+def test_the_vae_convolutions_as_nine_products_equal_the_layers():
+    """A copy: the VAE's decoder itself keeps its layers (training and export use them)."""
+    from codec.models.vae import Decoder, VAEConfig
+
+    decoder = trained_like(Decoder(VAEConfig()), seed=3).double()
+    fast = cpu_transforms.with_tap_convs(decoder)
+    assert any(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in decoder.modules())
+    assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in fast.modules())
+    z = torch.randn(1, 4, 5, 7, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(fast(z), decoder(z), atol=1e-10, rtol=0)

@@ -15,6 +15,10 @@ reading or writing the image's layout. Every sum is an MKL GEMM in strict CNR mo
 ``codec/__init__.py``): the same on 1 or N threads, and every output value sees only its own
 inputs, so tiles (``codec/models/tiles.py``) stay exact.
 
+The f8 VAE's 3x3 stride-1 convolutions (:func:`with_tap_convs`) are nine such matrix products
+each, on the image's own layout: a shifted view of the flattened, zero-padded input is a plain
+(C_in, pixels) matrix too.
+
 The maths is the layers'; the summation order is not the native kernels', so against them a
 decoded pixel in about 10^5 moves by one level. Training and the encoder's search use the layers
 themselves: these are kernels for coding, not different networks.
@@ -22,6 +26,7 @@ themselves: these are kernels for coding, not different networks.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -213,3 +218,49 @@ def synthesis(g_s: nn.Sequential) -> Layer:
         return x
 
     return run
+
+
+class _TapConv3x3(nn.Module):
+    """A 3x3, stride-1, padding-1 convolution of (1, C_in, h, w) as nine in-place matrix
+    products, ``out += w[:, :, kh, kw] @ x shifted by (kh - 1, kw - 1)``, with the layer's weights."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.taps = conv.weight.detach().permute(2, 3, 0, 1).contiguous()  # (3, 3, C_out, C_in)
+        self.bias = conv.bias.detach()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, c_in, h, w = x.shape
+        # zeros around the input, a column either side, a row above and two below: each tap reads a
+        # (C_in, h * wp) window of the flattened rows; the two padding columns of the output are dropped
+        wp = w + 2
+        padded = x.new_zeros(c_in, h + 3, wp)
+        padded[:, 1 : h + 1, 1 : w + 1] = x[0]
+        flat = padded.view(c_in, -1)
+        n = h * wp
+        acc = x.new_empty(self.taps.shape[2], n)
+        for kh in range(3):
+            for kw in range(3):
+                start = kh * wp + kw
+                if kh == kw == 0:
+                    torch.addmm(self.bias, self.taps[kh, kw], flat[:, start : start + n], out=acc)
+                else:
+                    acc.addmm_(self.taps[kh, kw], flat[:, start : start + n])
+        return acc.view(1, -1, h, wp)[..., :w].contiguous()
+
+
+def _is_conv3x3(layer: nn.Module) -> bool:
+    return (type(layer) is nn.Conv2d and layer.kernel_size == (3, 3) and layer.stride == (1, 1)
+            and layer.padding == (1, 1) and layer.dilation == (1, 1) and layer.groups == 1
+            and layer.bias is not None and layer.padding_mode == "zeros")
+
+
+def with_tap_convs(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` for coding a batch of one on a CPU, its 3x3 stride-1 convolutions (the
+    VAE's) as :class:`_TapConv3x3`; everything else as it is."""
+    net = copy.deepcopy(net)
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if _is_conv3x3(child):
+                setattr(module, name, _TapConv3x3(child))
+    return net
