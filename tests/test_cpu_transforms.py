@@ -71,13 +71,30 @@ def test_an_unknown_stack_is_left_as_it_is():
 
 
 def test_the_vae_convolutions_as_nine_products_equal_the_layers():
-    """A copy: the VAE's decoder itself keeps its layers (training and export use them)."""
-    from codec.models.vae import Decoder, VAEConfig
+    """A copy over the same weights: the VAE itself keeps its layers (training and export use them)."""
+    from codec.models.vae import Decoder, Encoder, VAEConfig
 
-    decoder = trained_like(Decoder(VAEConfig()), seed=3).double()
-    fast = cpu_transforms.with_tap_convs(decoder)
-    assert any(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in decoder.modules())
-    assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in fast.modules())
-    z = torch.randn(1, 4, 5, 7, dtype=torch.float64)
+    for net, shape in ((Decoder(VAEConfig()), (1, 4, 5, 7)), (Encoder(VAEConfig()), (1, 3, 41, 17))):
+        net = trained_like(net, seed=3).double()
+        threes = [m for m in net.modules() if type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1)]
+        fast = cpu_transforms.with_tap_convs(net)
+        assert sum(type(m).__name__ == "_TapConv3x3" for m in fast.modules()) == len(threes) > 0
+        assert all(type(m) is nn.Conv2d for m in threes)  # the original untouched
+        x = torch.randn(*shape, dtype=torch.float64)
+        with torch.no_grad():
+            assert torch.allclose(fast(x), net(x), atol=1e-10, rtol=0)
+
+
+def test_what_the_kernels_do_not_compute_runs_the_layers():
+    """A batch of two, gradients on, a layer with a hook: each goes through the layers themselves."""
+    g_a, g_s = trained_like(analysis(16, 24)), trained_like(synthesis(16, 24))
+    x = torch.rand(2, 3, 32, 48)
     with torch.no_grad():
-        assert torch.allclose(fast(z), decoder(z), atol=1e-10, rtol=0)
+        assert torch.equal(cpu_transforms.analysis(g_a)(x), g_a(x))
+        y = g_a(x)
+        assert torch.equal(cpu_transforms.synthesis(g_s)(y), g_s(y))
+    one = y[:1].clone().requires_grad_(True)
+    cpu_transforms.synthesis(g_s)(one).sum().backward()
+    assert one.grad is not None and one.grad.abs().sum() > 0
+    g_s[2].register_forward_hook(lambda module, inputs, output: output * 2)
+    assert cpu_transforms.synthesis(g_s) is g_s

@@ -58,7 +58,7 @@ def _gdn(gdn: GDN) -> Layer:
 
     def layer(x: torch.Tensor) -> torch.Tensor:
         C = x.shape[-1]
-        norm = torch.addmm(beta, (x * x).view(-1, C), gamma_t).view(x.shape)
+        norm = torch.addmm(beta, (x * x).reshape(-1, C), gamma_t).view(x.shape)
         return (norm.sqrt_() if inverse else norm.rsqrt_()).mul_(x)
 
     return layer
@@ -173,28 +173,43 @@ def _first_conv(layer: nn.Conv2d) -> Layer:
     return conv
 
 
+def _plain(layer: nn.Module, kind: type) -> bool:
+    """Exactly a ``kind`` (no subclass), with no hooks (weight norm, observers) that its forward
+    would run and these kernels would not."""
+    return (type(layer) is kind and not layer._forward_hooks and not layer._forward_pre_hooks
+            and not nn.modules.module._global_forward_hooks and not nn.modules.module._global_forward_pre_hooks)
+
+
+def _coding(x: torch.Tensor) -> bool:
+    """The case these kernels compute: a batch of one, no gradient wanted."""
+    return x.shape[0] == 1 and not torch.is_grad_enabled()
+
+
 def _is_conv(layer: nn.Module) -> bool:
-    return (type(layer) is nn.Conv2d and layer.kernel_size == (5, 5) and layer.stride == (2, 2)
+    return (_plain(layer, nn.Conv2d) and layer.kernel_size == (5, 5) and layer.stride == (2, 2)
             and layer.padding == (2, 2) and layer.dilation == (1, 1) and layer.groups == 1
             and layer.bias is not None and layer.padding_mode == "zeros")
 
 
 def _is_deconv(layer: nn.Module) -> bool:
-    return (type(layer) is nn.ConvTranspose2d and layer.kernel_size == (5, 5) and layer.stride == (2, 2)
+    return (_plain(layer, nn.ConvTranspose2d) and layer.kernel_size == (5, 5) and layer.stride == (2, 2)
             and layer.padding == (2, 2) and layer.output_padding == (1, 1) and layer.dilation == (1, 1)
             and layer.groups == 1 and layer.bias is not None)
 
 
 def analysis(g_a: nn.Sequential) -> Layer:
     """``g_a`` (CompressAI's conv / GDN stack, the image first) as a function (1, 3, H, W) ->
-    (1, M, H/16, W/16) for coding on a CPU; ``g_a`` itself for any other stack."""
+    (1, M, H/16, W/16) for coding on a CPU; ``g_a`` itself for any other stack, and the layers
+    for a batch of more than one or with gradients on."""
     layers = list(g_a)
-    if not (len(layers) > 1 and all(_is_conv(m) or type(m) is GDN for m in layers)
+    if not (len(layers) > 1 and all(_is_conv(m) or _plain(m, GDN) for m in layers)
             and _is_conv(layers[0]) and _is_conv(layers[-1])):
         return g_a
-    steps = [_first_conv(layers[0])] + [_gdn(m) if type(m) is GDN else _conv(m) for m in layers[1:]]
+    steps = [_first_conv(layers[0])] + [_gdn(m) if _plain(m, GDN) else _conv(m) for m in layers[1:]]
 
     def run(x: torch.Tensor) -> torch.Tensor:
+        if not _coding(x):
+            return g_a(x)
         for step in steps:
             x = step(x)
         return x.permute(2, 0, 1)[None].contiguous()
@@ -204,14 +219,17 @@ def analysis(g_a: nn.Sequential) -> Layer:
 
 def synthesis(g_s: nn.Sequential) -> Layer:
     """``g_s`` (CompressAI's deconv / inverse GDN stack, the image last) as a function
-    (1, M, h, w) -> (1, 3, 16h, 16w) for decoding on a CPU; ``g_s`` itself for any other stack."""
+    (1, M, h, w) -> (1, 3, 16h, 16w) for decoding on a CPU; ``g_s`` itself for any other stack, and
+    the layers for a batch of more than one or with gradients on."""
     layers = list(g_s)
-    if not (len(layers) > 1 and all(_is_deconv(m) or type(m) is GDN for m in layers)
+    if not (len(layers) > 1 and all(_is_deconv(m) or _plain(m, GDN) for m in layers)
             and _is_deconv(layers[0]) and _is_deconv(layers[-1])):
         return g_s
-    steps = [_gdn(m) if type(m) is GDN else _deconv(m) for m in layers[:-1]] + [_last_deconv(layers[-1])]
+    steps = [_gdn(m) if _plain(m, GDN) else _deconv(m) for m in layers[:-1]] + [_last_deconv(layers[-1])]
 
     def run(y: torch.Tensor) -> torch.Tensor:
+        if not _coding(y):
+            return g_s(y)
         x = y[0].permute(1, 2, 0).contiguous()  # (h, w, M)
         for step in steps:
             x = step(x)
@@ -226,10 +244,13 @@ class _TapConv3x3(nn.Module):
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
-        self.taps = conv.weight.detach().permute(2, 3, 0, 1).contiguous()  # (3, 3, C_out, C_in)
-        self.bias = conv.bias.detach()[:, None]
+        self.conv = conv  # for any other case (a batch, a gradient)
+        self.register_buffer("taps", conv.weight.detach().permute(2, 3, 0, 1).contiguous(), persistent=False)
+        self.register_buffer("bias", conv.bias.detach()[:, None], persistent=False)  # (C_out, C_in) each
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _coding(x):
+            return self.conv(x)
         _, c_in, h, w = x.shape
         # zeros around the input, a column either side, a row above and two below: each tap reads a
         # (C_in, h * wp) window of the flattened rows; the two padding columns of the output are dropped
@@ -250,17 +271,17 @@ class _TapConv3x3(nn.Module):
 
 
 def _is_conv3x3(layer: nn.Module) -> bool:
-    return (type(layer) is nn.Conv2d and layer.kernel_size == (3, 3) and layer.stride == (1, 1)
+    return (_plain(layer, nn.Conv2d) and layer.kernel_size == (3, 3) and layer.stride == (1, 1)
             and layer.padding == (1, 1) and layer.dilation == (1, 1) and layer.groups == 1
             and layer.bias is not None and layer.padding_mode == "zeros")
 
 
 def with_tap_convs(net: nn.Module) -> nn.Module:
     """A copy of ``net`` for coding a batch of one on a CPU, its 3x3 stride-1 convolutions (the
-    VAE's) as :class:`_TapConv3x3`; everything else as it is."""
-    net = copy.deepcopy(net)
-    for module in list(net.modules()):
-        for name, child in list(module.named_children()):
-            if _is_conv3x3(child):
-                setattr(module, name, _TapConv3x3(child))
-    return net
+    VAE's) as :class:`_TapConv3x3`; everything else as it is. Only the modules are new: the copy
+    shares ``net``'s parameters and buffers, and ``net`` is left as it was."""
+    if _is_conv3x3(net):
+        return _TapConv3x3(net)
+    new = copy.copy(net)  # a new module object over the same tensors
+    new._modules = {name: None if child is None else with_tap_convs(child) for name, child in net._modules.items()}
+    return new
