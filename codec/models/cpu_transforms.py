@@ -64,6 +64,16 @@ def _gdn(gdn: GDN) -> Layer:
     return layer
 
 
+def _sum_of_products(out: torch.Tensor, bias: torch.Tensor, products) -> torch.Tensor:
+    """``out = bias + a1 @ b1 + a2 @ b2 + ...`` in place, one GEMM a term, in the order given (the
+    order is part of the result's bits)."""
+    (a, b), *rest = products
+    torch.addmm(bias, a, b, out=out)
+    for a, b in rest:
+        out.addmm_(a, b)
+    return out
+
+
 def _phases() -> list[tuple[int, int, list[tuple[int, int, int, int]]]]:
     """Output phase (py, px) of a stride-2, 5x5, padding-2 transposed convolution and its taps:
     ``out[2a + py, 2b + px] += x[a + da, b + db] @ w[:, :, kh, kw]`` for each (kh, kw, da, db)."""
@@ -95,12 +105,8 @@ def _deconv(layer: nn.ConvTranspose2d) -> Layer:
         out = x.new_empty(h, 2, wp, 2, c_out)  # (a, py, b, px): row 2a + py, column 2b + px
         acc = x.new_empty(n, c_out)
         for py, px, phase in PHASES:
-            for i, (kh, kw, da, db) in enumerate(phase):
-                start = (1 + da) * wp + 1 + db
-                if i == 0:
-                    torch.addmm(bias, flat[start : start + n], taps[kh, kw], out=acc)
-                else:
-                    acc.addmm_(flat[start : start + n], taps[kh, kw])
+            starts = [(1 + da) * wp + 1 + db for _, _, da, db in phase]
+            _sum_of_products(acc, bias, [(flat[s : s + n], taps[kh, kw]) for s, (kh, kw, _, _) in zip(starts, phase)])
             out[:, py, :, px] = acc.view(h, wp, c_out)
         return out.view(2 * h, 2 * wp, c_out)[:, : 2 * w]
 
@@ -143,15 +149,9 @@ def _conv(layer: nn.Conv2d) -> Layer:
                 phases[py, px, 1 : 1 + part.shape[0], 1 : 1 + part.shape[1]] = part
         flat = phases.view(2, 2, -1, c_in)
         n = ho * wp
-        acc = x.new_empty(n, taps.shape[-1])
-        for kh in range(5):
-            for kw in range(5):
-                start = (kh // 2) * wp + kw // 2
-                rows = flat[kh % 2, kw % 2, start : start + n]
-                if kh == kw == 0:
-                    torch.addmm(bias, rows, taps[kh, kw], out=acc)
-                else:
-                    acc.addmm_(rows, taps[kh, kw])
+        taps_in_order = [(kh, kw, (kh // 2) * wp + kw // 2) for kh in range(5) for kw in range(5)]
+        acc = _sum_of_products(x.new_empty(n, taps.shape[-1]), bias,
+                               [(flat[kh % 2, kw % 2, s : s + n], taps[kh, kw]) for kh, kw, s in taps_in_order])
         return acc.view(ho, wp, -1)[:, :wo]
 
     return conv
@@ -176,8 +176,7 @@ def _first_conv(layer: nn.Conv2d) -> Layer:
 def _plain(layer: nn.Module, kind: type) -> bool:
     """Exactly a ``kind`` (no subclass), with no hooks (weight norm, observers) that its forward
     would run and these kernels would not."""
-    return (type(layer) is kind and not layer._forward_hooks and not layer._forward_pre_hooks
-            and not nn.modules.module._global_forward_hooks and not nn.modules.module._global_forward_pre_hooks)
+    return type(layer) is kind and not layer._forward_hooks and not layer._forward_pre_hooks
 
 
 def _coding(x: torch.Tensor) -> bool:
@@ -259,14 +258,9 @@ class _TapConv3x3(nn.Module):
         padded[:, 1 : h + 1, 1 : w + 1] = x[0]
         flat = padded.view(c_in, -1)
         n = h * wp
-        acc = x.new_empty(self.taps.shape[2], n)
-        for kh in range(3):
-            for kw in range(3):
-                start = kh * wp + kw
-                if kh == kw == 0:
-                    torch.addmm(self.bias, self.taps[kh, kw], flat[:, start : start + n], out=acc)
-                else:
-                    acc.addmm_(self.taps[kh, kw], flat[:, start : start + n])
+        acc = _sum_of_products(x.new_empty(self.taps.shape[2], n), self.bias,
+                               [(self.taps[kh, kw], flat[:, kh * wp + kw : kh * wp + kw + n])
+                                for kh in range(3) for kw in range(3)])
         return acc.view(1, -1, h, wp)[..., :w].contiguous()
 
 

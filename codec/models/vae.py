@@ -254,17 +254,15 @@ class KLAutoencoder(CompressionModel):
     device_parts = ("encoder", "decoder", "quant_conv", "post_quant_conv")
 
     # --- the autoencoder ---
-    def encode(self, x: torch.Tensor, encoder: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image in [0, 1] -> (mean, logvar) of the posterior over the unscaled latent; ``encoder``:
-        a copy of ``self.encoder`` with other kernels (coding on a CPU)."""
-        moments = self.quant_conv((self.encoder if encoder is None else encoder)(2 * x - 1))
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image in [0, 1] -> (mean, logvar) of the posterior over the unscaled latent."""
+        moments = self.quant_conv(self.encoder(2 * x - 1))
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
-    def decode(self, z: torch.Tensor, decoder: nn.Module | None = None) -> torch.Tensor:
-        """Unscaled latent -> image in [0, 1] (not clamped, so training sees the true error);
-        ``decoder``: a copy of ``self.decoder`` with other kernels (coding on a CPU)."""
-        return ((self.decoder if decoder is None else decoder)(self.post_quant_conv(z)) + 1) / 2
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Unscaled latent -> image in [0, 1] (not clamped, so training sees the true error)."""
+        return (self.decoder(self.post_quant_conv(z)) + 1) / 2
 
     def forward(self, x: torch.Tensor, sample: bool = True) -> dict:
         mean, logvar = self.encode(x)
@@ -304,18 +302,18 @@ class KLAutoencoder(CompressionModel):
     @torch.no_grad()
     def encode_scaled(self, x: torch.Tensor) -> torch.Tensor:
         """Padded image -> the scaled posterior mean (what latent files and the codec hold)."""
-        encoder = cpu_transforms.with_tap_convs(self.encoder) if x.device.type == "cpu" else None
+        model = cpu_transforms.with_tap_convs(self) if x.device.type == "cpu" else self  # the same weights
         with plain_cpu_kernels():  # same latents whatever the thread count
-            mean = tiles.blended(lambda t: self.encode(t, encoder)[0], x, self.TILE, self.OVERLAP, down=self.stride)
+            mean = tiles.blended(lambda t: model.encode(t)[0], x, self.TILE, self.OVERLAP, down=self.stride)
         return self.scale(mean)
 
     @torch.no_grad()
     def decode_scaled(self, latent: torch.Tensor) -> torch.Tensor:
         """Scaled latent -> image in [0, 1], float32 on CPU."""
         s = self.stride
-        decoder = cpu_transforms.with_tap_convs(self.decoder) if latent.device.type == "cpu" else None
+        model = cpu_transforms.with_tap_convs(self) if latent.device.type == "cpu" else self  # the same weights
         with plain_cpu_kernels():  # same pixels whatever the thread count, as for the hyperprior
-            x = tiles.blended(lambda z: self.decode(self.unscale(z), decoder).clamp(0, 1).float().cpu(), latent,
+            x = tiles.blended(lambda z: model.decode(self.unscale(z)).clamp(0, 1).float().cpu(), latent,
                               self.TILE // s, self.OVERLAP // s, up=s)
         return x.clamp(0, 1)
 
