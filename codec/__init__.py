@@ -9,7 +9,7 @@ import os
 # first call, so it is set on import, before any coding; a value the user set is kept.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
-__version__ = "0.19.0"  # as pyproject.toml (tests/test_packaging.py checks they agree)
+__version__ = "0.20.0"  # as pyproject.toml (tests/test_packaging.py checks they agree)
 
 
 class AecodecError(Exception):

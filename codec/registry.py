@@ -66,9 +66,10 @@ class CodecModel(Protocol):
 RELEASED_WEIGHTS: dict[str, tuple[str, str]] = {  # weights id -> (first release, file in the weights folder)
     "17f1beb8c8817404": ("aecodec 0.15.0", "aecodec-cc.safetensors"),  # cc, and the hyperprior inside it
     "3e8a3fbfea39984c": ("aecodec 0.1.0", "aecodec-vae-f8-0.1.0.safetensors"),  # the f8 VAE of 0.1.0-0.16.0
-    "eb34b7970f5ed215": ("aecodec 0.17.0", "aecodec-vae-f8.safetensors"),  # the f8 VAE that keeps every hue
+    "eb34b7970f5ed215": ("aecodec 0.17.0", "aecodec-vae-f8-0.17.0.safetensors"),  # the f8 VAE that keeps every hue
     "02aa3de9d3bd31e7": ("aecodec 0.18.0", "aecodec-sc-0.18.0.safetensors"),  # space-channel
     "728a5b2f2ea83a3c": ("aecodec 0.19.0", "aecodec-sc.safetensors"),  # space-channel, the wider synthesis
+    "597bb32c481f45f7": ("aecodec 0.20.0", "aecodec-vae-f8.safetensors"),  # the deeper f8 VAE
 }
 
 # Weights of releases before that policy, whose files this release cannot decode: each id names
